@@ -1,0 +1,55 @@
+"""The error tree of errata. Every error a user can meet is one of these.
+
+    ErrataError
+    ├── ConfigError            bad recipe, unknown --set key, invalid value or schedule
+    ├── InputError             bad task input: names file, line and field
+    ├── EngineError            an LLM engine failed
+    │   └── TransientEngineError   worth retrying: engine start, HTTP 429/5xx, timeouts
+    ├── StorageError           versioned storage
+    │   └── VersionNotFound
+    └── RowError               one row failed inside a stage; becomes an `errors` record, the run goes on
+"""
+from __future__ import annotations
+
+
+class ErrataError(Exception):
+    """Base of every errata error."""
+
+
+class ConfigError(ErrataError):
+    """A recipe, override or schedule is invalid."""
+
+
+class InputError(ErrataError):
+    """Task input is unusable. Carries the file, 1-based line (or row) and field."""
+
+    def __init__(self, message: str, *, path: str | None = None, line: int | None = None,
+                 field: str | None = None):
+        self.path, self.line, self.field = path, line, field
+        where = ":".join(str(x) for x in (path, line) if x is not None)
+        parts = [p for p in (where, f"field '{field}'" if field else None) if p]
+        super().__init__(f"{', '.join(parts)}: {message}" if parts else message)
+
+
+class EngineError(ErrataError):
+    """An LLM engine failed in a way that retrying will not fix."""
+
+
+class TransientEngineError(EngineError):
+    """An LLM engine failed in a way that may pass on retry (start-up, 429, 5xx, timeout)."""
+
+
+class StorageError(ErrataError):
+    """Versioned storage failed or was asked for something impossible."""
+
+
+class VersionNotFound(StorageError):
+    """No such dataset or version."""
+
+
+class RowError(ErrataError):
+    """One row failed inside a stage. `reason` is a short machine-readable tag."""
+
+    def __init__(self, reason: str, message: str = "", raw: str | None = None):
+        self.reason, self.raw = reason, raw
+        super().__init__(f"{reason}: {message}" if message else reason)

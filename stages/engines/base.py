@@ -1,0 +1,76 @@
+"""One async interface for every LLM engine.
+
+A list of GenerationRequest in, a list of GenerationResult out (same order). Engines are built from an EngineConfig
+by `make_engine`; nothing heavy happens until `await engine.start()` (called from a stage's setup), so configs and
+stages pickle into Ray actors.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+@dataclass
+class SamplingParams:
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_tokens: int = 256
+    n: int = 1
+    stop: list[str] = field(default_factory=list)
+
+
+@dataclass
+class GenerationRequest:
+    """Chat messages ({role, content}) or a raw prompt string; exactly one is set."""
+    messages: Optional[list[dict[str, str]]] = None
+    prompt: Optional[str] = None
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    request_id: str = ""
+    return_token_ids: bool = False
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: Optional[str] = None
+    completion_tokens: int = 0
+    token_ids: Optional[list[int]] = None
+
+
+@dataclass
+class GenerationResult:
+    """n completions for one request, or an error (reason tag + message) for that request alone."""
+    request_id: str
+    completions: list[Completion] = field(default_factory=list)
+    prompt_tokens: int = 0
+    error_reason: Optional[str] = None
+    error_message: Optional[str] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error_reason is None
+
+
+class Engine:
+    """Base class of engines. Subclasses implement start, generate, close."""
+
+    kind: str = "base"
+
+    def __init__(self, config: Any):
+        self.config = config
+
+    @property
+    def model_name(self) -> str:
+        return str(getattr(self.config, "model", ""))
+
+    async def start(self) -> None:
+        """Load the model / open the client. Raises TransientEngineError when a retry may help."""
+
+    async def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Release the model / client."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"engine": self.kind, "model": self.model_name}
