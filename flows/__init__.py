@@ -1,0 +1,1 @@
+"""Prefect flows and the `errata` CLI. The only package that imports Prefect."""

@@ -1,0 +1,269 @@
+"""The `errata` command line. Thin: parses arguments, calls pipelines/ (and flows/ for orchestration), prints."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from schemas.errors import ErrataError
+
+EXAMPLE_SQL = ("SELECT count(*) AS attempts, count(*) FILTER (WHERE is_correct) AS correct, "
+               "round(avg(is_correct::INT), 3) AS accuracy FROM {ds}.attempts WHERE drop_reason IS NULL")
+
+
+def _store(args):
+    from pipelines.config import data_root
+    from pipelines.storage import Store
+    return Store(args.data or data_root())
+
+
+def _print_table(cols: list[str], rows: list[tuple], out=sys.stdout) -> None:
+    cells = [[("" if v is None else str(v)).replace("\n", "\\n")[:60] for v in r] for r in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(cols)]
+    line = "  ".join(c.ljust(w) for c, w in zip(cols, widths))
+    print(line, file=out)
+    print("  ".join("-" * w for w in widths), file=out)
+    for r in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)), file=out)
+
+
+# --- build ------------------------------------------------------------------------------------------------------
+def cmd_build(args) -> int:
+    from pipelines.config import load_recipe
+    overrides = list(args.set or [])
+    if args.limit is not None:
+        overrides.append(f"limit={args.limit}")
+    if args.ray_address:
+        overrides.append(f"execution.ray_address={args.ray_address}")
+    if args.runner:
+        overrides.append(f"execution.runner={args.runner}")
+    if args.data:
+        overrides.append(f"storage.root={args.data}")
+    config = load_recipe(args.recipe, overrides)
+    if args.prefect:
+        from flows.build import build_flow_run
+        result = build_flow_run(config, progress=not args.no_progress)
+    else:
+        from pipelines.build import build
+        result = build(config, progress=not args.no_progress)
+    print_build_summary(result, args)
+    return 0
+
+
+def print_build_summary(result, args) -> None:
+    m = result.manifest
+    print()
+    print(f"published {m.dataset}@{m.version}  (run {m.run_id}, {result.seconds:.1f} s"
+          + (f", {result.resumed_shards} shards resumed" if result.resumed_shards else "") + ")")
+    print(f"data: {result.path}")
+    print("tables:  " + "  ".join(f"{t}={e.rows}" for t, e in m.tables.items()))
+    print("stages:")
+    for name, c in m.stages.items():
+        extra = " ".join(f"{k}={v}" for k, v in c.items() if k not in ("in", "out", "seconds", "error_reasons"))
+        print(f"  {name:<9} in={c.get('in')} out={c.get('out')} {extra} ({c.get('seconds', 0):.1f} s)")
+    if m.tokens:
+        print("tokens:  " + "  ".join(f"{k}={v}" for k, v in m.tokens.items()))
+    from pipelines.sql import connect, fetch
+    from pipelines.storage import Store
+    q = EXAMPLE_SQL.format(ds=m.dataset)
+    cols, rows = fetch(connect(_store(args) if args.data else Store(m.recipe["storage"]["root"])), q)
+    print(f"\nexample: errata sql \"{q}\"")
+    _print_table(cols, rows)
+
+
+# --- look -------------------------------------------------------------------------------------------------------
+def cmd_versions(args) -> int:
+    store = _store(args)
+    names = [args.dataset] if args.dataset else store.datasets()
+    rows = []
+    for ds in names:
+        vs = store.versions(ds)
+        if args.dataset and not vs:
+            from schemas.errors import VersionNotFound
+            raise VersionNotFound(f"no published version of dataset '{ds}' under {store.root_url}")
+        for v in vs:
+            m = store.manifest(ds, v)
+            rows.append((m.ref, m.created_at[:19], m.method, m.run_id,
+                         " ".join(f"{t}={e.rows}" for t, e in m.tables.items())))
+    if not rows:
+        print(f"no datasets under {store.root_url}")
+        return 0
+    _print_table(["version", "created_at", "method", "run_id", "rows"], rows)
+    return 0
+
+
+ID_COLUMNS = {"problems": "problem_id", "attempts": "attempt_id", "errors": "error_id"}
+
+
+def cmd_show(args) -> int:
+    store = _store(args)
+    m = store.resolve(args.ref)
+    if args.id:
+        from pipelines.sql import connect, fetch
+        con = connect(store)
+        schema = f"{m.dataset}_v{m.version}"
+        for table in ([args.table] if args.table else list(m.tables)):
+            col = ID_COLUMNS.get(table)
+            if not col:
+                continue
+            cols, rows = fetch(con, f"SELECT * FROM \"{schema}\".\"{table}\" WHERE {col} = '{args.id.replace(chr(39), '')}'")
+            for r in rows:
+                print(f"# {m.ref} {table}")
+                print(json.dumps(dict(zip(cols, r)), indent=2, default=str, ensure_ascii=False))
+                return 0
+        print(f"no row with id '{args.id}' in {m.ref}", file=sys.stderr)
+        return 1
+    if args.table:
+        t = store.read_table(m, args.table).slice(0, args.limit).to_pylist()
+        for r in t:
+            print(json.dumps(r, default=str, ensure_ascii=False))
+        return 0
+    print(json.dumps(m.model_dump(mode="json", exclude={"recipe"}), indent=2))
+    return 0
+
+
+def cmd_sql(args) -> int:
+    from pipelines.sql import SQLError, connect, query
+    store = _store(args)
+    con = connect(store)
+    if args.query:
+        rel = query(con, args.query)
+        if args.json:
+            cols = rel.columns
+            for r in rel.fetchall():
+                print(json.dumps(dict(zip(cols, r)), default=str, ensure_ascii=False))
+        else:
+            rel.show(max_rows=args.max_rows, max_width=200)
+        return 0
+    return _shell(con, query, SQLError)
+
+
+def _shell(con, query, SQLError) -> int:
+    try:
+        import readline  # noqa: F401  (line editing and history)
+    except ImportError:
+        pass
+    print("errata sql (DuckDB, read-only). Tables: <dataset>.<table> at latest, <dataset>_v<N>.<table> for "
+          "older versions; errata_versions lists them. End statements with ';'. Ctrl-D quits.")
+    buf = ""
+    while True:
+        try:
+            line = input("errata> " if not buf else "   ...> ")
+        except EOFError:
+            print()
+            return 0
+        except KeyboardInterrupt:
+            print()
+            buf = ""
+            continue
+        buf += line + "\n"
+        if not buf.strip().endswith(";"):
+            continue
+        q, buf = buf, ""
+        try:
+            query(con, q).show(max_width=200)
+        except SQLError as e:
+            print(f"error: {e}")
+
+
+def cmd_export(args) -> int:
+    from pipelines.export import export
+    r = export(_store(args), args.ref, args.format, args.out, jsonl=args.jsonl,
+               max_pairs_per_problem=args.max_pairs)
+    print(f"exported {r.rows} {r.format} rows from {r.source}")
+    for f in r.files:
+        print(f"  {f}")
+    print(f"load: datasets.load_dataset(\"parquet\", data_files=\"{args.out}/*.parquet\")")
+    return 0
+
+
+def cmd_recipes(args) -> int:
+    from pipelines.config import RECIPES_DIR, recipe_names
+    for n in recipe_names():
+        print(f"{n:<16} {RECIPES_DIR / (n + '.yaml')}")
+    return 0
+
+
+def cmd_prepare_model(args) -> int:
+    from stages.engines.model_prep import ensure_embedded_model
+    print(ensure_embedded_model(_store(args).models_dir))
+    return 0
+
+
+def add_flow_commands(sub) -> None:
+    """Prefect-backed commands (schedules, serve, runs) are added by flows.commands when present."""
+    try:
+        from flows.commands import register
+    except ImportError:
+        return
+    register(sub)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="errata", description="Build, version, inspect and export "
+                                                           "self-correction training data.")
+    p.add_argument("--data", help="storage root (default: $ERRATA_DATA or ./data)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("build", help="run a recipe and publish a new dataset version")
+    b.add_argument("recipe", help="built-in recipe name (see `errata recipes`) or a YAML path")
+    b.add_argument("--limit", type=int, help="use only the first N problems")
+    b.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe setting (repeatable)")
+    b.add_argument("--ray-address", help="run on this Ray cluster instead of a local ray.init")
+    b.add_argument("--runner", choices=["ray", "local"], help="ray (default) or local (in process, debugging)")
+    b.add_argument("--no-progress", action="store_true", help="no progress bars")
+    b.add_argument("--prefect", action=argparse.BooleanOptionalAction, default=False,
+                   help="run as a Prefect flow (run history, retries)")
+    b.set_defaults(fn=cmd_build)
+
+    v = sub.add_parser("versions", help="list published versions")
+    v.add_argument("dataset", nargs="?")
+    v.set_defaults(fn=cmd_versions)
+
+    s = sub.add_parser("show", help="a version's manifest, a table's rows, or one row by id")
+    s.add_argument("ref", metavar="DATASET[@VERSION]")
+    s.add_argument("--table", help="problems, attempts, errors, ...")
+    s.add_argument("--id", help="a row id (problem_id, attempt_id, error_id)")
+    s.add_argument("--limit", type=int, default=5, help="rows to print with --table")
+    s.set_defaults(fn=cmd_show)
+
+    q = sub.add_parser("sql", help="read-only DuckDB SQL over every dataset; a shell when no query is given")
+    q.add_argument("query", nargs="?")
+    q.add_argument("--json", action="store_true", help="print rows as JSON lines")
+    q.add_argument("--max-rows", type=int, default=40)
+    q.set_defaults(fn=cmd_sql)
+
+    e = sub.add_parser("export", help="export SFT/DPO corpora in TRL's column conventions")
+    e.add_argument("ref", metavar="DATASET[@VERSION]")
+    e.add_argument("--format", required=True, choices=["sft", "dpo"])
+    e.add_argument("--out", required=True, help="output directory")
+    e.add_argument("--jsonl", action="store_true", help="also write JSONL")
+    e.add_argument("--max-pairs", type=int, default=1, help="dpo: pairs per problem")
+    e.set_defaults(fn=cmd_export)
+
+    r = sub.add_parser("recipes", help="list built-in recipes")
+    r.set_defaults(fn=cmd_recipes)
+    pm = sub.add_parser("prepare-model", help="convert the embedded model into data/models (idempotent)")
+    pm.set_defaults(fn=cmd_prepare_model)
+    add_flow_commands(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    args = make_parser().parse_args(argv)
+    try:
+        return args.fn(args) or 0
+    except ErrataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

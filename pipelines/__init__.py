@@ -1,0 +1,2 @@
+"""Composition and execution: recipes, the Ray/local runner, versioned storage, export, SQL.
+The only package that imports Ray."""

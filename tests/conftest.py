@@ -1,0 +1,62 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+MODELS_DIR = REPO / "data" / "models"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def write_gsm8k_style(path: Path, n: int = 6, bad: dict | None = None) -> Path:
+    """GSM8K-style JSONL whose questions carry the fake engine's gold marker."""
+    lines = []
+    for i in range(n):
+        a, b = i + 2, 3 * i + 1
+        lines.append(json.dumps({"question": f"What is {a} plus {b}? [gold={a + b}]",
+                                 "answer": f"{a} + {b} = {a + b}\n#### {a + b}"}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def data_root(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    root.mkdir()
+    monkeypatch.setenv("ERRATA_DATA", str(root))
+    return root
+
+
+@pytest.fixture
+def fake_recipe(tmp_path, data_root):
+    """A recipe on the scripted fake engine over a small GSM8K-style file; runs in process unless told."""
+    from pipelines.config import validate_recipe
+
+    def make(n: int = 6, runner: str = "local", script: str = "mixed", **over):
+        f = write_gsm8k_style(tmp_path / "tasks.jsonl", n)
+        d = {"dataset": over.pop("dataset", "fake"), "method": "sample_verify",
+             "tasks": {"kind": "jsonl", "path": str(f)},
+             "engine": {"kind": "fake", "fake_script": script},
+             "sampling": {"n": over.pop("n_samples", 2), "max_tokens": 64},
+             "execution": {"runner": runner, "shard_size": over.pop("shard_size", 2)},
+             "storage": {"root": str(data_root)}}
+        d.update(over)
+        return validate_recipe(d)
+    return make
+
+
+def errata(*args, env=None, check=True, timeout=900, **kw):
+    """Run the installed `errata` CLI as a user would."""
+    exe = Path(sys.executable).parent / "errata"
+    p = subprocess.run([str(exe), *args], capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO, **kw)
+    if check and p.returncode != 0:
+        raise AssertionError(f"errata {' '.join(args)} exited {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}")
+    return p
