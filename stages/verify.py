@@ -1,0 +1,285 @@
+"""Verify stage: parse each completion's final answer and check it against the reference with math-verify.
+
+Row outcomes (output columns final_answer, answer_parse_ok, is_correct, reward, verifier):
+- an answer was found (`stages.answers.extract_answer`) and checked: answer_parse_ok=True, is_correct True/False,
+  reward 1.0/0.0, verifier='math_verify';
+- no answer found: final_answer=None, answer_parse_ok=False, is_correct=None, reward=None, verifier=None.
+  Unparseable never silently counts as wrong: the filter stage drops these with reason `no_answer`;
+- the check ran past `VerifyConfig.timeout_s`: an error row, reason `checker_timeout` (the row is kept as data);
+  the check raised: reason `checker_error`; the checker process died: reason `checker_crashed`;
+  no reference answer on the row: reason `no_reference`.
+
+Timeouts. math-verify's own timeout uses `signal.alarm`, which only works in a main thread (Ray may call a stage
+from another), so it is disabled here and the checks run in one persistent worker process instead (spawned in
+`setup()`). A batch goes to the worker in chunks; the worker runs the checks one by one and answers each as soon
+as it is done, so every check gets its own deadline: `timeout_s` after the previous answer (or the send). When a
+deadline passes, the check that is running is the first unanswered one: it becomes a `checker_timeout` row, the
+worker is killed (SIGKILL: a runaway sympy computation cannot hang or leak) and a fresh one takes the rest.
+
+The check is injectable: any picklable module-level `fn(final_answer, reference_answer) -> bool`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import os
+import re
+import threading
+import time
+import weakref
+from typing import Any, Callable, Optional
+
+from schemas.errors import RowError
+from stages.answers import extract_answer, normalize_number
+from stages.base import Stage, StageStats, mark_error
+
+__all__ = ["VerifyStage", "math_verify_check", "CheckWorker"]
+
+CheckFn = Callable[[str, str], bool]
+_CHUNK = 256
+_START_TIMEOUT_S = 120.0
+
+
+def _as_latex(ans: str) -> str:
+    """Wrap a bare answer so math-verify's LaTeX extractor reads it whole ('1/2', '\\frac{1}{2}', '(3, \\pi)')."""
+    s = normalize_number(ans.strip())
+    for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+        if s.startswith(left) and s.endswith(right) and len(s) > len(left) + len(right):
+            s = s[len(left):-len(right)].strip()
+    if "\\boxed" in s:
+        return s
+    return "\\boxed{" + s + "}"
+
+
+def _plain(s: str) -> str:
+    s = re.sub(r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}", r"\1", s)
+    s = s.replace("$", "").replace("\\!", "").replace("\\,", "").replace("\\ ", "")
+    return re.sub(r"\s+", "", s).strip(".").casefold()
+
+
+def math_verify_check(answer: str, reference: str) -> bool:
+    """True when `answer` equals `reference` mathematically (math-verify: 1,000 = 1000, 0.5 = 1/2, LaTeX);
+    when math-verify cannot read one side, a normalized text comparison ('\\text{Evelyn}' = 'Evelyn')."""
+    from math_verify import parse, verify
+
+    gold = parse(_as_latex(reference), parsing_timeout=None)  # timeouts: ours, not signal.alarm
+    pred = parse(_as_latex(answer), parsing_timeout=None)
+    if gold and pred:
+        if verify(gold, pred, timeout_seconds=None):
+            return True
+    return _plain(answer) == _plain(reference)
+
+
+def _worker_main(conn, check_fn: CheckFn) -> None:  # pragma: no cover - runs in the child process
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    try:  # warm up imports and sympy/latex caches so the first real check is not charged for them
+        math_verify_check("1", "1")
+    except Exception:
+        pass
+    conn.send(("ready", os.getpid()))
+    while True:
+        try:
+            batch = conn.recv()
+        except (EOFError, OSError):
+            return
+        if batch is None:
+            return
+        for idx, answer, reference in batch:
+            try:
+                res = (idx, "ok", bool(check_fn(answer, reference)))
+            except Exception as e:
+                res = (idx, "error", f"{type(e).__name__}: {e}"[:500])
+            conn.send(res)
+
+
+def _kill(proc) -> None:
+    if proc is not None and proc.is_alive():
+        proc.kill()
+        proc.join(5)
+
+
+class CheckWorker:
+    """One persistent checker process. `run(items, timeout_s)` -> {idx: (kind, value)} with kind in
+    ok (value: bool), timeout, error, crashed (value: message)."""
+
+    def __init__(self, check_fn: CheckFn = math_verify_check):
+        self.check_fn = check_fn
+        self.proc = None
+        self.conn = None
+        self.starts = 0
+        self._lock = threading.Lock()
+        self._finalizer = None
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self.proc.pid if self.proc is not None else None
+
+    def start(self) -> None:
+        ctx = mp.get_context("spawn")  # no fork: the parent may hold threads (Ray, engines)
+        parent, child = ctx.Pipe(duplex=True)
+        proc = ctx.Process(target=_worker_main, args=(child, self.check_fn), daemon=True, name="errata-verify")
+        proc.start()
+        child.close()
+        if not parent.poll(_START_TIMEOUT_S):
+            _kill(proc)
+            raise RuntimeError(f"verify worker did not start within {_START_TIMEOUT_S:.0f} s")
+        try:
+            msg = parent.recv()
+        except EOFError:
+            proc.join(5)
+            raise RuntimeError(f"verify worker died while starting (exit code {proc.exitcode})") from None
+        assert msg[0] == "ready", msg
+        self.proc, self.conn = proc, parent
+        self.starts += 1
+        self._finalizer = weakref.finalize(self, _kill, proc)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            self.conn.send(None)
+            self.proc.join(2)
+        except (OSError, BrokenPipeError):
+            pass
+        _kill(self.proc)
+        try:
+            self.conn.close()
+        except OSError:
+            pass
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        self.proc = self.conn = self._finalizer = None
+
+    def _restart(self) -> None:
+        _kill(self.proc)
+        try:
+            self.conn.close()
+        except OSError:
+            pass
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        self.proc = self.conn = self._finalizer = None
+        self.start()
+
+    def run(self, items: list[tuple[int, str, str]], timeout_s: float) -> dict[int, tuple[str, Any]]:
+        with self._lock:
+            return self._run(items, timeout_s)
+
+    def _run(self, items, timeout_s):
+        results: dict[int, tuple[str, Any]] = {}
+        todo = list(items)
+        while todo:
+            if self.proc is None or not self.proc.is_alive():
+                self._restart() if self.proc is not None else self.start()
+            chunk, todo = todo[:_CHUNK], todo[_CHUNK:]
+            try:
+                self.conn.send(chunk)
+            except (OSError, BrokenPipeError):
+                self._restart()
+                self.conn.send(chunk)
+            k = 0
+            while k < len(chunk):
+                idx = chunk[k][0]
+                if self.conn.poll(timeout_s):
+                    try:
+                        got_idx, kind, value = self.conn.recv()
+                    except (EOFError, OSError):
+                        code = self.proc.exitcode if self.proc is not None else None
+                        results[idx] = ("crashed", f"checker process died (exit code {code}) during this check")
+                        todo = chunk[k + 1:] + todo
+                        self._restart()
+                        break
+                    assert got_idx == idx, (got_idx, idx)
+                    results[idx] = (kind, value)
+                    k += 1
+                else:
+                    results[idx] = ("timeout", f"check did not finish within {timeout_s:g} s")
+                    todo = chunk[k + 1:] + todo
+                    self._restart()  # kill the runaway check; the rest go to a fresh worker
+                    break
+        return results
+
+
+_REASONS = {"timeout": "checker_timeout", "error": "checker_error", "crashed": "checker_crashed"}
+
+
+class VerifyStage(Stage):
+    """Checks final answers against reference answers; see the module doc for the row outcomes."""
+
+    name = "verify"
+    input_columns = ("completion", "reference_answer")
+    output_columns = ("final_answer", "answer_parse_ok", "is_correct", "reward", "verifier")
+
+    def __init__(self, config=None, check_fn: Optional[CheckFn] = None, verifier_name: str = "math_verify"):
+        if config is None:
+            from pipelines.config import VerifyConfig  # config models only; no Ray/Prefect
+            config = VerifyConfig()
+        self.config = config
+        self.check_fn = check_fn or math_verify_check
+        self.verifier_name = verifier_name
+        self._worker: Optional[CheckWorker] = None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_worker"] = None  # a stage pickles into a Ray actor before setup; the worker is built there
+        return state
+
+    @property
+    def worker(self) -> Optional[CheckWorker]:
+        return self._worker
+
+    def setup(self) -> None:
+        if self._worker is None:
+            w = CheckWorker(self.check_fn)
+            w.start()
+            self._worker = w
+
+    def teardown(self) -> None:
+        if self._worker is not None:
+            self._worker.stop()
+            self._worker = None
+
+    def describe(self) -> dict[str, Any]:
+        try:
+            from importlib.metadata import version
+            mv = version("math-verify")
+        except Exception:  # pragma: no cover
+            mv = None
+        fn = self.check_fn
+        return {"verifier": self.verifier_name, "math_verify_version": mv, "timeout_s": self.config.timeout_s,
+                "check": f"{fn.__module__}.{getattr(fn, '__qualname__', repr(fn))}"}
+
+    def process_live(self, rows: list[dict], stats: StageStats) -> list[dict]:
+        out: list[dict] = []
+        items: list[tuple[int, str, str]] = []
+        for i, row in enumerate(rows):
+            r = dict(row)
+            ref = r.get("reference_answer")
+            ref = str(ref).strip() if ref is not None else ""
+            if not ref:
+                out.append(mark_error(r, self.name, RowError("no_reference", "the row has no reference answer")))
+                stats.error("no_reference")
+                continue
+            ans = extract_answer(r.get("completion") or "")
+            if ans is None:
+                r.update(final_answer=None, answer_parse_ok=False, is_correct=None, reward=None, verifier=None)
+            else:
+                r.update(final_answer=str(ans), answer_parse_ok=True, is_correct=None, reward=None,
+                         verifier=None)
+                items.append((i, str(ans), ref))
+            out.append(r)
+        if items:
+            if self._worker is None:
+                self.setup()
+            results = self._worker.run(items, self.config.timeout_s)
+            for i, answer, ref in items:
+                kind, value = results[i]
+                if kind == "ok":
+                    out[i].update(is_correct=value, reward=1.0 if value else 0.0, verifier=self.verifier_name)
+                else:
+                    reason = _REASONS.get(kind, "checker_error")
+                    raw = json.dumps({"final_answer": answer, "reference_answer": ref})
+                    out[i] = mark_error(out[i], self.name, RowError(reason, str(value), raw=raw))
+                    stats.error(reason)
+        return out
