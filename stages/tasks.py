@@ -12,7 +12,6 @@ before anything runs: the first bad row raises `InputError` naming the file, the
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional

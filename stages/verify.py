@@ -26,7 +26,6 @@ import multiprocessing as mp
 import os
 import re
 import threading
-import time
 import weakref
 from typing import Any, Callable, Optional
 
