@@ -1,0 +1,29 @@
+"""LLM engines behind one async interface (see base.py). `make_engine` imports each kind lazily, so importing
+stages never imports vllm, torch or httpx."""
+from __future__ import annotations
+
+from typing import Any
+
+from stages.engines.base import (Completion, Engine, GenerationRequest, GenerationResult,  # noqa: F401
+                                 SamplingParams)
+from schemas.errors import ConfigError
+
+ENGINE_KINDS = ("vllm", "openai", "transformers", "fake")
+
+
+def make_engine(config: Any, models_dir: str = "data/models") -> Engine:
+    """Build (not start) the engine an EngineConfig names. Call `await engine.start()` before generating."""
+    kind = config.kind
+    if kind == "vllm":
+        from stages.engines.vllm_engine import VLLMEngine
+        return VLLMEngine(config, models_dir)
+    if kind == "openai":
+        from stages.engines.openai_engine import OpenAIEngine
+        return OpenAIEngine(config)
+    if kind == "transformers":
+        from stages.engines.transformers_engine import TransformersEngine
+        return TransformersEngine(config, models_dir)
+    if kind == "fake":
+        from stages.engines.fake_engine import FakeEngine
+        return FakeEngine(config)
+    raise ConfigError(f"unknown engine kind '{kind}' (known: {', '.join(ENGINE_KINDS)})")

