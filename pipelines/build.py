@@ -80,6 +80,7 @@ class BuildResult:
     path: str
     resumed_shards: int
     seconds: float
+    root: str = "data"
 
 
 def plan_build(config: RecipeConfig, log: Log = print) -> BuildPlan:
@@ -186,7 +187,7 @@ def run_build(plan: BuildPlan, progress: bool = True, log: Log = print) -> Build
         results = execute_shards(plan, progress=progress, log=log)
         m = publish(plan, results)
     return BuildResult(m, plan.store.version_dir(m.dataset, m.version), plan.resumed_shards,
-                       round(time.time() - plan.started, 3))
+                       round(time.time() - plan.started, 3), plan.store.root_url)
 
 
 def build(config: RecipeConfig, progress: bool = True, log: Log = print) -> BuildResult:

@@ -2,7 +2,7 @@
 
 Every dataset is a schema holding its tables at the latest version (`demo.attempts`); every version is a schema
 of its own (`demo_v1.attempts`); `errata_versions` lists them all. Nothing is downloaded (extension autoinstall
-and autoload are off), only SELECT/EXPLAIN statements run, and on a local root DuckDB may read nothing outside it.
+and autoload are off), only SELECT/EXPLAIN statements run, and on a local root DuckDB may read nothing outside it (exports written under the root can be joined).
 """
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def connect(store: Store) -> duckdb.DuckDBPyConnection:
     if rows:
         con.executemany("INSERT INTO errata_versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
     if store.local:
-        con.execute(f"SET allowed_directories=[{_lit(store.path('datasets') + '/')}]")
+        con.execute(f"SET allowed_directories=[{_lit(store.path() + '/')}]")
         con.execute("SET enable_external_access=false")
     con.execute("SET lock_configuration=true")
     return con

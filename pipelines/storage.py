@@ -74,7 +74,8 @@ class Store:
 
     @property
     def models_dir(self) -> str:
-        return self.path("models")
+        """Where prepared models live: $ERRATA_MODELS, else <root>/models."""
+        return os.environ.get("ERRATA_MODELS") or self.path("models")
 
     # --- small file helpers -------------------------------------------------------------------------------
     def write_json_atomic(self, path: str, data: Any) -> None:

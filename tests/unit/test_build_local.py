@@ -1,0 +1,99 @@
+"""The build spine on the scripted fake engine, in process: problems -> attempts -> version, resume, errors."""
+import os
+
+import pytest
+
+import pipelines.build as build_mod
+from pipelines.build import build, plan_build, run_build
+from pipelines.storage import Store
+from schemas.errors import InputError
+from stages.base import Stage
+
+
+def test_build_publishes_counts_and_lineage(fake_recipe, data_root):
+    cfg = fake_recipe(n=6, n_samples=2, shard_size=4)
+    r = build(cfg, progress=False)
+    m = r.manifest
+    assert (m.dataset, m.version) == ("fake", 1)
+    assert m.tables["problems"].rows == 6
+    assert m.tables["attempts"].rows == 12 and m.tables["errors"].rows == 0
+    assert m.stages["generate"]["in"] == 6 and m.stages["generate"]["out"] == 12
+    assert m.stages["verify"]["in"] == 12 and m.stages["filter"]["out"] <= 12
+    assert m.shards == {"total": 2, "resumed": 0}
+    assert m.recipe_hash == cfg.config_hash() and m.code_version
+    store = Store(str(data_root))
+    att = store.read_table(m, "attempts").to_pylist()
+    # mixed script: even samples right, odd samples wrong
+    assert {a["sample_index"]: a["is_correct"] for a in att} == {0: True, 1: False}
+    probs = {p["problem_id"] for p in store.read_table(m, "problems").to_pylist()}
+    for a in att:
+        assert a["run_id"] == m.run_id and a["method"] == "sample_verify" and a["created_at"] is not None
+        assert a["parent_ids"] == [a["problem_id"]] and a["problem_id"] in probs
+    assert len({a["attempt_id"] for a in att}) == 12
+    # a second build is a new version; the first is untouched
+    m2 = build(cfg, progress=False).manifest
+    assert m2.version == 2 and store.verify_version(m) == []
+
+
+class Crash(Stage):
+    """Raises on one shard, like a process dying mid-build."""
+    name = "crash"
+
+    def __init__(self, on_shard_of: str):
+        self.on = on_shard_of
+
+    def process(self, rows):
+        if any(r.get("problem_id") == self.on for r in rows):
+            raise RuntimeError("simulated crash")
+        return super().process(rows)
+
+    def process_live(self, rows, stats):
+        return rows
+
+
+def test_crash_publishes_nothing_and_rerun_resumes(fake_recipe, data_root, monkeypatch):
+    cfg = fake_recipe(n=6, n_samples=2, shard_size=2)
+    plan = plan_build(cfg, log=lambda s: None)
+    third = plan.shards[2][1][0]["problem_id"]
+    real = build_mod.make_stages
+    monkeypatch.setattr(build_mod, "make_stages", lambda *a, **k: real(*a, **k) + [Crash(third)])
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_build(plan, progress=False)
+    store = Store(str(data_root))
+    assert store.versions("fake") == []
+    assert [store.shard_done("fake", plan.build_key, i) for i in range(3)] == [True, True, False]
+    monkeypatch.setattr(build_mod, "make_stages", real)
+    logs = []
+    plan2 = plan_build(cfg, log=logs.append)
+    assert plan2.resumed and plan2.run_id == plan.run_id and len(plan2.pending) == 1
+    r = run_build(plan2, progress=False)
+    assert r.manifest.shards == {"total": 3, "resumed": 2} and r.resumed_shards == 2
+    att = store.read_table(r.manifest, "attempts").to_pylist()
+    assert len(att) == 12 and len({a["attempt_id"] for a in att}) == 12
+    assert any("resuming" in s for s in logs)
+
+
+def test_failed_rows_become_error_records(fake_recipe, data_root, tmp_path):
+    cfg = fake_recipe(n=4, n_samples=2, shard_size=4)
+    p = tmp_path / "tasks.jsonl"
+    lines = p.read_text().splitlines()
+    lines[1] = lines[1].replace("[gold=", "[fail=prompt_too_long] [gold=")
+    p.write_text("\n".join(lines) + "\n")
+    m = build(cfg, progress=False).manifest
+    assert m.tables["errors"].rows == 1 and m.tables["attempts"].rows == 6
+    assert m.stages["generate"]["errors"] == 1
+    err = Store(str(data_root)).read_table(m, "errors").to_pylist()[0]
+    assert err["stage"] == "generate" and err["reason"] == "prompt_too_long" and err["problem_id"]
+    assert "plus" in err["raw_input"]
+
+
+def test_bad_input_fails_before_anything_is_written(fake_recipe, data_root, tmp_path):
+    cfg = fake_recipe(n=4)
+    p = tmp_path / "tasks.jsonl"
+    lines = p.read_text().splitlines()
+    lines[2] = '{"question": "broken'
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError) as e:
+        build(cfg, progress=False)
+    assert "tasks.jsonl" in str(e.value) and ":3" in str(e.value)
+    assert not os.path.exists(data_root / "datasets") and not os.path.exists(data_root / "staging")
