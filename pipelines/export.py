@@ -105,7 +105,9 @@ def export(store: Store, ref: str, fmt: str, out_dir: str, jsonl: bool = False,
             for r in rows:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
         files.append(base + ".jsonl")
-    card = (f"# {m.dataset} {fmt.upper()} export\n\nSource: `{m.ref}` (run {m.run_id}, recipe hash "
+    # the card's `configs` block lets `datasets.load_dataset(out_dir)` pick the Parquet files (not the JSONL)
+    card = ("---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: \"*.parquet\"\n---\n"
+            f"# {m.dataset} {fmt.upper()} export\n\nSource: `{m.ref}` (run {m.run_id}, recipe hash "
             f"{m.recipe_hash}, code {m.code_version}).\nRows: {len(rows)}. Columns follow TRL's "
             f"{'conversational language-modeling (`messages`)' if fmt == 'sft' else 'preference (`prompt`, `chosen`, `rejected`)'}"
             f" format.\n\nLoad: `datasets.load_dataset(\"parquet\", data_files=\"{out_dir}/*.parquet\")`\n")

@@ -56,6 +56,8 @@ def test_export_row_joins_back_to_problem_and_attempt(two_versions, tmp_path):
         JOIN fake_v1.attempts a ON a.attempt_id = e.attempt_id
         JOIN fake_v1.problems p ON p.problem_id = a.problem_id""")
     assert len(got) == 4 and all(ok and same for _, ok, same in got)
+    import datasets
+    assert datasets.load_dataset(str(out), split="train").num_rows == 4  # the card picks the Parquet
     lines = (out / "train-00000-of-00001.jsonl").read_text().splitlines()
     assert len(lines) == 4 and json.loads(lines[0])["messages"][0]["role"] == "user"
 
