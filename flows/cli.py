@@ -19,7 +19,8 @@ def _store(args):
     return Store(args.data or data_root())
 
 
-def _print_table(cols: list[str], rows: list[tuple], out=sys.stdout) -> None:
+def _print_table(cols: list[str], rows: list[tuple], out=None) -> None:
+    out = out or sys.stdout
     cells = [[("" if v is None else str(v)).replace("\n", "\\n")[:60] for v in r] for r in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(cols)]
     line = "  ".join(c.ljust(w) for c, w in zip(cols, widths))
@@ -44,7 +45,7 @@ def cmd_build(args) -> int:
     config = load_recipe(args.recipe, overrides)
     if args.prefect:
         from flows.build import build_flow_run
-        result = build_flow_run(config, progress=not args.no_progress)
+        result = build_flow_run(config, progress=not args.no_progress, recipe=args.recipe)
     else:
         from pipelines.build import build
         result = build(config, progress=not args.no_progress)
@@ -68,7 +69,7 @@ def print_build_summary(result, args) -> None:
     from pipelines.sql import connect, fetch
     from pipelines.storage import Store
     q = EXAMPLE_SQL.format(ds=m.dataset)
-    cols, rows = fetch(connect(_store(args) if args.data else Store(m.recipe["storage"]["root"])), q)
+    cols, rows = fetch(connect(Store(result.root)), q)
     print(f"\nexample: errata sql \"{q}\"")
     _print_table(cols, rows)
 
@@ -214,8 +215,8 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--ray-address", help="run on this Ray cluster instead of a local ray.init")
     b.add_argument("--runner", choices=["ray", "local"], help="ray (default) or local (in process, debugging)")
     b.add_argument("--no-progress", action="store_true", help="no progress bars")
-    b.add_argument("--prefect", action=argparse.BooleanOptionalAction, default=False,
-                   help="run as a Prefect flow (run history, retries)")
+    b.add_argument("--prefect", action=argparse.BooleanOptionalAction, default=True,
+                   help="run as a Prefect flow (run history, retries; default); --no-prefect runs it directly")
     b.set_defaults(fn=cmd_build)
 
     v = sub.add_parser("versions", help="list published versions")

@@ -1,0 +1,67 @@
+"""Prefect environment for every errata entry point. Import and call `prefect_env()` BEFORE importing prefect.
+
+Prefect reads its settings from the environment once, when it is first imported. errata keeps Prefect's state
+(the SQLite database of the temporary or local server, cached task results) project-local, under
+`<data root>/prefect`, unless the user set PREFECT_HOME. Where errata's `serve` started a local server, it
+leaves its address in `<PREFECT_HOME>/errata-server.json`, so other commands (`errata runs`, `errata schedule
+pause`) talk to that server instead of starting a temporary one.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+DEFAULTS = {
+    # The server's telemetry logs "database is locked" on SQLite (STACK.md §2).
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    # 20 s (Prefect's default) is close to what a 2-core machine needs to start the temporary server.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+}
+SERVER_FILE = "errata-server.json"
+
+
+def _data_root(data: str | None) -> str:
+    return data or os.environ.get("ERRATA_DATA") or "data"
+
+
+def prefect_env(data: str | None = None) -> Path:
+    """Set PREFECT_HOME (if unset) to `<data root>/prefect` and the other defaults; return PREFECT_HOME.
+
+    The data root is `data`, else $ERRATA_DATA, else ./data. Object-store roots (s3://...) cannot hold a SQLite
+    database: Prefect's state then goes to ./data/prefect."""
+    root = _data_root(data)
+    if "://" in root:
+        root = "data"
+    if not os.environ.get("PREFECT_HOME"):
+        os.environ["PREFECT_HOME"] = str(Path(root, "prefect").resolve())
+    for k, v in DEFAULTS.items():
+        os.environ.setdefault(k, v)
+    home = Path(os.environ["PREFECT_HOME"]).expanduser()
+    home.mkdir(parents=True, exist_ok=True)
+    if not os.environ.get("PREFECT_API_URL"):
+        url = running_local_server(home)
+        if url:
+            os.environ["PREFECT_API_URL"] = url
+    return home
+
+
+def server_file(home: Path | None = None) -> Path:
+    return Path(home or os.environ["PREFECT_HOME"]) / SERVER_FILE
+
+
+def running_local_server(home: Path) -> str | None:
+    """The API URL of a server started by `errata serve` on this PREFECT_HOME, if it is still up."""
+    f = server_file(home)
+    try:
+        rec = json.loads(f.read_text())
+        os.kill(int(rec["pid"]), 0)
+    except (OSError, ValueError, KeyError):
+        return None
+    import httpx
+    try:
+        if httpx.get(rec["url"].rstrip("/") + "/health", timeout=2).status_code == 200:
+            return rec["url"]
+    except httpx.HTTPError:
+        pass
+    return None
