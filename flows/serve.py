@@ -150,7 +150,8 @@ def serve(data: Optional[str] = None, repo_file: Optional[str | Path] = "default
         url = os.environ["PREFECT_API_URL"]
         from prefect.settings import PREFECT_API_URL, temporary_settings
         with temporary_settings(updates={PREFECT_API_URL: url}):
-            log(f"serving {len(specs)} schedule(s) against {url}; Ctrl-C stops")
+            ui = server.ui_url if server else url.rsplit("/api", 1)[0]
+            log(f"serving {len(specs)} schedule(s) against {url}; Prefect UI: {ui}; Ctrl-C stops")
             for s in specs:
                 log(f"  {s.name:<24} {s.what}, {s.when}{' (paused)' if s.paused else ''}")
             _run(book, specs, poll_s, limit, log)
