@@ -41,7 +41,7 @@ def test_build_flow_publishes_and_records_the_run(fake_recipe, data_root):
     m = result.manifest
     assert (m.dataset, m.version) == ("fake", 1)
     assert m.tables["attempts"].rows == 12 and m.tables["problems"].rows == 6
-    assert Store(str(data_root)).versions("fake") == [1]
+    assert Store(str(data_root)).versions("fake") == [1] and result.root == str(data_root)
 
     run = next(r for r in list_runs(limit=10) if r.version == "fake@1")
     assert run.state == "Completed" and run.recipe == "fake-recipe" and run.flow == "errata-build"
