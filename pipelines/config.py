@@ -33,6 +33,8 @@ class TaskSourceConfig(_Base):
     split: str = Field("train", description="split name recorded on problems (and loaded, for hf)")
     count: int = Field(64, ge=1, description="builtin: how many problems to generate")
     seed: int = Field(0, description="builtin: generator seed (same seed, same problems)")
+    max_steps: Optional[int] = Field(None, ge=1, description="builtin: only problems whose gold solution has at "
+                                                             "most this many steps (1 = one-operation warm-ups)")
     question_field: Optional[str] = Field(None, description="field holding the question; auto: question|problem")
     answer_field: Optional[str] = Field(
         None, description="field holding the final answer or a solution ending in '#### N' / \\boxed{}; "

@@ -93,6 +93,10 @@ def export(store: Store, ref: str, fmt: str, out_dir: str, jsonl: bool = False,
         rows, schema = sft_rows(attempts, m.ref), SFT_SCHEMA
     else:
         rows, schema = dpo_rows(attempts, m.ref, max_pairs_per_problem), DPO_SCHEMA
+    if not rows:
+        n_ok = sum(1 for a in attempts if _kept(a) and a["is_correct"])
+        raise StorageError(f"nothing to export: {m.ref} has no {fmt.upper()} rows ({len(attempts)} attempts, "
+                           f"{n_ok} kept and correct{'' if fmt == 'sft' else '; DPO needs a problem with both a correct and an incorrect kept attempt'})")
     os.makedirs(out_dir, exist_ok=True)
     base = os.path.join(out_dir, "train-00000-of-00001")
     if os.path.exists(base + ".parquet"):

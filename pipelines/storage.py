@@ -101,7 +101,10 @@ class Store:
     def write_parquet(self, path: str, table: pa.Table) -> dict[str, Any]:
         """Write a table; return {path, rows, bytes, sha256}. Written via a temp name, then renamed."""
         buf = io.BytesIO()
-        pq.write_table(table, buf, compression="zstd")
+        if table.num_rows:
+            pq.write_table(table, buf, compression="zstd")
+        else:  # no row group at all: `datasets` skips such a file, while a 0-row group makes it fail
+            pq.ParquetWriter(buf, table.schema, compression="zstd").close()
         blob = buf.getvalue()
         if self.local:
             os.makedirs(os.path.dirname(path), exist_ok=True)

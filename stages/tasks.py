@@ -227,13 +227,34 @@ def _t_discount(rng: random.Random) -> tuple[str, list[str], int]:
     return q, steps, total
 
 
+def _t_one_step(rng: random.Random) -> tuple[str, list[str], int]:
+    """Warm-up problems: one operation (small models get some right, so a demo has both right and wrong)."""
+    a = _pick_names(rng, 1)[0]
+    _, items = rng.choice(_ITEMS)
+    kind = rng.randrange(3)
+    if kind == 0:
+        x, y = rng.randint(2, 30), rng.randint(2, 30)
+        q = f"{a} has {x} {items} and gets {y} more. How many {items} does {a} have now?"
+        return q, [f"{a} has {x} + {y} = {x + y} {items}."], x + y
+    if kind == 1:
+        x = rng.randint(10, 40)
+        y = rng.randint(1, x - 1)
+        q = f"{a} has {x} {items} and gives away {y}. How many {items} does {a} have left?"
+        return q, [f"{a} has {x} - {y} = {x - y} {items} left."], x - y
+    x, y = rng.randint(2, 9), rng.randint(2, 9)
+    q = f"{a} has {x} boxes with {y} {items} in each box. How many {items} does {a} have?"
+    return q, [f"{a} has {x} * {y} = {x * y} {items}."], x * y
+
+
 _TEMPLATES: list[Callable[[random.Random], tuple[str, list[str], int]]] = [
-    _t_shopping, _t_sharing, _t_rates, _t_savings, _t_comparison, _t_travel, _t_recipe, _t_ages, _t_discount]
+    _t_shopping, _t_sharing, _t_rates, _t_savings, _t_comparison, _t_travel, _t_recipe, _t_ages, _t_discount,
+    _t_one_step]
 
 
-def builtin_problems(count: int, seed: int, split: str = "train") -> list[dict]:
+def builtin_problems(count: int, seed: int, split: str = "train", max_steps: Optional[int] = None) -> list[dict]:
     """`count` distinct arithmetic word problems, deterministic in (seed, index): the same seed gives the same
-    problems, and a larger count extends a smaller one. `split` is only recorded on the rows."""
+    problems, and a larger count extends a smaller one. `split` is only recorded on the rows. `max_steps` keeps
+    only problems whose gold solution has at most that many steps (easier problems for small models)."""
     if count < 0:
         raise ValueError("count must be >= 0")
     rows: list[dict] = []
@@ -243,7 +264,7 @@ def builtin_problems(count: int, seed: int, split: str = "train") -> list[dict]:
             rng = random.Random(f"errata-builtin:{seed}:{index}:{attempt}")
             template = _TEMPLATES[rng.randrange(len(_TEMPLATES))]
             question, steps, answer = template(rng)
-            if question not in seen:
+            if question not in seen and (max_steps is None or len(steps) <= max_steps):
                 break
         else:  # pragma: no cover - the space of problems is far larger than any count we use
             raise RuntimeError("could not generate a distinct problem")
@@ -251,7 +272,8 @@ def builtin_problems(count: int, seed: int, split: str = "train") -> list[dict]:
         assert isinstance(answer, int) and answer >= 0
         solution = "\n".join(steps + [f"#### {answer}"])
         rows.append({
-            "problem_id": make_id("builtin", seed, index, prefix="p-"),
+            "problem_id": (make_id("builtin", seed, index, prefix="p-") if max_steps is None
+                           else make_id("builtin", seed, f"max{max_steps}", index, prefix="p-")),
             "source": BUILTIN_SOURCE,
             "split": split,
             "source_index": index,
@@ -482,7 +504,7 @@ def load_problems(config, limit: Optional[int] = None) -> list[dict]:
     kind = config.kind
     if kind == "builtin":
         n = config.count if limit is None else min(config.count, limit)
-        return builtin_problems(n, config.seed, config.split)
+        return builtin_problems(n, config.seed, config.split, config.max_steps)
     if kind == "jsonl":
         p = _check_file(config.path, kind)
         return problems_from_records(_jsonl_records(p), config, source=p.name, path=str(config.path),

@@ -99,3 +99,21 @@ def test_cli_versions_show_sql_export(two_versions, tmp_path, capsys):
     assert main(["show", "fake@9"]) == 2
     assert "no version 9" in capsys.readouterr().err
     assert main(["export", "fake", "--format", "dpo", "--out", str(tmp_path / "d")]) == 0
+
+
+def test_empty_export_is_a_clear_error(fake_recipe, data_root, tmp_path, capsys):
+    build(fake_recipe(n=2, n_samples=2, script="wrong"), progress=False)
+    assert main(["export", "fake", "--format", "sft", "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert "nothing to export" in err and "0 kept and correct" in err
+
+
+def test_version_tables_load_with_datasets_even_with_empty_shards(two_versions):
+    import datasets
+    m = two_versions.resolve("fake@1")
+    for table in ("attempts", "errors", "problems"):
+        files = two_versions.table_files(m, table)
+        if m.tables[table].rows:
+            assert datasets.load_dataset("parquet", data_files=files, split="train").num_rows == m.tables[table].rows
+        else:  # empty shard files have no row group: DuckDB and pyarrow read them as 0 rows
+            assert two_versions.read_table(m, table).num_rows == 0

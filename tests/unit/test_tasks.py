@@ -44,7 +44,7 @@ def test_builtin_gold_answers_follow_from_their_steps():
         lines = p["reference_solution"].split("\n")
         assert lines[-1] == f"#### {p['reference_answer']}"
         steps = lines[:-1]
-        assert 2 <= len(steps) <= 5, p
+        assert 1 <= len(steps) <= 5, p
         values = {}
         last = None
         for line in steps:
@@ -78,12 +78,12 @@ def test_builtin_deterministic_distinct_and_complete():
     for p in a:
         assert set(columns(Problem)) - set(p) <= {"run_id", "method", "created_at"}
         validate_row(p, Problem)
-    # every template is in use, with 2 to 5 steps
+    # every template is in use, with 1 to 5 steps
     qs = " ".join(p["question"] for p in a)
     for kw in ("buys", "shares", "every hour", "Each week", "times as many", "miles per hour", "batch",
-               "years old", "% off"):
+               "years old", "% off", "more. How many"):
         assert kw in qs, kw
-    assert {len(p["reference_solution"].split("\n")) - 1 for p in a} == {2, 3, 4, 5}
+    assert {len(p["reference_solution"].split("\n")) - 1 for p in a} == {1, 2, 3, 4, 5}
     assert builtin_problems(3, seed=3, split="test")[0]["split"] == "test"
 
 
@@ -302,3 +302,12 @@ def test_first_bad_row_fails_the_whole_load(tmp_path):
 def test_path_required(tmp_path):
     with pytest.raises(InputError, match="tasks.path"):
         load_problems(TaskSourceConfig(kind="jsonl"))
+
+
+def test_builtin_max_steps_keeps_only_short_problems():
+    easy = builtin_problems(40, seed=1, max_steps=2)
+    assert len(easy) == 40 and len({p["question"] for p in easy}) == 40
+    assert all(len(p["reference_solution"].splitlines()) - 1 <= 2 for p in easy)
+    warmups = builtin_problems(30, seed=1, max_steps=1)
+    assert all(len(p["reference_solution"].splitlines()) == 2 for p in warmups)
+    assert not {p["problem_id"] for p in easy} & {p["problem_id"] for p in builtin_problems(40, seed=1)}
