@@ -8,10 +8,8 @@ others as small actors. Stages are plain Python; this module is the only one tha
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import time
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pyarrow as pa
 

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-from schemas.errors import StorageError, VersionNotFound
+from schemas.errors import VersionNotFound
 from schemas.manifest import FileEntry, Manifest, TableEntry
 
 MANIFEST = "manifest.json"
@@ -211,10 +211,11 @@ class Store:
         return [self.url(base[len(self.root) + 1:], f.path) for f in m.tables[table].files]
 
     def read_table(self, m: Manifest, table: str) -> pa.Table:
-        files = self.table_files(m, table)
-        with_fs = [p if self.local else self.fs._strip_protocol(p) for p in files]
-        return pa.concat_tables([pq.read_table(p, filesystem=None if self.local else self.fs)
-                                 for p in with_fs])
+        if table not in m.tables:
+            raise VersionNotFound(f"{m.ref} has no table '{table}' (tables: {', '.join(m.tables)})")
+        base = self.version_dir(m.dataset, m.version)
+        return pa.concat_tables([pq.read_table(f"{base}/{f.path}", filesystem=None if self.local else self.fs)
+                                 for f in m.tables[table].files])
 
     def _claim_version(self, dataset: str) -> int:
         """Atomically take the next free version number (mkdir fails if another build took it)."""
@@ -299,13 +300,3 @@ class Store:
         for ds in self.datasets():
             for v in self.versions(ds):
                 yield self.manifest(ds, v)
-
-
-def staging_key(recipe_hash: str, limit: int | None) -> str:
-    return f"b-{recipe_hash}" + (f"-l{limit}" if limit else "")
-
-
-def check_intact(store: Store, m: Manifest) -> None:
-    bad = store.verify_version(m)
-    if bad:
-        raise StorageError(f"{m.ref} is damaged: {'; '.join(bad[:5])}")
