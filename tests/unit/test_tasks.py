@@ -15,7 +15,9 @@ from schemas.errors import InputError
 from schemas.rows import Problem, columns, make_id, validate_row
 from stages.tasks import builtin_problems, load_problems
 
-DATA = Path("/work/shared/data")
+# ../shared/data beside the checkout (CI clones with shared/ beside it)
+DATA = next((d for d in (Path(__file__).resolve().parents[3] / "shared" / "data", Path("/work/shared/data"))
+             if d.exists()), Path("/work/shared/data"))
 GSM8K = DATA / "gsm8k_test.jsonl"
 MATH500 = DATA / "math500_test.jsonl"
 needs_data = pytest.mark.skipif(not GSM8K.exists() or not MATH500.exists(), reason="shared data not present")
