@@ -256,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     args = make_parser().parse_args(argv)
+    if args.data:  # before anything imports Prefect: its home lives under the data root
+        os.environ["ERRATA_DATA"] = args.data
     try:
         return args.fn(args) or 0
     except ErrataError as e:
