@@ -95,6 +95,14 @@ class _StageUDF:
         self.stage = stage
         stage.setup()
 
+    def __del__(self):
+        # Ray Data deletes the UDF when the actor exits gracefully: close the engine instead of leaving
+        # its processes to die noisily (or orphaned) with the actor.
+        try:
+            self.stage.teardown()
+        except Exception:
+            pass
+
     def __call__(self, batch: pa.Table) -> pa.Table:
         out_ids, out_payloads = [], []
         for sid, blob in zip(batch.column("shard_id").to_pylist(), batch.column("payload").to_pylist()):
@@ -134,8 +142,10 @@ class RayRunner:
 
     def _init_ray(self, progress: bool) -> None:
         import ray
+        self._started_ray = False
         if ray.is_initialized():
             return
+        self._started_ray = True
         env = dict(RAY_ENV_VARS)
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
                                   "runtime_env": {"env_vars": env}}
@@ -169,15 +179,13 @@ class RayRunner:
                 num_gpus=self.engine_gpus if uses_engine else 0)
         ds = ds.map_batches(_named(_WriteUDF, "WriteShard"), fn_constructor_args=(writer,), batch_size=1,
                             batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.25)
-        for row in ds.iter_rows():
-            r = json.loads(row["result"])
-            yield ShardResult(r["shard_id"], r["tables"], r["stats"])
-
-    @staticmethod
-    def shutdown() -> None:
-        import ray
-        if ray.is_initialized():
-            ray.shutdown()
+        try:
+            for row in ds.iter_rows():
+                r = json.loads(row["result"])
+                yield ShardResult(r["shard_id"], r["tables"], r["stats"])
+        finally:
+            if self._started_ray:  # free the engine (GBs of RAM) and let its processes finish logging now
+                ray.shutdown()
 
 
 def merge_stats(results: list[ShardResult], order: list[str]) -> dict[str, dict]:
