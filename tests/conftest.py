@@ -14,6 +14,8 @@ MODELS_DIR = REPO / "data" / "models"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Prefect logs "Stopping temporary server" from an atexit hook, after pytest has closed its streams
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 
 def write_gsm8k_style(path: Path, n: int = 6, bad: dict | None = None) -> Path:
