@@ -8,6 +8,7 @@ others as small actors. Stages are plain Python; this module is the only one tha
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from typing import Any, Iterator
 
@@ -147,6 +148,7 @@ class RayRunner:
             return
         self._started_ray = True
         env = dict(RAY_ENV_VARS)
+        env["VLLM_LOGGING_LEVEL"] = os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")  # engine chatter off by default
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
                                   "runtime_env": {"env_vars": env}}
         if self.address:
