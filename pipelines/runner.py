@@ -15,6 +15,7 @@ from typing import Any, Iterator
 import pyarrow as pa
 
 from pipelines.storage import ShardResult, Store
+from schemas.errors import ConfigError
 from schemas.rows import ErrorRecord, make_id, to_table
 from stages.base import Stage, StageStats
 
@@ -155,7 +156,13 @@ class RayRunner:
             kwargs["address"] = self.address
         elif self.num_cpus:
             kwargs["num_cpus"] = self.num_cpus
-        ray.init(**kwargs)
+        try:
+            ray.init(**kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            where = f"the Ray cluster at {self.address}" if self.address else "a local Ray instance"
+            hint = (" If the cluster uses token authentication, set RAY_AUTH_MODE=token and make the token "
+                    "available (~/.ray/auth_token or RAY_AUTH_TOKEN)." if "auth" in str(e).lower() else "")
+            raise ConfigError(f"cannot start or reach {where}: {str(e).splitlines()[0][:300]}.{hint}") from e
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = progress
         ctx.verbose_progress = False
