@@ -130,6 +130,19 @@ class _WriteUDF:
         return pa.table({"result": out})
 
 
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on a host:port nobody listens on (ray.init would retry for minutes)."""
+    import socket
+    if address in ("auto", "local") or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot reach the Ray cluster at {address}: {e}") from None
+
+
 def _named(cls: type, name: str) -> type:
     """A subclass whose name Ray shows on the stage's progress bar."""
     return type(name, (cls,), {"__module__": cls.__module__})
@@ -153,6 +166,7 @@ class RayRunner:
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
                                   "runtime_env": {"env_vars": env}}
         if self.address:
+            _check_reachable(self.address)
             kwargs["address"] = self.address
         elif self.num_cpus:
             kwargs["num_cpus"] = self.num_cpus

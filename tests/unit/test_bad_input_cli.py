@@ -45,3 +45,17 @@ def test_wrong_type(tmp_path, data_root, capsys):
 def test_unknown_set_key(tmp_path, data_root, capsys):
     code = main(["build", "demo", "--set", "sampling.nn=3"])
     assert code == 2 and "unknown key 'sampling.nn'" in capsys.readouterr().err
+
+
+def test_unreachable_ray_cluster_fails_fast(tmp_path, data_root, capsys):
+    import socket
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    lines = [GOOD]
+    path = tmp_path / "in.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    code = main(["build", "demo", "--no-prefect", "--set", "tasks.kind=jsonl", "--set", f"tasks.path={path}",
+                 "--set", "engine.kind=fake", "--ray-address", f"127.0.0.1:{port}", "--no-progress"])
+    assert code == 2 and f"cannot reach the Ray cluster at 127.0.0.1:{port}" in capsys.readouterr().err
+    assert not (data_root / "datasets").exists()
