@@ -36,6 +36,7 @@ test-unit: $(STAMP)
 
 bench: model
 	$(BIN)/python bench/generation.py
+	$(BIN)/python bench/sql.py
 
 clean-venv:
 	rm -rf $(VENV)
