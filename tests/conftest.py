@@ -14,8 +14,6 @@ MODELS_DIR = REPO / "data" / "models"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-# Prefect logs "Stopping temporary server" from an atexit hook, after pytest has closed its streams
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 
 def write_gsm8k_style(path: Path, n: int = 6, bad: dict | None = None) -> Path:
@@ -62,3 +60,10 @@ def errata(*args, env=None, check=True, timeout=900, **kw):
     if check and p.returncode != 0:
         raise AssertionError(f"errata {' '.join(args)} exited {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}")
     return p
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Prefect logs "Stopping temporary server" from an atexit hook, after pytest has closed its capture streams
+    (a logging traceback at exit). Nothing of value is logged after the session: silence INFO from here on."""
+    import logging
+    logging.disable(logging.INFO)
