@@ -181,6 +181,13 @@ class RayRunner:
         ctx.enable_progress_bars = progress
         ctx.verbose_progress = False
 
+    def resources(self, stage: Stage) -> dict[str, Any]:
+        """Actor pool size and per-actor resources of a stage: engine stages get the engine's settings,
+        cheap CPU stages a quarter CPU each (so they never starve the engine on 2 cores)."""
+        if stage.uses_engine:
+            return {"actors": self.engine_actors, "num_cpus": self.engine_cpus, "num_gpus": self.engine_gpus}
+        return {"actors": self.cpu_stage_concurrency, "num_cpus": 0.25, "num_gpus": 0}
+
     def run(self, shards: list[tuple[int, list[dict]]], stages: list[Stage], writer: ShardWriter,
             progress: bool = True) -> Iterator[ShardResult]:
         import ray
@@ -192,14 +199,11 @@ class RayRunner:
         ds = ray.data.from_arrow([pa.table({"shard_id": [it["shard_id"]],
                                             "payload": pa.array([it["payload"]], pa.binary())}) for it in items])
         for st in stages:
-            uses_engine = getattr(st, "uses_engine", False)
+            res = self.resources(st)
             ds = ds.map_batches(
                 _named(_StageUDF, st.name.title()), fn_constructor_args=(st,), batch_size=1,
-                batch_format="pyarrow",
-                compute=ray.data.ActorPoolStrategy(size=self.engine_actors if uses_engine
-                                                   else self.cpu_stage_concurrency),
-                num_cpus=self.engine_cpus if uses_engine else 0.25,
-                num_gpus=self.engine_gpus if uses_engine else 0)
+                batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=res["actors"]),
+                num_cpus=res["num_cpus"], num_gpus=res["num_gpus"])
         ds = ds.map_batches(_named(_WriteUDF, "WriteShard"), fn_constructor_args=(writer,), batch_size=1,
                             batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.25)
         try:

@@ -92,6 +92,7 @@ class Stage:
     name: ClassVar[str] = "stage"
     input_columns: ClassVar[tuple[str, ...]] = ()
     output_columns: ClassVar[tuple[str, ...]] = ()
+    uses_engine: ClassVar[bool] = False   # holds an LLM engine: runs on the engine's CPUs/GPUs, one per replica
 
     def setup(self) -> None:
         """Build clients/models. Called once per process before the first batch."""

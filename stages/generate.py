@@ -37,6 +37,7 @@ def split_steps(text: str) -> list[dict]:
 
 class GenerateStage(Stage):
     name = "generate"
+    uses_engine = True
     input_columns = ("problem_id", "question")
     output_columns = ("attempt_id", "sample_index", "model", "engine", "sampling_json", "prompt_template",
                       "prompt", "completion", "finish_reason", "prompt_tokens", "completion_tokens", "steps")

@@ -97,3 +97,13 @@ def test_bad_input_fails_before_anything_is_written(fake_recipe, data_root, tmp_
         build(cfg, progress=False)
     assert "tasks.jsonl" in str(e.value) and ":3" in str(e.value)
     assert not os.path.exists(data_root / "datasets") and not os.path.exists(data_root / "staging")
+
+
+def test_ray_runner_gives_the_engine_stage_the_engine_resources(fake_recipe):
+    from pipelines.runner import RayRunner
+    cfg = fake_recipe(n=2)
+    stages = build_mod.make_stages(cfg, "run-x", "/tmp/models")
+    r = RayRunner(engine_actors=2, engine_cpus=1.0, engine_gpus=1.0, cpu_stage_concurrency=1)
+    got = {s.name: r.resources(s) for s in stages}
+    assert got["generate"] == {"actors": 2, "num_cpus": 1.0, "num_gpus": 1.0}
+    assert got["verify"] == got["filter"] == {"actors": 1, "num_cpus": 0.25, "num_gpus": 0}
