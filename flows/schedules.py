@@ -25,6 +25,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from pipelines.config import read_yaml_mapping
 from schemas.errors import ConfigError
 
 REPO_SCHEDULES = Path(__file__).parent / "schedules.yaml"
@@ -160,13 +161,7 @@ def make_spec(data: dict, source: str = "schedule") -> ScheduleSpec:
 def _read_yaml(path: Path) -> dict:
     if not path.exists():
         return {}
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping with a 'schedules' list")
-    return data
+    return read_yaml_mapping(path, "expected a mapping with a 'schedules' list")
 
 
 def load_file(path: Path) -> list[ScheduleSpec]:

@@ -181,15 +181,21 @@ def resolve_recipe_path(recipe: str) -> Path:
     return builtin
 
 
-def load_recipe(recipe: str, overrides: list[str] | tuple[str, ...] = ()) -> RecipeConfig:
-    """Load a recipe by name or path, apply `key=value` overrides, validate."""
-    path = resolve_recipe_path(recipe)
+def read_yaml_mapping(path: Path, what: str) -> dict:
+    """A YAML file that must hold a mapping (empty file: {}); ConfigError naming the file otherwise."""
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a recipe is a mapping of settings")
+        raise ConfigError(f"{path}: {what}")
+    return data
+
+
+def load_recipe(recipe: str, overrides: list[str] | tuple[str, ...] = ()) -> RecipeConfig:
+    """Load a recipe by name or path, apply `key=value` overrides, validate."""
+    path = resolve_recipe_path(recipe)
+    data = read_yaml_mapping(path, "a recipe is a mapping of settings")
     for o in overrides:
         apply_override(data, o)
     return validate_recipe(data, source=str(path))

@@ -21,7 +21,7 @@ import os
 import re
 import uuid
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import fsspec
 import pyarrow as pa
@@ -295,8 +295,3 @@ class Store:
                 if h != f.sha256:
                     problems.append(f"checksum mismatch {p}")
         return problems
-
-    def iter_manifests(self) -> Iterator[Manifest]:
-        for ds in self.datasets():
-            for v in self.versions(ds):
-                yield self.manifest(ds, v)

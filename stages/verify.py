@@ -141,6 +141,10 @@ class CheckWorker:
             self.proc.join(2)
         except (OSError, BrokenPipeError):
             pass
+        self._discard()
+
+    def _discard(self) -> None:
+        """Kill the worker (if still there) and forget it."""
         _kill(self.proc)
         try:
             self.conn.close()
@@ -151,14 +155,7 @@ class CheckWorker:
         self.proc = self.conn = self._finalizer = None
 
     def _restart(self) -> None:
-        _kill(self.proc)
-        try:
-            self.conn.close()
-        except OSError:
-            pass
-        if self._finalizer is not None:
-            self._finalizer.detach()
-        self.proc = self.conn = self._finalizer = None
+        self._discard()
         self.start()
 
     def run(self, items: list[tuple[int, str, str]], timeout_s: float) -> dict[int, tuple[str, Any]]:
