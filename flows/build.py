@@ -1,17 +1,21 @@
-"""A build as a Prefect flow: one flow run per build, tasks plan -> execute_shards -> publish.
+"""A build as a Prefect flow: one flow run per build; tasks plan -> one task per stage -> write_shards -> publish.
 
-Prefect orchestrates, Ray (or the in-process runner) computes: `execute_shards` runs every pending shard through
-the stages exactly as `pipelines.build` does.
+Prefect orchestrates, Ray (or the in-process runner) computes. Each stage task (`generate`, `verify`, `filter`)
+is one Ray Data run of that stage over every pending shard; it checkpoints each shard's rows in staging
+(`after-<stage>.pkl`), and the next stage reads them. `write_shards` writes the tables of every shard from its
+last checkpoint (then the shard's `_SUCCESS`), `publish` makes the new version. Each stage task starts and
+stops its own local Ray (or connects to the cluster), so the engine and its memory are gone when generate ends.
 
-- Retries: `execute_shards` is retried (twice by default) only on transient failures: TransientEngineError
-  (engine start, HTTP 429/5xx, timeouts) and connection errors, also when Ray wraps them. A retry resumes from
-  the staging shard markers (`_SUCCESS`, written last per shard): finished shards are read back, never rerun,
-  and a shard rerun overwrites its own staging files, so a retry never duplicates rows.
-- Caching: `execute_shards` is cached on (recipe `config_hash()`, staging run id, shard ids). A rerun of a build
-  whose shards all finished (e.g. one that failed in publish) reuses the finished result without touching the
-  engine. The run id is part of the key because staging is deleted when a version is published: an identical
-  build after a publish is a new run and really rebuilds. Below the task level, the staging markers make a rerun
-  reuse every finished shard anyway.
+- Retries: a stage task is retried (twice by default) only on transient failures: TransientEngineError (engine
+  start, HTTP 429/5xx, timeouts) and connection errors, also when Ray wraps them. A retry re-reads the
+  checkpoints: shards the failed attempt finished are skipped, the others run again from the previous stage's
+  checkpoint, so a retry never repeats finished work or duplicates rows; a failure in `verify` never reruns
+  `generate`.
+- Caching: each stage task is cached on (stage, recipe `config_hash()`, staging run id, shard ids). A rerun of a
+  build that failed after a stage finished (e.g. in publish) reuses that stage's result without starting Ray or
+  the engine. The run id is part of the key because staging is deleted when a version is published: an identical
+  build after a publish is a new run and really rebuilds. Below the task level, the checkpoints and shard
+  markers make a rerun reuse every finished (stage, shard) anyway.
 - Results: the flow run gets tags `dataset:<name>`, `recipe:<name>`, `version:<name>@<N>` and a markdown
   artifact (key `build-<dataset>`) with the version, row counts, per-stage counts and timings.
 - A failed build leaves a failed flow run whose message is the reason, and publishes nothing.
@@ -38,7 +42,7 @@ from schemas.errors import ConfigError, TransientEngineError  # noqa: E402
 from schemas.manifest import Manifest  # noqa: E402
 
 BUILD_FLOW_NAME = "errata-build"
-EXECUTE_RETRIES = 2
+STAGE_RETRIES = 2
 RETRY_DELAY_SECONDS = 5.0
 
 
@@ -75,10 +79,10 @@ def retry_if_transient(task, task_run, state) -> bool:
 
 
 # --- tasks ----------------------------------------------------------------------------------------------------
-def _execute_cache_key(ctx: TaskRunContext, params: dict[str, Any]) -> Optional[str]:
+def _stage_cache_key(ctx: TaskRunContext, params: dict[str, Any]) -> Optional[str]:
     plan: pb.BuildPlan = params["plan"]
     shard_ids = ",".join(str(sid) for sid, _ in plan.shards)
-    return f"errata-execute-{plan.config.config_hash()}-{plan.run_id}-{shard_ids}"
+    return f"errata-{params['stage']}-{plan.config.config_hash()}-{plan.run_id}-{shard_ids}"
 
 
 @task(name="plan", cache_policy=NO_CACHE, persist_result=False)
@@ -87,15 +91,18 @@ def plan_task(config: RecipeConfig) -> pb.BuildPlan:
     return pb.plan_build(config, log=_log)
 
 
-@task(name="execute_shards", retries=EXECUTE_RETRIES, retry_delay_seconds=RETRY_DELAY_SECONDS,
-      retry_condition_fn=retry_if_transient, cache_key_fn=_execute_cache_key,
+@task(name="stage", retries=STAGE_RETRIES, retry_delay_seconds=RETRY_DELAY_SECONDS,
+      retry_condition_fn=retry_if_transient, cache_key_fn=_stage_cache_key,
       cache_expiration=dt.timedelta(days=7))
-def execute_task(plan: pb.BuildPlan, progress: bool = False) -> list[ShardResult]:
-    """Run the pending shards through the stages (Ray Data or in process)."""
-    # A retry starts here again: re-read the markers so shards finished by the failed attempt are reused.
-    cfg = plan.config
-    plan.done = [sid for sid, _ in plan.shards if plan.store.shard_done(cfg.dataset, plan.build_key, sid)]
-    return pb.execute_shards(plan, progress=progress, log=_log)
+def stage_task(plan: pb.BuildPlan, stage: str, progress: bool = False) -> dict:
+    """Run one stage over every pending shard it has not finished (the flow names each run after its stage)."""
+    return pb.run_stage(plan, stage, progress=progress, log=_log)
+
+
+@task(name="write_shards", cache_policy=NO_CACHE, persist_result=False)
+def write_task(plan: pb.BuildPlan) -> list[ShardResult]:
+    """Write each shard's tables from its last checkpoint."""
+    return pb.write_shards(plan)
 
 
 @task(name="publish", cache_policy=NO_CACHE, persist_result=False)
@@ -170,7 +177,9 @@ def build_flow(recipe: Optional[str] = None, overrides: Optional[list[str]] = No
     _add_tags([f"dataset:{cfg.dataset}", f"recipe:{label}", f"recipe_hash:{cfg.config_hash()}"])
     plan = plan_task(cfg)
     with pb.build_lock(plan):
-        results = execute_task(plan, progress=progress)
+        for name in pb.stage_names(cfg):
+            stage_task.with_options(name=name, retry_delay_seconds=RETRY_DELAY_SECONDS)(plan, name, progress)
+        results = write_task(plan)
         manifest = publish_task(plan, results)
     result = pb.BuildResult(manifest, plan.store.version_dir(manifest.dataset, manifest.version),
                             plan.resumed_shards, round(time.time() - started, 3), plan.store.root_url)

@@ -1,7 +1,15 @@
 """A build: recipe -> problems -> shards through the stages -> staging -> a new published version.
 
-`plan_build` validates everything (recipe, input files) before anything runs; `run_build` executes the pending
-shards (skipping those finished by an earlier, crashed run) and publishes. `build` does both.
+`plan_build` validates everything (recipe, input files) before anything runs. Then the pending shards (those not
+finished by an earlier, crashed run) are executed in one of two ways, with the same output:
+
+- streaming (`execute_shards`, used by `run_build`/`build` and `errata build --no-prefect`): one Ray Data run in
+  which every shard flows through all stages and is written; verify/filter overlap generation.
+- stage by stage (`run_stage` for each stage, then `write_shards`; the Prefect flow's tasks): each stage runs over
+  all pending shards and checkpoints each shard's rows (`after-<stage>.pkl`), so a retried or rerun stage skips
+  the shards it already finished and a failure in a later stage never reruns an earlier one.
+
+`publish` turns the finished shards into a new immutable version.
 """
 from __future__ import annotations
 
@@ -16,7 +24,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from pipelines.config import RecipeConfig, data_root
-from pipelines.runner import LocalRunner, RayRunner, ShardWriter, merge_stats
+from pipelines.runner import CheckpointWriter, LocalRunner, RayRunner, ShardWriter, merge_stats, new_shard
 from pipelines.storage import ShardResult, Store
 from schemas.errors import StorageError
 from schemas.manifest import Manifest
@@ -56,6 +64,11 @@ def make_stages(config: RecipeConfig, run_id: str, models_dir: str) -> list[Stag
             FilterStage(config.filter)]
 
 
+def stage_names(config: RecipeConfig) -> list[str]:
+    """The recipe's stages in order (building stage objects is cheap: no engine or worker starts)."""
+    return [s.name for s in make_stages(config, "", "")]
+
+
 @dataclass
 class BuildPlan:
     config: RecipeConfig
@@ -65,7 +78,7 @@ class BuildPlan:
     resumed: bool
     shards: list[tuple[int, list[dict]]]
     done: list[int]
-    resumed_shards: int = 0
+    resumed_shards: int = 0   # shards an earlier run finished, or took through at least one stage
     started: float = field(default_factory=time.time)
 
     @property
@@ -97,9 +110,14 @@ def plan_build(config: RecipeConfig, log: Log = print) -> BuildPlan:
     size = config.execution.shard_size
     shards = [(i, problems[i * size:(i + 1) * size]) for i in range((len(problems) + size - 1) // size)]
     done = [sid for sid, _ in shards if store.shard_done(config.dataset, build_key, sid)]
+    partly = 0
     if resumed:
-        log(f"resuming {run_id}: {len(done)}/{len(shards)} shards already finished")
-    return BuildPlan(config, store, build_key, run_id, resumed, shards, done, resumed_shards=len(done))
+        names = stage_names(config)
+        partly = sum(1 for sid, _ in shards if sid not in set(done)
+                     and store.last_checkpoint(config.dataset, build_key, sid, names) >= 0)
+        log(f"resuming {run_id}: {len(done)}/{len(shards)} shards already finished"
+            + (f", {partly} through some stages" if partly else ""))
+    return BuildPlan(config, store, build_key, run_id, resumed, shards, done, resumed_shards=len(done) + partly)
 
 
 @contextlib.contextmanager
@@ -118,25 +136,32 @@ def build_lock(plan: BuildPlan) -> Iterator[None]:
         yield
 
 
+def make_runner(cfg: RecipeConfig) -> LocalRunner | RayRunner:
+    ex = cfg.execution
+    if ex.runner == "local":
+        return LocalRunner()
+    return RayRunner(address=ex.ray_address, num_cpus=ex.num_cpus, cpu_stage_concurrency=ex.cpu_stage_concurrency,
+                     engine_actors=cfg.engine.num_actors, engine_cpus=cfg.engine.num_cpus_per_actor,
+                     engine_gpus=cfg.engine.num_gpus_per_actor)
+
+
+def _root(plan: BuildPlan) -> str:
+    return plan.store.root if plan.store.local else plan.store.root_url
+
+
 def execute_shards(plan: BuildPlan, progress: bool = True, log: Log = print) -> list[ShardResult]:
-    """Run the pending shards through the stages; return every shard's result (finished earlier or now)."""
+    """Streaming: run the pending shards through all stages and write them; return every shard's result
+    (finished earlier or now)."""
     cfg = plan.config
     results = [plan.store.read_shard(cfg.dataset, plan.build_key, sid) for sid in plan.done]
     pending = plan.pending
     if pending:
         stages = make_stages(cfg, plan.run_id, plan.store.models_dir)
-        writer = ShardWriter(plan.store.root_url if not plan.store.local else plan.store.root, cfg.dataset,
-                             plan.build_key, Attempt)
-        ex = cfg.execution
-        if ex.runner == "local":
-            runner = LocalRunner()
-        else:
-            runner = RayRunner(address=ex.ray_address, num_cpus=ex.num_cpus,
-                               cpu_stage_concurrency=ex.cpu_stage_concurrency,
-                               engine_actors=cfg.engine.num_actors, engine_cpus=cfg.engine.num_cpus_per_actor,
-                               engine_gpus=cfg.engine.num_gpus_per_actor)
+        writer = ShardWriter(_root(plan), cfg.dataset, plan.build_key, Attempt)
         bar = _progress(len(plan.shards), len(plan.done), progress)
-        for r in runner.run(pending, stages, writer, progress=progress):
+        for d in make_runner(cfg).run([new_shard(sid, probs) for sid, probs in pending], stages, writer,
+                                      progress=progress):
+            r = ShardResult(d["shard_id"], d["tables"], d["stats"])
             results.append(r)
             plan.done.append(r.shard_id)
             if bar is not None:
@@ -145,6 +170,63 @@ def execute_shards(plan: BuildPlan, progress: bool = True, log: Log = print) -> 
         if bar is not None:
             bar.close()
     return results
+
+
+def refresh_done(plan: BuildPlan) -> None:
+    """Re-read the shard markers (a retry or rerun must see what an earlier attempt finished)."""
+    cfg = plan.config
+    plan.done = [sid for sid, _ in plan.shards if plan.store.shard_done(cfg.dataset, plan.build_key, sid)]
+
+
+def run_stage(plan: BuildPlan, stage_name: str, progress: bool = True, log: Log = print) -> dict:
+    """Stage by stage: run one stage over every pending shard it has not finished yet, reading each shard from
+    the previous stage's checkpoint and writing its own. Returns {"stage", "shards_run", "shards_skipped",
+    "stats"} (stats merged over the shards run now)."""
+    cfg = plan.config
+    stages = make_stages(cfg, plan.run_id, plan.store.models_dir)
+    names = [s.name for s in stages]
+    k = names.index(stage_name)
+    previous = names[k - 1] if k else None
+    refresh_done(plan)
+    todo, skipped = [], 0
+    for sid, probs in plan.pending:
+        last = plan.store.last_checkpoint(cfg.dataset, plan.build_key, sid, names)
+        if last >= k:
+            skipped += 1
+        elif last == k - 1:
+            todo.append(new_shard(sid, probs) if k == 0
+                        else plan.store.read_checkpoint(cfg.dataset, plan.build_key, sid, previous))
+        else:
+            raise StorageError(f"shard {sid} of {cfg.dataset} has not been through stage '{previous}' "
+                               f"(staging {plan.store.shard_dir(cfg.dataset, plan.build_key, sid)})")
+    merged: dict[str, dict] = {}
+    if todo:
+        stage = stages[k]
+        sink = CheckpointWriter(_root(plan), cfg.dataset, plan.build_key, stage_name, previous)
+        results = list(make_runner(cfg).run(todo, [stage], sink, progress=progress))
+        merged = merge_stats([ShardResult(r["shard_id"], {}, r["stats"]) for r in results], [stage_name])
+    c = merged.get(stage_name, {})
+    log(f"{stage_name}: {len(todo)} shard(s) run, {skipped} already done; rows in {c.get('in', 0)}, "
+        f"out {c.get('out', 0)}, errors {c.get('errors', 0)}, {c.get('seconds', 0.0):.1f} s")
+    return {"stage": stage_name, "shards_run": len(todo), "shards_skipped": skipped,
+            "stats": merged.get(stage_name, {})}
+
+
+def write_shards(plan: BuildPlan) -> list[ShardResult]:
+    """Stage by stage: write every pending shard's tables from its last checkpoint (then `_SUCCESS`); return
+    every shard's result."""
+    cfg = plan.config
+    refresh_done(plan)
+    names = stage_names(cfg)
+    last = names[-1]
+    writer = ShardWriter(_root(plan), cfg.dataset, plan.build_key, Attempt)
+    for sid, _ in plan.pending:
+        if plan.store.last_checkpoint(cfg.dataset, plan.build_key, sid, names) != len(names) - 1:
+            raise StorageError(f"cannot write shard {sid} of {cfg.dataset}: it has not been through every stage")
+        writer(plan.store.read_checkpoint(cfg.dataset, plan.build_key, sid, last))
+        plan.store.drop_checkpoint(cfg.dataset, plan.build_key, sid, last)
+    refresh_done(plan)
+    return [plan.store.read_shard(cfg.dataset, plan.build_key, sid) for sid, _ in plan.shards]
 
 
 def _progress(total: int, done: int, on: bool):
@@ -163,7 +245,7 @@ def publish(plan: BuildPlan, results: list[ShardResult]) -> Manifest:
     missing = sorted({sid for sid, _ in plan.shards} - {r.shard_id for r in results})
     if missing:
         raise StorageError(f"cannot publish: shards {missing[:10]} not finished")
-    order = ["generate", "verify", "filter"]
+    order = stage_names(cfg)
     stages = merge_stats(results, order + sorted({n for r in results for n in r.stats} - set(order)))
     tokens = {"prompt": sum(s.get("prompt_tokens", 0) for s in stages.values()),
               "completion": sum(s.get("completion_tokens", 0) for s in stages.values())}

@@ -1,16 +1,17 @@
 """Execution of a list of stages over shards: on Ray Data (default) or in process (debugging), same output.
 
 The unit of work is a shard: a list of problem rows. Each Ray Data row carries one whole shard (pickled), so a
-stage always sees complete shards whatever Ray does with blocks, and the shard writer (last step) writes a shard
-and its completion marker exactly once per success. LLM stages run as actor pools that hold the engine; the
-others as small actors. Stages are plain Python; this module is the only one that imports Ray.
+stage always sees complete shards whatever Ray does with blocks. A run ends in a sink, called once per shard that
+came through: the ShardWriter (tables, then the `_SUCCESS` marker) when all stages run in one go, or the
+CheckpointWriter (`after-<stage>.pkl`) when the build runs stage by stage. LLM stages run as actor pools that hold
+the engine; the others as small actors. Stages are plain Python; this module is the only one that imports Ray.
 """
 from __future__ import annotations
 
 import json
 import os
 import pickle
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pyarrow as pa
 
@@ -50,18 +51,39 @@ def split_tables(problems: list[dict], rows: list[dict], row_type: type) -> dict
 
 
 class ShardWriter:
-    """Writes a processed shard into staging. Picklable: it holds only the root URL and names."""
+    """Sink that writes a processed shard's tables into staging, then its `_SUCCESS` marker.
+    Picklable: it holds only the root URL and names."""
 
     def __init__(self, root: str, dataset: str, build_key: str, row_type: type):
         self.root, self.dataset, self.build_key, self.row_type = root, dataset, build_key, row_type
         self._store: Store | None = None
 
-    def __call__(self, shard_id: int, problems: list[dict], rows: list[dict],
-                 stats: dict[str, dict]) -> ShardResult:
+    def __call__(self, shard: dict) -> dict:
         if self._store is None:
             self._store = Store(self.root)
-        tables = split_tables(problems, rows, self.row_type)
-        return self._store.write_shard(self.dataset, self.build_key, shard_id, tables, stats)
+        tables = split_tables(shard["problems"], shard["rows"], self.row_type)
+        r = self._store.write_shard(self.dataset, self.build_key, shard["shard_id"], tables, shard["stats"])
+        return {"shard_id": r.shard_id, "tables": r.tables, "stats": r.stats}
+
+
+class CheckpointWriter:
+    """Sink that records a shard's rows after one stage (`after-<stage>.pkl`), replacing the previous stage's."""
+
+    def __init__(self, root: str, dataset: str, build_key: str, stage: str, previous: str | None):
+        self.root, self.dataset, self.build_key, self.stage, self.previous = root, dataset, build_key, stage, previous
+        self._store: Store | None = None
+
+    def __call__(self, shard: dict) -> dict:
+        if self._store is None:
+            self._store = Store(self.root)
+        self._store.write_checkpoint(self.dataset, self.build_key, shard["shard_id"], self.stage, shard,
+                                     previous=self.previous)
+        return {"shard_id": shard["shard_id"], "stats": {self.stage: shard["stats"].get(self.stage, {})}}
+
+
+def new_shard(shard_id: int, problems: list[dict]) -> dict:
+    """The unit that travels through the stages: the shard's problems, its current rows, per-stage stats."""
+    return {"shard_id": shard_id, "problems": problems, "rows": [dict(p) for p in problems], "stats": {}}
 
 
 def run_stages_on_shard(stages: list[Stage], rows: list[dict]) -> tuple[list[dict], dict[str, dict]]:
@@ -74,16 +96,19 @@ def run_stages_on_shard(stages: list[Stage], rows: list[dict]) -> tuple[list[dic
 
 # --- in process ---------------------------------------------------------------------------------------------
 class LocalRunner:
-    """Runs every stage in this process, shard by shard. Same output as RayRunner."""
+    """Runs the stages in this process, shard by shard. Same output as RayRunner."""
 
-    def run(self, shards: list[tuple[int, list[dict]]], stages: list[Stage], writer: ShardWriter,
-            progress: bool = True) -> Iterator[ShardResult]:
+    def run(self, shards: list[dict], stages: list[Stage], sink: Callable[[dict], dict],
+            progress: bool = True) -> Iterator[dict]:
+        """Pass each shard through the stages, then hand it to `sink`; yield what the sink returns."""
         for st in stages:
             st.setup()
         try:
-            for shard_id, problems in shards:
-                rows, stats = run_stages_on_shard(stages, [dict(p) for p in problems])
-                yield writer(shard_id, problems, rows, stats)
+            for shard in shards:
+                rows, stats = run_stages_on_shard(stages, shard["rows"])
+                shard["rows"] = rows
+                shard["stats"].update(stats)
+                yield sink(shard)
         finally:
             for st in stages:
                 st.teardown()
@@ -117,16 +142,12 @@ class _StageUDF:
         return pa.table({"shard_id": out_ids, "payload": pa.array(out_payloads, pa.binary())})
 
 
-class _WriteUDF:
-    def __init__(self, writer: ShardWriter):
-        self.writer = writer
+class _SinkUDF:
+    def __init__(self, sink: Callable[[dict], dict]):
+        self.sink = sink
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        out = []
-        for blob in batch.column("payload").to_pylist():
-            shard = pickle.loads(blob)
-            r = self.writer(shard["shard_id"], shard["problems"], shard["rows"], shard["stats"])
-            out.append(json.dumps({"shard_id": r.shard_id, "tables": r.tables, "stats": r.stats}))
+        out = [json.dumps(self.sink(pickle.loads(blob)), default=str) for blob in batch.column("payload").to_pylist()]
         return pa.table({"result": out})
 
 
@@ -155,12 +176,11 @@ class RayRunner:
         self.cpu_stage_concurrency = cpu_stage_concurrency
         self.engine_actors, self.engine_cpus, self.engine_gpus = engine_actors, engine_cpus, engine_gpus
 
-    def _init_ray(self, progress: bool) -> None:
+    def start(self, progress: bool = True) -> bool:
+        """Connect to (or start) Ray unless this process already did; True if this call started it."""
         import ray
-        self._started_ray = False
         if ray.is_initialized():
-            return
-        self._started_ray = True
+            return False
         env = dict(RAY_ENV_VARS)
         env["VLLM_LOGGING_LEVEL"] = os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")  # engine chatter off by default
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
@@ -180,6 +200,7 @@ class RayRunner:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = progress
         ctx.verbose_progress = False
+        return True
 
     def resources(self, stage: Stage) -> dict[str, Any]:
         """Actor pool size and per-actor resources of a stage: engine stages get the engine's settings,
@@ -188,30 +209,28 @@ class RayRunner:
             return {"actors": self.engine_actors, "num_cpus": self.engine_cpus, "num_gpus": self.engine_gpus}
         return {"actors": self.cpu_stage_concurrency, "num_cpus": 0.25, "num_gpus": 0}
 
-    def run(self, shards: list[tuple[int, list[dict]]], stages: list[Stage], writer: ShardWriter,
-            progress: bool = True) -> Iterator[ShardResult]:
+    def run(self, shards: list[dict], stages: list[Stage], sink: Callable[[dict], dict],
+            progress: bool = True) -> Iterator[dict]:
+        """One Ray Data run: shards -> each stage (an actor pool) -> sink; yields what the sink returns."""
         import ray
         import ray.data
-        self._init_ray(progress)
-        items = [{"shard_id": sid, "payload": pickle.dumps(
-            {"shard_id": sid, "problems": probs, "rows": [dict(p) for p in probs], "stats": {}}, protocol=5)}
-                 for sid, probs in shards]
-        ds = ray.data.from_arrow([pa.table({"shard_id": [it["shard_id"]],
-                                            "payload": pa.array([it["payload"]], pa.binary())}) for it in items])
+        started = self.start(progress)
+        ds = ray.data.from_arrow([pa.table({"shard_id": [sh["shard_id"]],
+                                            "payload": pa.array([pickle.dumps(sh, protocol=5)], pa.binary())})
+                                  for sh in shards])
         for st in stages:
             res = self.resources(st)
             ds = ds.map_batches(
                 _named(_StageUDF, st.name.title()), fn_constructor_args=(st,), batch_size=1,
                 batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=res["actors"]),
                 num_cpus=res["num_cpus"], num_gpus=res["num_gpus"])
-        ds = ds.map_batches(_named(_WriteUDF, "WriteShard"), fn_constructor_args=(writer,), batch_size=1,
+        ds = ds.map_batches(_named(_SinkUDF, type(sink).__name__), fn_constructor_args=(sink,), batch_size=1,
                             batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.25)
         try:
             for row in ds.iter_rows():
-                r = json.loads(row["result"])
-                yield ShardResult(r["shard_id"], r["tables"], r["stats"])
+                yield json.loads(row["result"])
         finally:
-            if self._started_ray:  # free the engine (GBs of RAM) and let its processes finish logging now
+            if started:  # free the engine (GBs of RAM) and let its processes finish logging now
                 ray.shutdown()
 
 

@@ -6,6 +6,8 @@ Layout under the root (a directory or an fsspec URL):
     datasets/<name>/v0001/manifest.json                  written last: the version exists once it is there
     staging/<name>/<build_key>/build.json                the build being run (run id, config, claimed version)
     staging/<name>/<build_key>/shards/s00000/...         shard tables + stats.json, then _SUCCESS last
+    staging/<name>/<build_key>/shards/s00000/after-<stage>.pkl   a shard's rows after one stage (stage-by-stage
+                                                         builds; replaces the previous stage's file)
 
 Rules: a published version is never modified; readers only see versions that have a manifest; a version number
 is claimed with an atomic mkdir, so two builds never take the same number; staging is deleted only after the
@@ -18,6 +20,7 @@ import hashlib
 import io
 import json
 import os
+import pickle
 import re
 import uuid
 from dataclasses import dataclass
@@ -151,6 +154,45 @@ class Store:
         self.write_json_atomic(f"{d}/stats.json", result)
         self.write_json_atomic(f"{d}/{SUCCESS}", {"shard_id": shard_id})
         return ShardResult(shard_id, files, stats)
+
+    # --- per-stage checkpoints (stage-by-stage builds) ---------------------------------------------------
+    def checkpoint_path(self, dataset: str, build_key: str, shard_id: int, stage: str) -> str:
+        return f"{self.shard_dir(dataset, build_key, shard_id)}/after-{stage}.pkl"
+
+    def write_checkpoint(self, dataset: str, build_key: str, shard_id: int, stage: str, shard: dict,
+                         previous: str | None = None) -> None:
+        """Record a shard's rows after `stage` (written whole under a temp name, then renamed, so the file
+        existing means the stage finished the shard), then delete the previous stage's checkpoint."""
+        path = self.checkpoint_path(dataset, build_key, shard_id, stage)
+        blob = pickle.dumps(shard, protocol=5)
+        if self.local:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+            with open(tmp, "wb") as f:
+                f.write(blob)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        else:
+            self.fs.pipe_file(path, blob)
+        if previous:
+            self.drop_checkpoint(dataset, build_key, shard_id, previous)
+
+    def read_checkpoint(self, dataset: str, build_key: str, shard_id: int, stage: str) -> dict:
+        with self.fs.open(self.checkpoint_path(dataset, build_key, shard_id, stage), "rb") as f:
+            return pickle.loads(f.read())
+
+    def drop_checkpoint(self, dataset: str, build_key: str, shard_id: int, stage: str) -> None:
+        path = self.checkpoint_path(dataset, build_key, shard_id, stage)
+        if self.exists(path):
+            self.fs.rm(path)
+
+    def last_checkpoint(self, dataset: str, build_key: str, shard_id: int, stages: list[str]) -> int:
+        """Index in `stages` of the latest stage that finished this shard; -1 if none did."""
+        for i in range(len(stages) - 1, -1, -1):
+            if self.exists(self.checkpoint_path(dataset, build_key, shard_id, stages[i])):
+                return i
+        return -1
 
     def read_shard(self, dataset: str, build_key: str, shard_id: int) -> ShardResult:
         r = self.read_json(f"{self.shard_dir(dataset, build_key, shard_id)}/stats.json")

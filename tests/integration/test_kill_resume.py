@@ -1,6 +1,7 @@
 """kill -9 a real build mid-run, rerun: no row lost, none duplicated, and no partial version ever visible."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,7 +23,9 @@ ARGS = ["build", "demo", "--limit", str(N), "--set", f"sampling.n={SAMPLES}", "-
 
 
 def _markers(root: Path) -> int:
-    return len(list((root / "staging").glob("demo/*/shards/*/_SUCCESS")))
+    """Shards with finished work: written (`_SUCCESS`) or through at least one stage (`after-<stage>.pkl`)."""
+    return sum(1 for d in (root / "staging").glob("demo/*/shards/*")
+               if (d / "_SUCCESS").exists() or any(d.glob("after-*.pkl")))
 
 
 def _kill_tree(pid: int) -> None:
@@ -38,7 +41,10 @@ def _kill_tree(pid: int) -> None:
     psutil.wait_procs(procs, timeout=30)
 
 
-def test_kill_9_then_rerun(tmp_path):
+@pytest.mark.parametrize("mode", ["prefect", "no-prefect"])
+def test_kill_9_then_rerun(tmp_path, mode):
+    """prefect: stage by stage (killed during generate, checkpoints reused); no-prefect: streaming (shards)."""
+    args = ARGS + (["--no-prefect"] if mode == "no-prefect" else [])
     root = tmp_path / "data"
     env = dict(os.environ, ERRATA_DATA=str(root), ERRATA_MODELS=str(MODELS_DIR))
     exe = str(Path(sys.executable).parent / "errata")
@@ -55,7 +61,7 @@ def test_kill_9_then_rerun(tmp_path):
     w = threading.Thread(target=watch, daemon=True)
     w.start()
 
-    p = subprocess.Popen([exe, *ARGS], env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    p = subprocess.Popen([exe, *args], env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          start_new_session=True)
     deadline = time.time() + 400
     while _markers(root) < 2 and time.time() < deadline and p.poll() is None:
@@ -67,11 +73,14 @@ def test_kill_9_then_rerun(tmp_path):
     assert 2 <= done_at_kill < N // SHARD, f"kill landed at {done_at_kill} finished shards"
     assert store.versions("demo") == [], "a killed build published nothing"
 
-    r = subprocess.run([exe, *ARGS], env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    r = subprocess.run([exe, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     stop.set()
     w.join()
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resuming" in r.stdout + r.stderr
+    if mode == "prefect":  # the generate task skipped the shards it had finished before the kill
+        skipped = re.search(r"generate: (\d+) shard\(s\) run, (\d+) already done", r.stdout + r.stderr)
+        assert skipped and int(skipped.group(2)) >= done_at_kill, (r.stdout + r.stderr)[-3000:]
     assert seen_partial == []
     m = store.manifest("demo")
     assert m.version == 1 and m.shards["total"] == N // SHARD and m.shards["resumed"] >= done_at_kill

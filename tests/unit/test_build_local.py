@@ -107,3 +107,75 @@ def test_ray_runner_gives_the_engine_stage_the_engine_resources(fake_recipe):
     got = {s.name: r.resources(s) for s in stages}
     assert got["generate"] == {"actors": 2, "num_cpus": 1.0, "num_gpus": 1.0}
     assert got["verify"] == got["filter"] == {"actors": 1, "num_cpus": 0.25, "num_gpus": 0}
+
+
+def _stage_by_stage(plan):
+    for name in build_mod.stage_names(plan.config):
+        build_mod.run_stage(plan, name, progress=False, log=lambda s: None)
+    return build_mod.publish(plan, build_mod.write_shards(plan))
+
+
+def _rows(store, m, table, key):
+    rows = store.read_table(m, table).to_pylist()
+    for r in rows:
+        r.pop("created_at", None), r.pop("run_id", None)
+    return sorted(rows, key=lambda r: r[key])
+
+
+def test_stage_by_stage_gives_the_same_version_as_streaming(fake_recipe, data_root, tmp_path):
+    lines = (tmp_path / "tasks.jsonl")
+    cfg = fake_recipe(n=6, n_samples=2, shard_size=4)
+    text = lines.read_text().splitlines()
+    text[3] = text[3].replace("[gold=", "[fail=prompt_too_long] [gold=")
+    lines.write_text("\n".join(text) + "\n")
+    store = Store(str(data_root))
+    streamed = build(cfg, progress=False).manifest
+    plan = plan_build(cfg, log=lambda s: None)
+    staged = _stage_by_stage(plan)
+    assert (streamed.version, staged.version) == (1, 2)
+    for table, key in (("problems", "problem_id"), ("attempts", "attempt_id"), ("errors", "error_id")):
+        assert _rows(store, streamed, table, key) == _rows(store, staged, table, key), table
+    assert staged.tables["errors"].rows == 1
+    for name in ("generate", "verify", "filter"):
+        a, b = dict(streamed.stages[name]), dict(staged.stages[name])
+        a.pop("seconds"), b.pop("seconds")
+        assert a == b, name
+    assert not os.path.exists(store.staging_dir("fake", plan.build_key))  # checkpoints went with staging
+
+
+def test_stage_by_stage_checkpoints_skip_finished_shards(fake_recipe, data_root, monkeypatch):
+    import pipelines.runner as runner
+    cfg = fake_recipe(n=6, n_samples=2, shard_size=2)
+    plan = plan_build(cfg, log=lambda s: None)
+    store = plan.store
+    real = runner.run_stages_on_shard
+    calls = []
+
+    def crash_on_third(stages, rows):
+        calls.append(stages[0].name)
+        if stages[0].name == "verify" and calls.count("verify") == 3:
+            raise RuntimeError("killed")
+        return real(stages, rows)
+    monkeypatch.setattr(runner, "run_stages_on_shard", crash_on_third)
+    build_mod.run_stage(plan, "generate", progress=False, log=lambda s: None)
+    with pytest.raises(RuntimeError, match="killed"):
+        build_mod.run_stage(plan, "verify", progress=False, log=lambda s: None)
+    names = build_mod.stage_names(cfg)
+    assert [store.last_checkpoint("fake", plan.build_key, s, names) for s in range(3)] == [1, 1, 0]
+    # the previous stage's checkpoint is replaced, not kept beside the new one
+    assert not os.path.exists(store.checkpoint_path("fake", plan.build_key, 0, "generate"))
+    with pytest.raises(Exception, match="not been through every stage"):
+        build_mod.write_shards(plan)
+
+    logs = []
+    plan2 = plan_build(cfg, log=lambda s: None)
+    out = build_mod.run_stage(plan2, "generate", progress=False, log=logs.append)
+    assert (out["shards_run"], out["shards_skipped"]) == (0, 3)
+    out = build_mod.run_stage(plan2, "verify", progress=False, log=logs.append)
+    assert (out["shards_run"], out["shards_skipped"]) == (1, 2) and out["stats"]["in"] == 4
+    build_mod.run_stage(plan2, "filter", progress=False, log=logs.append)
+    assert calls == ["generate"] * 3 + ["verify"] * 4 + ["filter"] * 3
+    m = build_mod.publish(plan2, build_mod.write_shards(plan2))
+    assert m.tables["attempts"].rows == 12 == len(set(store.read_table(m, "attempts").column("attempt_id").to_pylist()))
+    assert m.stages["verify"]["in"] == 12 and m.stages["generate"]["out"] == 12
+    assert any("generate: 0 shard(s) run, 3 already done" in s for s in logs)

@@ -48,7 +48,9 @@ def test_build_flow_publishes_and_records_the_run(fake_recipe, data_root):
     assert run.seconds is not None and run.error is None
     info = show_run(run.id[:8])  # a prefix is enough
     assert {"dataset:fake", "recipe:fake-recipe", "version:fake@1"} <= set(info.tags)
-    assert [t["name"].rsplit("-", 1)[0] for t in info.tasks] == ["plan", "execute_shards", "publish"]
+    assert [t["name"].rsplit("-", 1)[0] for t in info.tasks] == ["plan", "generate", "verify", "filter",
+                                                                  "write_shards", "publish"]
+    assert all(t["state"] == "Completed" for t in info.tasks)
     md = next(a for a in info.artifacts if a["key"] == "build-fake")["data"]
     assert "# fake@1" in md and "| attempts | 12 |" in md and "| generate | 6 | 12 |" in md
 
@@ -67,76 +69,116 @@ def test_failed_build_fails_the_flow_run_with_the_reason_and_publishes_nothing(f
     assert Store(str(data_root)).versions("fake") == []
 
 
-def test_stage_bug_is_not_retried_and_publishes_nothing(fake_recipe, data_root, monkeypatch):
+def _stage_calls(monkeypatch, fail=None):
+    """Record (stage, first problem id) for every stage run on a shard; `fail(calls)` may raise."""
     import pipelines.runner as runner
-    from flows.build import build_flow
-    from pipelines.storage import Store
+    real = runner.run_stages_on_shard
     calls = []
 
-    def broken(stages, rows):
-        calls.append(1)
-        raise RuntimeError("a bug in a stage")
-    monkeypatch.setattr(runner, "run_stages_on_shard", broken)
+    def recording(stages, rows):
+        calls.append((stages[0].name, rows[0]["problem_id"]))
+        if fail is not None:
+            fail(calls)
+        return real(stages, rows)
+    monkeypatch.setattr(runner, "run_stages_on_shard", recording)
+    return calls
+
+
+def test_stage_bug_is_not_retried_and_publishes_nothing(fake_recipe, data_root, monkeypatch):
+    from flows.build import build_flow
+    from pipelines.storage import Store
+
+    def bug(calls):
+        if calls[-1][0] == "verify":
+            raise RuntimeError("a bug in a stage")
+    calls = _stage_calls(monkeypatch, bug)
     state = build_flow(config=fake_recipe(n=4).model_dump(mode="json"), return_state=True)
     assert state.is_failed() and "a bug in a stage" in state.message
-    assert len(calls) == 1  # not transient: no retry
-    assert _task_runs(state.state_details.flow_run_id)["execute_shards"]["attempts"] == 1
+    assert [c[0] for c in calls] == ["generate", "generate", "verify"]  # not transient: no retry
+    tasks = _task_runs(state.state_details.flow_run_id)
+    assert tasks["generate"]["state"] == "Completed" and tasks["verify"]["state"] == "Failed"
+    assert tasks["verify"]["attempts"] == 1 and "filter" not in tasks and "publish" not in tasks
     assert Store(str(data_root)).versions("fake") == []
 
 
 def test_transient_failure_is_retried_without_duplicating_rows(fake_recipe, data_root, monkeypatch):
     import flows.build as fb
-    import pipelines.runner as runner
     from pipelines.storage import Store
-    real = runner.run_stages_on_shard
-    calls = []
 
-    def flaky(stages, rows):
-        calls.append(rows[0]["problem_id"])
-        if len(calls) == 2:  # shard 0 is written, then the engine "drops" on shard 1
+    def flaky(calls):
+        gen = [c for c in calls if c[0] == "generate"]
+        if calls[-1][0] == "generate" and len(gen) == 2:  # shard 0 is done, then the engine "drops" on shard 1
             raise TransientEngineError("HTTP 503 from the engine (test)")
-        return real(stages, rows)
-    monkeypatch.setattr(runner, "run_stages_on_shard", flaky)
-    monkeypatch.setattr(fb, "execute_task", fb.execute_task.with_options(retry_delay_seconds=0))
+    calls = _stage_calls(monkeypatch, flaky)
+    monkeypatch.setattr(fb, "RETRY_DELAY_SECONDS", 0)
     state = fb.build_flow(config=fake_recipe(n=6, shard_size=2).model_dump(mode="json"), return_state=True)
     assert state.is_completed(), state.message
-    # 3 shards; shard 0 finished before the failure and is reused, not rerun: 1 + 1 (failed) + 2 calls
-    assert len(calls) == 4 and calls.count(calls[0]) == 1
-    assert _task_runs(state.state_details.flow_run_id)["execute_shards"]["attempts"] == 2
+    # 3 shards; shard 0 finished generate before the failure and is not generated again: 1 + 1 (failed) + 2
+    gen = [pid for stage, pid in calls if stage == "generate"]
+    assert len(gen) == 4 and gen.count(gen[0]) == 1
+    assert [c[0] for c in calls].count("verify") == 3 and [c[0] for c in calls].count("filter") == 3
+    tasks = _task_runs(state.state_details.flow_run_id)
+    assert tasks["generate"]["attempts"] == 2 and tasks["verify"]["attempts"] == 1
     store = Store(str(data_root))
     m = store.manifest("fake")
     ids = _attempt_ids(store, m)
     assert len(ids) == len(set(ids)) == 12 == m.tables["attempts"].rows
     assert m.tables["problems"].rows == 6
+    assert m.stages["generate"]["in"] == 6 and m.stages["generate"]["out"] == 12
 
 
-def test_rerun_after_a_failed_publish_reuses_the_cached_execution(fake_recipe, data_root, monkeypatch):
+def test_rerun_after_a_failed_stage_reuses_the_stages_before_it(fake_recipe, data_root, monkeypatch):
+    from flows.build import build_flow
+    from pipelines.storage import Store
+    broken = {"on": True}
+
+    def bug(calls):
+        if broken["on"] and calls[-1][0] == "filter":
+            raise ValueError("filter bug (test)")
+    calls = _stage_calls(monkeypatch, bug)
+    cfg = fake_recipe(n=4, shard_size=2).model_dump(mode="json")
+    first = build_flow(config=cfg, return_state=True)
+    assert first.is_failed() and "filter bug" in first.message
+    assert [c[0] for c in calls] == ["generate"] * 2 + ["verify"] * 2 + ["filter"]
+    broken["on"] = False
+    second = build_flow(config=cfg, return_state=True)
+    assert second.is_completed(), second.message
+    assert [c[0] for c in calls[5:]] == ["filter", "filter"]  # generate and verify are not run again
+    tasks = _task_runs(second.state_details.flow_run_id)
+    assert tasks["generate"]["state"] == "Cached" and tasks["verify"]["state"] == "Cached"
+    assert tasks["filter"]["state"] == "Completed"
+    store = Store(str(data_root))
+    m = store.manifest("fake")
+    assert m.tables["attempts"].rows == len(set(_attempt_ids(store, m))) == 8
+    assert m.stages["verify"]["in"] == 8 and m.stages["filter"]["in"] == 8
+
+
+def test_rerun_after_a_failed_publish_reuses_the_cached_stages(fake_recipe, data_root, monkeypatch):
     import flows.build as fb
     import pipelines.build as pb
-    import pipelines.runner as runner
     from pipelines.storage import Store
-    real_stages, real_publish = runner.run_stages_on_shard, pb.publish
-    calls = []
-    monkeypatch.setattr(runner, "run_stages_on_shard", lambda s, r: (calls.append(1), real_stages(s, r))[1])
+    real_publish = pb.publish
+    calls = _stage_calls(monkeypatch)
     monkeypatch.setattr(pb, "publish", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full (test)")))
     cfg = fake_recipe(n=4, shard_size=2).model_dump(mode="json")
     first = fb.build_flow(config=cfg, return_state=True)
     assert first.is_failed() and "disk full" in first.message
     assert Store(str(data_root)).versions("fake") == []
-    assert len(calls) == 2
+    assert len(calls) == 6  # 3 stages x 2 shards
 
     monkeypatch.setattr(pb, "publish", real_publish)
     second = fb.build_flow(config=cfg, return_state=True)
     assert second.is_completed(), second.message
-    assert len(calls) == 2  # nothing recomputed
-    assert _task_runs(second.state_details.flow_run_id)["execute_shards"]["state"] == "Cached"
+    assert len(calls) == 6  # nothing recomputed
+    tasks = _task_runs(second.state_details.flow_run_id)
+    assert [tasks[s]["state"] for s in ("generate", "verify", "filter")] == ["Cached"] * 3
     store = Store(str(data_root))
     m = store.manifest("fake")
     assert m.version == 1 and len(set(_attempt_ids(store, m))) == 8 == m.tables["attempts"].rows
 
     # an identical build after a publish is a new build (staging is gone), not a stale cache hit
     third = fb.build_flow(config=cfg, return_state=True)
-    assert third.is_completed() and len(calls) == 4
+    assert third.is_completed() and len(calls) == 12
     assert store.versions("fake") == [1, 2]
 
 
