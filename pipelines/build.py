@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from pipelines.config import RecipeConfig, data_root
-from pipelines.runner import CheckpointWriter, LocalRunner, RayRunner, ShardWriter, merge_stats, new_shard
+from pipelines.runner import (CheckpointReader, CheckpointWriter, LocalRunner, RayRunner, ShardWriter, merge_stats,
+                              new_shard)
 from pipelines.storage import ShardResult, Store
 from schemas.errors import StorageError
 from schemas.manifest import Manifest
@@ -194,8 +195,7 @@ def run_stage(plan: BuildPlan, stage_name: str, progress: bool = True, log: Log 
         if last >= k:
             skipped += 1
         elif last == k - 1:
-            todo.append(new_shard(sid, probs) if k == 0
-                        else plan.store.read_checkpoint(cfg.dataset, plan.build_key, sid, previous))
+            todo.append(new_shard(sid, probs) if k == 0 else {"shard_id": sid})
         else:
             raise StorageError(f"shard {sid} of {cfg.dataset} has not been through stage '{previous}' "
                                f"(staging {plan.store.shard_dir(cfg.dataset, plan.build_key, sid)})")
@@ -203,7 +203,8 @@ def run_stage(plan: BuildPlan, stage_name: str, progress: bool = True, log: Log 
     if todo:
         stage = stages[k]
         sink = CheckpointWriter(_root(plan), cfg.dataset, plan.build_key, stage_name, previous)
-        results = list(make_runner(cfg).run(todo, [stage], sink, progress=progress))
+        source = CheckpointReader(_root(plan), cfg.dataset, plan.build_key, previous) if previous else None
+        results = list(make_runner(cfg).run(todo, [stage], sink, progress=progress, source=source))
         merged = merge_stats([ShardResult(r["shard_id"], {}, r["stats"]) for r in results], [stage_name])
     c = merged.get(stage_name, {})
     log(f"{stage_name}: {len(todo)} shard(s) run, {skipped} already done; rows in {c.get('in', 0)}, "

@@ -81,6 +81,20 @@ class CheckpointWriter:
         return {"shard_id": shard["shard_id"], "stats": {self.stage: shard["stats"].get(self.stage, {})}}
 
 
+class CheckpointReader:
+    """Source that loads a shard from its checkpoint after `stage`, in the worker that runs the next stage (so
+    the driver never holds every shard's rows)."""
+
+    def __init__(self, root: str, dataset: str, build_key: str, stage: str):
+        self.root, self.dataset, self.build_key, self.stage = root, dataset, build_key, stage
+        self._store: Store | None = None
+
+    def __call__(self, item: dict) -> dict:
+        if self._store is None:
+            self._store = Store(self.root)
+        return self._store.read_checkpoint(self.dataset, self.build_key, item["shard_id"], self.stage)
+
+
 def new_shard(shard_id: int, problems: list[dict]) -> dict:
     """The unit that travels through the stages: the shard's problems, its current rows, per-stage stats."""
     return {"shard_id": shard_id, "problems": problems, "rows": [dict(p) for p in problems], "stats": {}}
@@ -99,12 +113,15 @@ class LocalRunner:
     """Runs the stages in this process, shard by shard. Same output as RayRunner."""
 
     def run(self, shards: list[dict], stages: list[Stage], sink: Callable[[dict], dict],
-            progress: bool = True) -> Iterator[dict]:
-        """Pass each shard through the stages, then hand it to `sink`; yield what the sink returns."""
+            progress: bool = True, source: Callable[[dict], dict] | None = None) -> Iterator[dict]:
+        """Pass each shard through the stages, then hand it to `sink`; yield what the sink returns. With a
+        `source`, `shards` are {"shard_id"} items that `source` turns into shards first."""
         for st in stages:
             st.setup()
         try:
             for shard in shards:
+                if source is not None:
+                    shard = source(shard)
                 rows, stats = run_stages_on_shard(stages, shard["rows"])
                 shard["rows"] = rows
                 shard["stats"].update(stats)
@@ -118,8 +135,8 @@ class LocalRunner:
 class _StageUDF:
     """Ray Data actor wrapper: setup once, then one shard per call."""
 
-    def __init__(self, stage: Stage):
-        self.stage = stage
+    def __init__(self, stage: Stage, source: Callable[[dict], dict] | None = None):
+        self.stage, self.source = stage, source
         stage.setup()
 
     def __del__(self):
@@ -134,6 +151,8 @@ class _StageUDF:
         out_ids, out_payloads = [], []
         for sid, blob in zip(batch.column("shard_id").to_pylist(), batch.column("payload").to_pylist()):
             shard = pickle.loads(blob)
+            if self.source is not None:
+                shard = self.source(shard)
             rows, s = self.stage.process(shard["rows"])
             shard["rows"] = rows
             shard["stats"][self.stage.name] = s.as_dict()
@@ -210,19 +229,20 @@ class RayRunner:
         return {"actors": self.cpu_stage_concurrency, "num_cpus": 0.25, "num_gpus": 0}
 
     def run(self, shards: list[dict], stages: list[Stage], sink: Callable[[dict], dict],
-            progress: bool = True) -> Iterator[dict]:
-        """One Ray Data run: shards -> each stage (an actor pool) -> sink; yields what the sink returns."""
+            progress: bool = True, source: Callable[[dict], dict] | None = None) -> Iterator[dict]:
+        """One Ray Data run: shards -> each stage (an actor pool) -> sink; yields what the sink returns. With a
+        `source`, `shards` are {"shard_id"} items that the first stage's actors turn into shards."""
         import ray
         import ray.data
         started = self.start(progress)
         ds = ray.data.from_arrow([pa.table({"shard_id": [sh["shard_id"]],
                                             "payload": pa.array([pickle.dumps(sh, protocol=5)], pa.binary())})
                                   for sh in shards])
-        for st in stages:
+        for i, st in enumerate(stages):
             res = self.resources(st)
             ds = ds.map_batches(
-                _named(_StageUDF, st.name.title()), fn_constructor_args=(st,), batch_size=1,
-                batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=res["actors"]),
+                _named(_StageUDF, st.name.title()), fn_constructor_args=(st, source if i == 0 else None),
+                batch_size=1, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=res["actors"]),
                 num_cpus=res["num_cpus"], num_gpus=res["num_gpus"])
         ds = ds.map_batches(_named(_SinkUDF, type(sink).__name__), fn_constructor_args=(sink,), batch_size=1,
                             batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.25)
