@@ -114,7 +114,8 @@ def plan_build(config: RecipeConfig, log: Log = print) -> BuildPlan:
     partly = 0
     if resumed:
         names = stage_names(config)
-        partly = sum(1 for sid, _ in shards if sid not in set(done)
+        finished = set(done)
+        partly = sum(1 for sid, _ in shards if sid not in finished
                      and store.last_checkpoint(config.dataset, build_key, sid, names) >= 0)
         log(f"resuming {run_id}: {len(done)}/{len(shards)} shards already finished"
             + (f", {partly} through some stages" if partly else ""))

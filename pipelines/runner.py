@@ -50,49 +50,52 @@ def split_tables(problems: list[dict], rows: list[dict], row_type: type) -> dict
             "errors": to_table(failed, ErrorRecord)}
 
 
-class ShardWriter:
+class _OnStore:
+    """Holds only a root URL (so it pickles into Ray actors) and opens the Store on first use."""
+    root: str
+    _store: Store | None = None
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store(self.root)
+        return self._store
+
+
+class ShardWriter(_OnStore):
     """Sink that writes a processed shard's tables into staging, then its `_SUCCESS` marker.
     Picklable: it holds only the root URL and names."""
 
     def __init__(self, root: str, dataset: str, build_key: str, row_type: type):
         self.root, self.dataset, self.build_key, self.row_type = root, dataset, build_key, row_type
-        self._store: Store | None = None
 
     def __call__(self, shard: dict) -> dict:
-        if self._store is None:
-            self._store = Store(self.root)
         tables = split_tables(shard["problems"], shard["rows"], self.row_type)
-        r = self._store.write_shard(self.dataset, self.build_key, shard["shard_id"], tables, shard["stats"])
+        r = self.store.write_shard(self.dataset, self.build_key, shard["shard_id"], tables, shard["stats"])
         return {"shard_id": r.shard_id, "tables": r.tables, "stats": r.stats}
 
 
-class CheckpointWriter:
+class CheckpointWriter(_OnStore):
     """Sink that records a shard's rows after one stage (`after-<stage>.pkl`), replacing the previous stage's."""
 
     def __init__(self, root: str, dataset: str, build_key: str, stage: str, previous: str | None):
         self.root, self.dataset, self.build_key, self.stage, self.previous = root, dataset, build_key, stage, previous
-        self._store: Store | None = None
 
     def __call__(self, shard: dict) -> dict:
-        if self._store is None:
-            self._store = Store(self.root)
-        self._store.write_checkpoint(self.dataset, self.build_key, shard["shard_id"], self.stage, shard,
+        self.store.write_checkpoint(self.dataset, self.build_key, shard["shard_id"], self.stage, shard,
                                      previous=self.previous)
         return {"shard_id": shard["shard_id"], "stats": {self.stage: shard["stats"].get(self.stage, {})}}
 
 
-class CheckpointReader:
+class CheckpointReader(_OnStore):
     """Source that loads a shard from its checkpoint after `stage`, in the worker that runs the next stage (so
     the driver never holds every shard's rows)."""
 
     def __init__(self, root: str, dataset: str, build_key: str, stage: str):
         self.root, self.dataset, self.build_key, self.stage = root, dataset, build_key, stage
-        self._store: Store | None = None
 
     def __call__(self, item: dict) -> dict:
-        if self._store is None:
-            self._store = Store(self.root)
-        return self._store.read_checkpoint(self.dataset, self.build_key, item["shard_id"], self.stage)
+        return self.store.read_checkpoint(self.dataset, self.build_key, item["shard_id"], self.stage)
 
 
 def new_shard(shard_id: int, problems: list[dict]) -> dict:

@@ -81,8 +81,8 @@ class Store:
         return os.environ.get("ERRATA_MODELS") or self.path("models")
 
     # --- small file helpers -------------------------------------------------------------------------------
-    def write_json_atomic(self, path: str, data: Any) -> None:
-        blob = json.dumps(data, indent=2, sort_keys=True, default=str).encode()
+    def write_bytes_atomic(self, path: str, blob: bytes) -> None:
+        """Write a whole file so readers see the old state or the new one, never a part."""
         if self.local:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
@@ -93,6 +93,9 @@ class Store:
             os.replace(tmp, path)
         else:  # one PUT of the whole object is atomic on object stores
             self.fs.pipe_file(path, blob)
+
+    def write_json_atomic(self, path: str, data: Any) -> None:
+        self.write_bytes_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str).encode())
 
     def read_json(self, path: str) -> Any:
         with self.fs.open(path, "rb") as f:
@@ -163,18 +166,8 @@ class Store:
                          previous: str | None = None) -> None:
         """Record a shard's rows after `stage` (written whole under a temp name, then renamed, so the file
         existing means the stage finished the shard), then delete the previous stage's checkpoint."""
-        path = self.checkpoint_path(dataset, build_key, shard_id, stage)
-        blob = pickle.dumps(shard, protocol=5)
-        if self.local:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-            with open(tmp, "wb") as f:
-                f.write(blob)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        else:
-            self.fs.pipe_file(path, blob)
+        self.write_bytes_atomic(self.checkpoint_path(dataset, build_key, shard_id, stage),
+                                pickle.dumps(shard, protocol=5))
         if previous:
             self.drop_checkpoint(dataset, build_key, shard_id, previous)
 
