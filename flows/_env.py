@@ -9,6 +9,7 @@ pause`) talk to that server instead of starting a temporary one.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -65,3 +66,35 @@ def running_local_server(home: Path) -> str | None:
     except httpx.HTTPError:
         pass
     return None
+
+
+class _ShortErrataErrors(logging.Formatter):
+    """Formats like `inner`, but without the traceback when the logged exception is (or wraps) an ErrataError."""
+
+    def __init__(self, inner: logging.Formatter):
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        from schemas.errors import ErrataError, error_chain
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None or not any(isinstance(e, ErrataError) for e in error_chain(exc)):
+            return self.inner.format(record)
+        saved = record.exc_info, record.exc_text
+        record.exc_info = record.exc_text = None
+        try:
+            return self.inner.format(record)
+        finally:
+            record.exc_info, record.exc_text = saved
+
+
+def shorten_errata_tracebacks() -> None:
+    """On the console, a task or flow that failed with errata's own error (bad input, engine failure, ...) logs
+    one line, not Prefect's traceback; the CLI prints the error once more at the end. Only the console changes:
+    the logs sent to the Prefect server (flow run history, `errata runs show`) keep the traceback, and any other
+    exception keeps it on the console too. Call after importing prefect (which sets up its logging)."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+    for logger in (logging.getLogger(), logging.getLogger("prefect")):
+        for h in logger.handlers:
+            if isinstance(h, PrefectConsoleHandler) and not isinstance(h.formatter, _ShortErrataErrors):
+                h.setFormatter(_ShortErrataErrors(h.formatter or logging.Formatter()))

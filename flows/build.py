@@ -35,34 +35,22 @@ from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.context import TaskRunContext  # noqa: E402
 
+from flows._env import shorten_errata_tracebacks  # noqa: E402
+
 from pipelines import build as pb  # noqa: E402
 from pipelines.config import RecipeConfig, load_recipe, validate_recipe  # noqa: E402
 from pipelines.storage import ShardResult  # noqa: E402
-from schemas.errors import ConfigError, TransientEngineError  # noqa: E402
+from schemas.errors import ConfigError, TransientEngineError, error_chain  # noqa: E402
 from schemas.manifest import Manifest  # noqa: E402
 
 BUILD_FLOW_NAME = "errata-build"
 STAGE_RETRIES = 2
 RETRY_DELAY_SECONDS = 5.0
 
+shorten_errata_tracebacks()
+
 
 # --- retry condition ------------------------------------------------------------------------------------------
-def _causes(exc: BaseException) -> list[BaseException]:
-    """The exception and everything it wraps (__cause__, __context__, Ray's `.cause`)."""
-    seen, todo, out = set(), [exc], []
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        out.append(e)
-        todo += [e.__cause__, e.__context__]
-        c = getattr(e, "cause", None)
-        if isinstance(c, BaseException):
-            todo.append(c)
-    return out
-
-
 def is_transient(exc: BaseException) -> bool:
     transient: tuple[type, ...] = (TransientEngineError, ConnectionError, TimeoutError)
     try:
@@ -70,7 +58,7 @@ def is_transient(exc: BaseException) -> bool:
         transient += (httpx.TransportError,)
     except ImportError:
         pass
-    return any(isinstance(e, transient) for e in _causes(exc))
+    return any(isinstance(e, transient) for e in error_chain(exc))
 
 
 def retry_if_transient(task, task_run, state) -> bool:

@@ -1,6 +1,6 @@
 """A build: recipe -> problems -> shards through the stages -> staging -> a new published version.
 
-`plan_build` validates everything (recipe, input files) before anything runs. Then the pending shards (those not
+`plan_build` validates everything (recipe, input files, a local engine model) before anything runs. Then the pending shards (those not
 finished by an earlier, crashed run) are executed in one of two ways, with the same output:
 
 - streaming (`execute_shards`, used by `run_build`/`build` and `errata build --no-prefect`): one Ray Data run in
@@ -99,8 +99,11 @@ class BuildResult:
 
 def plan_build(config: RecipeConfig, log: Log = print) -> BuildPlan:
     """Validate inputs and open (or resume) the staging area. Raises InputError/ConfigError before any work."""
+    from stages.engines.model_prep import check_model
     from stages.tasks import load_problems
     problems = load_problems(config.tasks, config.limit)
+    if config.engine.kind in ("vllm", "transformers") and not config.execution.ray_address:
+        check_model(config.engine.model)  # on a Ray cluster the workers' filesystem is what counts: not checked
     store = Store(data_root(config))
     build_key = f"b-{config.config_hash()}"
     rec, resumed = store.open_build(config.dataset, build_key, config.model_dump(mode="json"))

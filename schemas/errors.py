@@ -53,3 +53,19 @@ class RowError(ErrataError):
     def __init__(self, reason: str, message: str = "", raw: str | None = None):
         self.reason, self.raw = reason, raw
         super().__init__(f"{reason}: {message}" if message else reason)
+
+
+def error_chain(exc: BaseException) -> list[BaseException]:
+    """The exception and everything it wraps (__cause__, __context__, Ray's `.cause`)."""
+    seen, todo, out = set(), [exc], []
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        out.append(e)
+        todo += [e.__cause__, e.__context__]
+        c = getattr(e, "cause", None)
+        if isinstance(c, BaseException):
+            todo.append(c)
+    return out

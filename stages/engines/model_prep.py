@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from schemas.errors import EngineError
+from schemas.errors import ConfigError, EngineError
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,34 @@ def resolve_model(model: str, models_dir: str | Path) -> str:
     if model == EMBEDDED:
         return str(ensure_embedded_model(models_dir))
     return model
+
+
+def check_model(model: str, field: str = "engine.model") -> None:
+    """Fail before any work when `model` cannot be loaded on this machine (vllm and transformers engines).
+
+    'embedded' is prepared on demand. A directory must hold a Hugging Face model (config.json). Something that
+    does not exist is fine only as a hub id ('org/name'); with HF_HUB_OFFLINE set it must be in the local
+    Hugging Face cache. Raises ConfigError naming the field."""
+    if model == EMBEDDED:
+        return
+    path = Path(model).expanduser()
+    hint = "set it to 'embedded', a model directory (config.json + weights) or a hub id"
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"{field}: {model} has no config.json, so it is not a Hugging Face model "
+                              f"directory; {hint}")
+        return
+    if path.exists():
+        raise ConfigError(f"{field}: {model} is a file, not a model directory; {hint}")
+    parts = model.split("/")
+    looks_like_path = model.startswith(("/", ".", "~")) or len(parts) > 2 or "" in parts or "\\" in model
+    if looks_like_path:
+        raise ConfigError(f"{field}: no such directory: {model}; {hint}")
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        from huggingface_hub import try_to_load_from_cache
+        if not isinstance(try_to_load_from_cache(model, "config.json"), str):
+            raise ConfigError(f"{field}: {model} is neither a local directory nor in the Hugging Face cache, and "
+                              f"HF_HUB_OFFLINE is set (nothing is downloaded); {hint}")
 
 
 def model_label(model: str) -> str:

@@ -59,3 +59,57 @@ def test_unreachable_ray_cluster_fails_fast(tmp_path, data_root, capsys):
                  "--set", "engine.kind=fake", "--ray-address", f"127.0.0.1:{port}", "--no-progress"])
     assert code == 2 and f"cannot reach the Ray cluster at 127.0.0.1:{port}" in capsys.readouterr().err
     assert not (data_root / "datasets").exists()
+
+
+@pytest.mark.parametrize("what", ["empty_dir", "missing_dir", "file", "uncached_hub_id"])
+def test_unusable_engine_model_fails_before_anything_is_written(what, tmp_path, data_root, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    model = {"empty_dir": str(tmp_path / "empty"), "missing_dir": str(tmp_path / "nope" / "model"),
+             "file": str(tmp_path / "weights.bin"), "uncached_hub_id": "errata-tests/no-such-model"}[what]
+    err = _build(tmp_path, data_root, capsys, lines=[GOOD],
+                 extra=["--set", "engine.kind=vllm", "--set", f"engine.model={model}"])
+    assert "engine.model" in err and model in err
+    expect = {"empty_dir": "no config.json", "missing_dir": "no such directory", "file": "is a file",
+              "uncached_hub_id": "HF_HUB_OFFLINE"}[what]
+    assert expect in err
+
+
+def test_cli_prints_errata_errors_without_prefect_tracebacks(tmp_path):
+    """As a user sees it (a fresh process, Prefect's console logging): an errata error inside the flow is one
+    line per log record and one `error:` line, not Prefect's tracebacks."""
+    import os
+    import subprocess
+    import sys
+    (tmp_path / "empty").mkdir()
+    env = dict(os.environ, ERRATA_DATA=str(tmp_path / "data"), PREFECT_HOME=str(tmp_path / "prefect"))
+    env.pop("PREFECT_API_URL", None)
+    p = subprocess.run([sys.executable, "-m", "flows.cli", "build", "demo", "--runner", "local", "--no-progress",
+                        "--set", f"engine.model={tmp_path / 'empty'}"],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2, p.stderr
+    assert "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.count("has no config.json") >= 2  # Prefect's task/flow log lines, and errata's error line
+    assert [ln for ln in p.stderr.splitlines() if ln.startswith("error: engine.model:")], p.stderr
+    assert not (tmp_path / "data" / "datasets").exists() and not (tmp_path / "data" / "staging").exists()
+
+
+def test_console_formatter_keeps_tracebacks_of_other_errors():
+    import logging
+    import sys
+    from flows._env import _ShortErrataErrors
+    from schemas.errors import ConfigError
+    fmt = _ShortErrataErrors(logging.Formatter("%(message)s"))
+
+    def record(exc):
+        try:
+            raise RuntimeError("wrapper") from exc
+        except RuntimeError:
+            return logging.LogRecord("prefect.task_runs", logging.ERROR, __file__, 1, "failed", None,
+                                     sys.exc_info())
+    assert fmt.format(record(ConfigError("bad key"))) == "failed"  # wraps an errata error: one line
+    r = record(ValueError("a bug"))
+    out = fmt.format(r)
+    assert out.startswith("failed\n") and "Traceback" in out and "ValueError: a bug" in out
+    assert r.exc_info is not None  # the record is left as it was for other handlers

@@ -415,3 +415,22 @@ def test_openai_concurrency_is_bounded(monkeypatch):
     assert all(r.ok for r in res) and [r.request_id for r in res] == [str(i) for i in range(6)]
     assert s.max_in_flight == 2          # all submitted at once, never more than 2 on the wire
     assert dt >= 3 * 0.15 * 0.9
+
+
+def test_check_model_accepts_what_can_load(tmp_path, monkeypatch):
+    from stages.engines.model_prep import check_model
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    check_model("embedded")
+    check_model(str(tmp_path / "m"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    check_model("HuggingFaceTB/SmolLM2-135M-Instruct")  # a hub id, online: left to the engine
+
+
+def test_check_model_rejects_relative_missing_path(tmp_path, monkeypatch):
+    from schemas.errors import ConfigError
+    from stages.engines.model_prep import check_model
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for model in ("./models/mine", "~/nope-errata/model", "a/b/c"):
+        with pytest.raises(ConfigError, match="engine.model: no such directory"):
+            check_model(model)
