@@ -18,12 +18,16 @@ from prefect import flow, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
+from flows._env import shorten_errata_tracebacks  # noqa: E402
+
 from pipelines.config import data_root  # noqa: E402
 from pipelines.export import FORMATS, export  # noqa: E402
 from pipelines.storage import Store  # noqa: E402
 from schemas.errors import ConfigError  # noqa: E402
 
 EXPORT_FLOW_NAME = "errata-export"
+
+shorten_errata_tracebacks()
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """A build: recipe -> problems -> shards through the stages -> staging -> a new published version.
 
-`plan_build` validates everything (recipe, input files, a local engine model) before anything runs. Then the pending shards (those not
-finished by an earlier, crashed run) are executed in one of two ways, with the same output:
+`plan_build` validates everything (recipe, input files, a local engine model) before anything runs. Then the
+pending shards (those not finished by an earlier, crashed run) are executed in one of two ways, same output:
 
 - streaming (`execute_shards`, used by `run_build`/`build` and `errata build --no-prefect`): one Ray Data run in
   which every shard flows through all stages and is written; verify/filter overlap generation.
@@ -166,7 +166,7 @@ def execute_shards(plan: BuildPlan, progress: bool = True, log: Log = print) -> 
         bar = _progress(len(plan.shards), len(plan.done), progress)
         for d in make_runner(cfg).run([new_shard(sid, probs) for sid, probs in pending], stages, writer,
                                       progress=progress):
-            r = ShardResult(d["shard_id"], d["tables"], d["stats"])
+            r = ShardResult(**d)
             results.append(r)
             plan.done.append(r.shard_id)
             if bar is not None:
@@ -225,13 +225,14 @@ def write_shards(plan: BuildPlan) -> list[ShardResult]:
     names = stage_names(cfg)
     last = names[-1]
     writer = ShardWriter(_root(plan), cfg.dataset, plan.build_key, Attempt)
+    written: dict[int, ShardResult] = {}
     for sid, _ in plan.pending:
         if plan.store.last_checkpoint(cfg.dataset, plan.build_key, sid, names) != len(names) - 1:
             raise StorageError(f"cannot write shard {sid} of {cfg.dataset}: it has not been through every stage")
-        writer(plan.store.read_checkpoint(cfg.dataset, plan.build_key, sid, last))
+        written[sid] = ShardResult(**writer(plan.store.read_checkpoint(cfg.dataset, plan.build_key, sid, last)))
         plan.store.drop_checkpoint(cfg.dataset, plan.build_key, sid, last)
-    refresh_done(plan)
-    return [plan.store.read_shard(cfg.dataset, plan.build_key, sid) for sid, _ in plan.shards]
+        plan.done.append(sid)
+    return [written.get(sid) or plan.store.read_shard(cfg.dataset, plan.build_key, sid) for sid, _ in plan.shards]
 
 
 def _progress(total: int, done: int, on: bool):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+from dataclasses import asdict
 from typing import Any, Callable, Iterator
 
 import pyarrow as pa
@@ -71,8 +72,8 @@ class ShardWriter(_OnStore):
 
     def __call__(self, shard: dict) -> dict:
         tables = split_tables(shard["problems"], shard["rows"], self.row_type)
-        r = self.store.write_shard(self.dataset, self.build_key, shard["shard_id"], tables, shard["stats"])
-        return {"shard_id": r.shard_id, "tables": r.tables, "stats": r.stats}
+        return asdict(self.store.write_shard(self.dataset, self.build_key, shard["shard_id"], tables,
+                                             shard["stats"]))
 
 
 class CheckpointWriter(_OnStore):
