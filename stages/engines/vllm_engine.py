@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from stages.engines.base import Completion, Engine, GenerationRequest, GenerationResult
+from stages.engines.hardware import choose_dtype, default_memory_utilization, detect_device
 from stages.engines.model_prep import model_label, resolve_model
 from schemas.errors import EngineError, TransientEngineError
 
@@ -33,6 +34,9 @@ class VLLMEngine(Engine):
         self._llm = None
         self._tokenizer = None
         self._max_len: int = config.max_model_len
+        self.device = None          # hardware.Device, known after start()
+        self.dtype_choice = None    # hardware.DtypeChoice, known after start()
+        self.memory_utilization: Optional[float] = None
 
     @property
     def model_name(self) -> str:
@@ -56,8 +60,14 @@ class VLLMEngine(Engine):
         from vllm.v1.engine.async_llm import AsyncLLM
 
         c = self.config
-        args = AsyncEngineArgs(model=self.model_path, dtype=c.dtype, max_model_len=c.max_model_len,
-                               max_num_seqs=c.max_num_seqs, gpu_memory_utilization=c.gpu_memory_utilization,
+        self.device = detect_device()
+        self.dtype_choice = choose_dtype(c.dtype, self.device)
+        if self.dtype_choice.warning:
+            log.warning(self.dtype_choice.warning)
+        self.memory_utilization = (c.gpu_memory_utilization if c.gpu_memory_utilization is not None
+                                   else default_memory_utilization(self.dtype_choice.dtype, self.device))
+        args = AsyncEngineArgs(model=self.model_path, dtype=self.dtype_choice.dtype, max_model_len=c.max_model_len,
+                               max_num_seqs=c.max_num_seqs, gpu_memory_utilization=self.memory_utilization,
                                enforce_eager=c.enforce_eager, enable_prefix_caching=c.enable_prefix_caching,
                                seed=c.seed, disable_log_stats=True)
         try:
@@ -78,9 +88,16 @@ class VLLMEngine(Engine):
 
     def describe(self) -> dict[str, Any]:
         c = self.config
-        return {"engine": self.kind, "model": self.model_name, "dtype": c.dtype, "max_model_len": c.max_model_len,
-                "max_num_seqs": c.max_num_seqs, "enforce_eager": c.enforce_eager,
-                "enable_prefix_caching": c.enable_prefix_caching, "seed": c.seed}
+        d = {"engine": self.kind, "model": self.model_name, "dtype": c.dtype, "max_model_len": c.max_model_len,
+             "max_num_seqs": c.max_num_seqs, "enforce_eager": c.enforce_eager,
+             "enable_prefix_caching": c.enable_prefix_caching, "seed": c.seed}
+        if self.dtype_choice is not None:   # resolved where the engine runs
+            d.update(dtype=self.dtype_choice.dtype, dtype_requested=self.dtype_choice.requested,
+                     dtype_reason=self.dtype_choice.reason, gpu_memory_utilization=self.memory_utilization,
+                     device=self.device.as_dict())
+            if self.dtype_choice.warning:
+                d["dtype_warning"] = self.dtype_choice.warning
+        return d
 
     # ---- requests
 

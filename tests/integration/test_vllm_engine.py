@@ -29,8 +29,8 @@ def engine(embedded_model):
     from stages.engines import make_engine
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     loop = asyncio.new_event_loop()
-    eng = make_engine(EngineConfig(kind="vllm", max_model_len=MAX_LEN, enforce_eager=True,
-                                   gpu_memory_utilization=0.15), str(REPO / "data" / "models"))
+    eng = make_engine(EngineConfig(kind="vllm", max_model_len=MAX_LEN, enforce_eager=True),
+                      str(REPO / "data" / "models"))
     loop.run_until_complete(eng.start())
     yield eng, loop
     loop.run_until_complete(eng.close())
