@@ -77,23 +77,19 @@ class Attempt(Lineage):
     reward: Optional[float] = field(default=None, metadata={"doc": "1.0 correct, 0.0 wrong, null unchecked"})
     verifier: Optional[str] = field(default=None, metadata={"doc": "rule (math-verify), env or llm"})
     drop_reason: Optional[str] = field(default=None, metadata={"doc": "why the filter dropped it; null = kept"})
-    tree_id: Optional[str] = field(default=None, metadata={"doc": "MCTS tree (agent methods)"})
-    node_path: Optional[list[int]] = field(default=None, metadata={"doc": "MCTS node path (agent methods)"})
 
 
 @dataclass
 class ErrorRecord(Lineage):
     error_id: str = field(default="", metadata={"doc": "id of this record"})
-    row_id: str = field(default="", metadata={"doc": "id of the failed row (attempt or problem)"})
+    row_id: str = field(default="", metadata={"doc": "id of the failed row (in `table`)"})
+    table: str = field(default="", metadata={"doc": "table of the failed row (the stage's input)"})
     problem_id: Optional[str] = field(default=None, metadata={"doc": "problem the row belongs to"})
     stage: str = field(default="", metadata={"doc": "stage where it failed"})
     reason: str = field(default="", metadata={"doc": "short tag: prompt_too_long, checker_timeout, ..."})
     message: str = field(default="", metadata={"doc": "human-readable detail"})
     raw_input: Optional[str] = field(default=None, metadata={"doc": "what the stage got (JSON/text)"})
     raw_output: Optional[str] = field(default=None, metadata={"doc": "what it produced, if anything"})
-
-
-TABLES: dict[str, type] = {"problems": Problem, "attempts": Attempt, "errors": ErrorRecord}
 
 
 def _arrow_type(tp: Any) -> pa.DataType:
@@ -122,6 +118,18 @@ def arrow_schema(cls: type) -> pa.Schema:
 
 def columns(cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
+
+
+def ipc_bytes(table: pa.Table) -> bytes:
+    """A table as Arrow IPC stream bytes (how stages hand tables to each other through Ray)."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def from_ipc_bytes(blob: bytes) -> pa.Table:
+    return pa.ipc.open_stream(pa.py_buffer(blob)).read_all()
 
 
 def to_table(rows: list[dict], cls: type) -> pa.Table:

@@ -2,6 +2,7 @@
 
 - `builtin_problems(count, seed)` (stages/arithmetic.py): seeded arithmetic word problems with gold solutions.
 - `load_problems(config)`: dispatch on `TaskSourceConfig.kind`: builtin, jsonl, parquet, hf (`datasets`).
+  (`version`, a published dataset version as input, is read by pipelines/inputs.py: it needs the catalog.)
 
 Files are GSM8K-style (`question`, `answer` ending in `#### N`) or MATH-style (`problem`, `solution` ending in a
 `\\boxed{}`, optional `answer`); fields are auto-detected or named in the config. Input is validated in full
@@ -12,14 +13,42 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Iterable, Iterator, Literal, Optional
+
+from pydantic import Field
 
 from schemas.errors import InputError
 from schemas.rows import make_id
 from stages.answers import reference_answer_from_solution
 from stages.arithmetic import BUILTIN_SOURCE, builtin_problems
+from stages.options import Options
 
-__all__ = ["builtin_problems", "load_problems", "problems_from_records", "BUILTIN_SOURCE"]
+__all__ = ["builtin_problems", "load_problems", "problems_from_records", "BUILTIN_SOURCE", "TaskSourceConfig"]
+
+
+class TaskSourceConfig(Options):
+    kind: Literal["builtin", "jsonl", "parquet", "hf", "version"] = Field(
+        "builtin", description="builtin: seeded arithmetic word problems; jsonl/parquet: GSM8K/MATH-style file; "
+                               "hf: a `datasets` dataset (local path, or hub id when online); version: rows of a "
+                               "published errata version (with their problems)")
+    path: Optional[str] = Field(None, description="file path (jsonl/parquet) or dataset path/hub id (hf)")
+    split: str = Field("train", description="split name recorded on problems (and loaded, for hf)")
+    count: int = Field(64, ge=1, description="builtin: how many problems to generate")
+    seed: int = Field(0, description="builtin: generator seed (same seed, same problems)")
+    max_steps: Optional[int] = Field(None, ge=1, description="builtin: only problems whose gold solution has at "
+                                                             "most this many steps (1 = one-operation warm-ups)")
+    question_field: Optional[str] = Field(None, description="field holding the question; auto: question|problem")
+    answer_field: Optional[str] = Field(
+        None, description="field holding the final answer or a solution ending in '#### N' / \\boxed{}; "
+                          "auto: answer")
+    solution_field: Optional[str] = Field(None, description="field holding the worked solution; auto: "
+                                                            "solution, else the answer field")
+    id_field: Optional[str] = Field(None, description="field holding a source id; default: line/row number")
+    ref: Optional[str] = Field(None, description="version: DATASET (latest) or DATASET@N to read from")
+    table: str = Field("problems", description="version: the table whose rows feed the recipe (their problems "
+                                               "come along)")
+    where: Optional[str] = Field(None, description="version: a read-only SQL condition on that table's rows, "
+                                                   "e.g. \"is_correct = false\"")
 
 # ---------------------------------------------------------------------------------------------------------------
 # File and dataset sources

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, Optional, Union
 
-from stages.engines.base import Completion, Engine, GenerationRequest, GenerationResult
+from stages.engines.base import Completion, Engine, GenerationRequest, GenerationResult, OnResult
 from schemas.errors import ConfigError
 
 GOLD_RE = re.compile(r"\[gold=([^\]]*)\]")
@@ -150,10 +150,15 @@ class FakeEngine(Engine):
             res.error_reason, res.error_message = e.reason, str(e)
         return res
 
-    async def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+    async def generate(self, requests: list[GenerationRequest],
+                       on_result: Optional[OnResult] = None) -> list[GenerationResult]:
         self.generate_calls += 1
         self.requests.extend(requests)
-        return [self._one(r) for r in requests]
+        out = [self._one(r) for r in requests]
+        for i, r in enumerate(out):
+            if on_result is not None:
+                on_result(i, r)
+        return out
 
     def describe(self) -> dict[str, Any]:
         return {"engine": self.kind, "model": self.model_name, "script": self.script_name}

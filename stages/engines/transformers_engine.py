@@ -11,7 +11,8 @@ import logging
 import threading
 from typing import Any, Optional
 
-from stages.engines.base import Completion, Engine, GenerationRequest, GenerationResult, SamplingParams
+from stages.engines.base import (Completion, Engine, GenerationRequest, GenerationResult, OnResult,
+                                 SamplingParams)
 from stages.engines.hardware import choose_dtype, detect_device
 from stages.engines.model_prep import model_label, resolve_model
 from schemas.errors import EngineError
@@ -151,7 +152,12 @@ class TransformersEngine(Engine):
                                     requests[chunk[0]].sampling, [results[k] for k in chunk])
         return results
 
-    async def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+    async def generate(self, requests: list[GenerationRequest],
+                       on_result: Optional[OnResult] = None) -> list[GenerationResult]:
         if self._model is None:
             await self.start()
-        return await asyncio.to_thread(self._generate_sync, requests)
+        out = await asyncio.to_thread(self._generate_sync, requests)
+        for i, r in enumerate(out):
+            if on_result is not None:
+                on_result(i, r)
+        return out

@@ -9,14 +9,14 @@
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import uuid
 from pathlib import Path
 from typing import Any, Optional
 
-from stages.engines.base import Completion, Engine, GenerationRequest, GenerationResult
+from stages.engines.base import (Completion, Engine, GenerationRequest, GenerationResult, OnResult,
+                                 gather_reporting)
 from stages.engines.hardware import choose_dtype, default_memory_utilization, detect_device
 from stages.engines.model_prep import model_label, resolve_model
 from schemas.errors import EngineError, TransientEngineError
@@ -171,7 +171,8 @@ class VLLMEngine(Engine):
                 token_ids=list(o.token_ids) if req.return_token_ids else None))
         return res
 
-    async def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+    async def generate(self, requests: list[GenerationRequest],
+                       on_result: Optional[OnResult] = None) -> list[GenerationResult]:
         if self._llm is None:
             await self.start()
         if not requests:
@@ -179,5 +180,5 @@ class VLLMEngine(Engine):
         ids = self._token_ids(requests)
         fits = [k for k, i in enumerate(ids) if len(i) < self._max_len]
         rendered = dict(zip(fits, self._engine_inputs([ids[k] for k in fits])))
-        return list(await asyncio.gather(*(self._one(r, ids[k], rendered.get(k))
-                                           for k, r in enumerate(requests))))
+        return await gather_reporting([self._one(r, ids[k], rendered.get(k)) for k, r in enumerate(requests)],
+                                      on_result)
