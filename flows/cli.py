@@ -57,14 +57,30 @@ def cmd_build(args) -> int:
             print(f"interrupted; full log: {path}; run the same command again to resume", file=console())
             return 130
         except Exception as e:
-            logging.getLogger("errata.build").debug("build failed", exc_info=True)
             import traceback
+
+            from schemas.errors import error_chain
             traceback.print_exc()    # into the log file
-            print(f"error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}\nfull log (with the "
-                  f"traceback): {path}\nto resume, run the same command again", file=console())
+            inner = next((x for x in error_chain(e) if isinstance(x, ErrataError)), None)
+            if inner is not None:    # errata's own error, wrapped by Ray or Prefect
+                print(f"error: {inner}\nfull log: {path}\nto resume, run the same command again: finished "
+                      f"shards and stages are kept", file=console())
+                return 2
+            print(f"error: {root_cause(e)}\nfull log (with the traceback): {path}\nto resume, run the same "
+                  f"command again", file=console())
             return 1
         print_build_summary(result, path)
     return 0
+
+
+def root_cause(exc: BaseException) -> str:
+    """'Type: message' of the innermost exception that is not a wrapper (Ray's task errors, Prefect's)."""
+    from schemas.errors import error_chain
+    chain = [e for e in error_chain(exc) if not type(e).__name__.startswith(("Ray", "UserCode"))
+             and type(e).__module__.split(".")[0] not in ("ray", "prefect")]
+    e = chain[-1] if chain else exc
+    msg = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {msg[-1] if msg else ''}"[:500]
 
 
 def print_build_summary(result, log_file: str | None = None) -> None:

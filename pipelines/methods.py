@@ -104,10 +104,19 @@ def _load_builtin() -> None:
     _LOADED = True
     from stages.filter import AttemptFilter, DuplicateProblems
     from stages.generate import GenerateStage
+    from stages.self_check import RetryStage, SelfCheckStage
     from stages.verify import VerifyStage
     register_method(Method(
         "sample_verify", "sample n answers per problem, verify them against the reference, filter",
         (StageSpec("generate", GenerateStage), StageSpec("verify", VerifyStage), StageSpec("filter", AttemptFilter),
+         StageSpec("dedup", DuplicateProblems)),
+        roles=("student",), exports={"sft": "sft_attempts", "dpo": "dpo_attempts"}))
+    register_method(Method(
+        "self_correct", "sample, verify, let the model review its own attempts, retry the wrong ones with that "
+                        "review, verify again, filter",
+        (StageSpec("generate", GenerateStage), StageSpec("verify", VerifyStage),
+         StageSpec("self_check", SelfCheckStage), StageSpec("retry", RetryStage),
+         StageSpec("verify_retry", VerifyStage), StageSpec("filter", AttemptFilter),
          StageSpec("dedup", DuplicateProblems)),
         roles=("student",), exports={"sft": "sft_attempts", "dpo": "dpo_attempts"}))
 

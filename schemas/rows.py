@@ -80,6 +80,28 @@ class Attempt(Lineage):
 
 
 @dataclass
+class Judgement(Lineage):
+    judgement_id: str = field(default="", metadata={"doc": "stable id of the judgement"})
+    target_table: str = field(default="attempts", metadata={"doc": "table of the judged row (attempts, injections)"})
+    target_id: str = field(default="", metadata={"doc": "id of the judged row"})
+    problem_id: str = field(default="", metadata={"doc": "problem of the judged row"})
+    judge_model: str = field(default="", metadata={"doc": "model that judged"})
+    judge_role: str = field(default="", metadata={"doc": "self (the model judges its own text), teacher, critic"})
+    prompt_template: str = field(default="", metadata={"doc": "prompt template name@version"})
+    verdict: Optional[str] = field(default=None, metadata={
+        "doc": "what the judge said, parsed: correct / incorrect (whole-solution checks), located / says_correct "
+               "(first-error judges), unparsed"})
+    first_error_step: Optional[int] = field(default=None, metadata={
+        "doc": "1-based step the judge names as the first wrong one, against the numbered steps it was shown"})
+    error_type: Optional[str] = field(default=None, metadata={"doc": "error-type label the judge chose"})
+    type_parse_ok: Optional[bool] = field(default=None, metadata={"doc": "the error type could be parsed"})
+    raw_text: str = field(default="", metadata={"doc": "the judge's text as written"})
+    parse_ok: bool = field(default=False, metadata={"doc": "the verdict could be parsed (unparsed is never bad)"})
+    parse_error: Optional[str] = field(default=None, metadata={"doc": "why parsing failed"})
+    drop_reason: Optional[str] = field(default=None, metadata={"doc": "why it was dropped; null = kept"})
+
+
+@dataclass
 class ErrorRecord(Lineage):
     error_id: str = field(default="", metadata={"doc": "id of this record"})
     row_id: str = field(default="", metadata={"doc": "id of the failed row (in `table`)"})

@@ -16,7 +16,7 @@ from typing import Literal
 import pyarrow as pa
 
 from schemas.errors import ConfigError
-from schemas.rows import Attempt, ErrorRecord, Problem, arrow_schema, columns
+from schemas.rows import Attempt, ErrorRecord, Judgement, Problem, arrow_schema, columns
 
 
 @dataclass(frozen=True)
@@ -77,5 +77,8 @@ register_table(TableSpec("problems", Problem, "problem_id",
                          description="the tasks: questions (math) or environment tasks (agents), with references"))
 register_table(TableSpec("attempts", Attempt, "attempt_id", ("problem_id",),
                          description="model samples of a problem, verified against its reference"))
+register_table(TableSpec("judgements", Judgement, "judgement_id", ("target_id", "problem_id"),
+                         description="an LLM's verdict on an attempt (or injection): parsed fields beside its raw "
+                                     "text, parse_ok"))
 register_table(TableSpec(ERRORS, ErrorRecord, "error_id", ("row_id",),
                          description="rows that failed inside a stage: stage, table, row id, reason, raw input/output"))

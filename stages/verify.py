@@ -4,7 +4,8 @@ A MapStage over `attempts` that also reads `problems` (for the reference answer)
 final_answer, answer_parse_ok, is_correct, reward, verifier):
 - an answer was found (`stages.answers.extract_answer`) and checked: answer_parse_ok=True, is_correct True/False,
   reward 1.0/0.0, verifier='math_verify';
-- no answer found: final_answer=None, answer_parse_ok=False, is_correct=None, reward=None, verifier=None.
+- no answer found: final_answer=None, answer_parse_ok=False, is_correct=None, reward=None (verifier is set on every
+  row this stage looked at, so `verifier IS NULL` means "not verified yet").
   Unparseable never silently counts as wrong: the filter stage drops these with reason `no_answer`;
 - the check ran past `VerifyConfig.timeout_s`: an `errors` record, reason `checker_timeout` (the row is kept as data);
   the check raised: reason `checker_error`; the checker process died: reason `checker_crashed`;
@@ -206,6 +207,8 @@ _REASONS = {"timeout": "checker_timeout", "error": "checker_error", "crashed": "
 class VerifyConfig(Options):
     timeout_s: float = Field(5.0, gt=0, description="per-check timeout; a check over it becomes an error row "
                                                      "(reason checker_timeout)")
+    only_unverified: bool = Field(False, description="check only rows no verifier has looked at yet (a second "
+                                                     "verify after a stage that added rows)")
 
 
 class VerifyStage(MapStage):
@@ -267,6 +270,10 @@ class VerifyStage(MapStage):
         out: list[dict | Failed] = []
         items: list[tuple[int, str, str]] = []
         for i, row in enumerate(rows):
+            if self.config.only_unverified and row.get("verifier"):
+                stats.count("already_verified")
+                out.append(row)
+                continue
             r = dict(row)
             ref = refs.get(r.get("problem_id"))
             ref = str(ref).strip() if ref is not None else ""
@@ -275,7 +282,7 @@ class VerifyStage(MapStage):
                 continue
             ans = extract_answer(r.get(self.text_column) or "")
             r.update(final_answer=None if ans is None else str(ans), answer_parse_ok=ans is not None,
-                     is_correct=None, reward=None, verifier=None)
+                     is_correct=None, reward=None, verifier=self.verifier_name)
             if ans is not None:
                 items.append((i, str(ans), ref))
             out.append(r)

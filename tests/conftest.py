@@ -1,6 +1,5 @@
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -49,7 +48,11 @@ def fake_recipe(tmp_path, data_root):
              "execution": {"runner": runner, "shard_size": over.pop("shard_size", 2),
                            "shards_in_flight": over.pop("shards_in_flight", 1)},
              "storage": {"root": str(data_root)}}
-        d.update(over)
+        for k, v in over.items():
+            if isinstance(v, dict) and isinstance(d.get(k), dict):
+                d[k] = {**d[k], **v}
+            else:
+                d[k] = v
         return validate_recipe(d)
     return make
 

@@ -44,6 +44,7 @@ class EngineConfig(Options):
     num_cpus_per_actor: float = Field(1.0, ge=0, description="Ray: logical CPUs per engine replica")
     num_gpus_per_actor: float = Field(0.0, ge=0, description="Ray: GPUs per engine replica (0 on CPU)")
     fake_script: Optional[str] = Field(None, description="fake: which scripted behaviour (tests only)")
+    fake_delay_s: float = Field(0.0, ge=0, description="fake: seconds each generate call takes (tests only)")
 
     @field_validator("dtype")
     @classmethod

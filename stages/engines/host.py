@@ -38,6 +38,16 @@ class TagProgress:
     last_done: Optional[float] = None
 
 
+def _normal_priority() -> None:
+    """Ray starts its workers at nice 15; the engine is the build's critical path, so its process (and the engine
+    processes it spawns, which inherit this) go back to normal priority where the OS lets us."""
+    try:
+        if os.getpriority(os.PRIO_PROCESS, 0) > 0:
+            os.setpriority(os.PRIO_PROCESS, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
 class EngineHost:
     """One engine of a build. `await start()`, `await generate(requests, tag, shard)`, `progress()`, `describe()`."""
 
@@ -66,6 +76,7 @@ class EngineHost:
             self._lock = asyncio.Lock()
         async with self._lock:
             if self._engine is None:
+                _normal_priority()
                 engine = self._make_engine()
                 t0 = time.perf_counter()
                 await engine.start()

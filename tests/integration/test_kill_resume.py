@@ -1,5 +1,4 @@
 """kill -9 a real build mid-run, rerun: no row lost, none duplicated, and no partial version ever visible."""
-import json
 import os
 import re
 import signal

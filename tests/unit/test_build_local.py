@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import pytest
@@ -412,3 +412,31 @@ def test_global_stage_runs_between_per_shard_stages_in_both_modes(tmp_path, data
                                                            "duplicate_problem"]
     staged = _stage_by_stage(plan_build(cfg, log=lambda s: None))
     assert staged.stages["dedup"]["dropped_duplicate_problem"] == 2
+
+
+def test_self_correct_method_reviews_and_retries_wrong_attempts_with_one_engine(fake_recipe, data_root):
+    from stages.self_check import parse_verdict
+    cfg = fake_recipe(n=4, n_samples=2, shard_size=2, script="reviewer", method="self_correct",
+                      verify_retry={"only_unverified": True})
+    m = build(cfg, progress=False).manifest
+    # mixed: sample 1 of each problem is wrong -> reviewed "incorrect" -> retried once -> correct
+    assert m.stages["generate"]["out"] == 8 and m.stages["self_check"]["out"] == 8
+    assert m.stages["self_check"]["counts"] == {"parse_ok": 8}
+    assert m.stages["retry"]["in"] == 8 and m.stages["retry"]["out"] == 4        # 4 retries appended
+    assert m.stages["verify_retry"]["in"] == 12 and m.stages["verify_retry"]["counts"] == {"already_verified": 8}
+    assert m.tables["attempts"].rows == 12
+    (eng,) = m.engines.values()
+    assert eng["starts"] == 1       # three LLM stages, one engine
+    cat = catalog(data_root)
+    att = cat.read_table(m, "attempts").to_pylist()
+    retries = [a for a in att if a["sample_index"] >= 1000]
+    assert len(retries) == 4 and all(a["is_correct"] for a in retries)
+    judgements = {j["target_id"]: j for j in cat.read_table(m, "judgements").to_pylist()}
+    originals = {a["attempt_id"]: a for a in att if a["sample_index"] < 1000}
+    for j in judgements.values():   # the review agrees with the verifier here
+        assert j["verdict"] == ("correct" if originals[j["target_id"]]["is_correct"] else "incorrect")
+    for r in retries:
+        wrong, judgement = r["parent_ids"]
+        assert originals[wrong]["is_correct"] is False and judgement == judgements[wrong]["judgement_id"]
+    assert parse_verdict("ok\n**Verdict:** Incorrect") == ("incorrect", None)
+    assert parse_verdict("looks good to me")[0] is None

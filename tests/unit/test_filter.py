@@ -1,5 +1,4 @@
 """stages.filter: every drop has a reason, counted; kept rows have drop_reason None; the global dedup."""
-import pytest
 
 from stages.base import is_live
 from stages.filter import AttemptFilter, DuplicateProblems, FilterConfig, normalize_text
