@@ -38,13 +38,15 @@ def aggregate(per_engine: dict[str, dict]) -> dict[str, Any]:
     return out
 
 
-def status_line(tag: str, a: dict[str, Any], shards_pending: int, now: float) -> dict[str, Any]:
-    """The numbers shown for one stage."""
+def status_line(tag: str, a: dict[str, Any], shards_pending: int, now: float,
+                live_tps: Optional[float] = None) -> dict[str, Any]:
+    """The numbers shown for one stage. `live_tps`: the engine's current output tokens/s (counted every engine
+    step), when the engine reports it; else tokens of finished requests over the stage's time so far."""
     done, planned = a["done_sequences"], a["planned_sequences"]
     exact = a["shards"] >= shards_pending or shards_pending <= 0
     total = planned if exact else int(round(planned / max(1, a["shards"]) * shards_pending))
     elapsed = max(1e-6, now - a["first_submit"]) if a["first_submit"] else 0.0
-    tps = a["completion_tokens"] / elapsed if elapsed else 0.0
+    tps = live_tps if live_tps is not None else (a["completion_tokens"] / elapsed if elapsed else 0.0)
     rate = done / elapsed if elapsed else 0.0
     eta = (total - done) / rate if rate > 0 else None
     text = (f"{tag}: {done}/{'' if exact else '~'}{total} sequences, {a['shards']}/{shards_pending} shards, "
@@ -67,6 +69,7 @@ class ProgressMonitor:
         self._pending: dict[str, int] = {}
         self._last_log = 0.0
         self._finished: set[str] = set()
+        self._live: dict[str, list[tuple[float, int]]] = {}   # engine -> recent (time, tokens generated)
 
     def start(self) -> "ProgressMonitor":
         self._thread = threading.Thread(target=self._loop, name="errata-progress", daemon=True)
@@ -91,10 +94,26 @@ class ProgressMonitor:
                 self._pending[tag] = len(self.plan.shard_ids)
         return self._pending[tag]
 
+    def _engine_rate(self, key: str, live: dict, window: float = 15.0) -> Optional[float]:
+        if "generation_tokens" not in live:
+            return None
+        hist = self._live.setdefault(key, [])
+        hist.append((live.get("at") or time.time(), int(live["generation_tokens"])))
+        while len(hist) > 2 and hist[-1][0] - hist[0][0] > window:
+            hist.pop(0)
+        if len(hist) < 2 or hist[-1][0] <= hist[0][0]:
+            return None
+        return (hist[-1][1] - hist[0][1]) / (hist[-1][0] - hist[0][0])
+
     def render(self, progress: dict[str, dict], final: bool = False) -> list[dict]:
         now = time.time()
-        lines = [status_line(tag, aggregate(per), self._shards_pending(tag), now)
-                 for tag, per in sorted(progress.items())]
+        progress = dict(progress)
+        rates = {k: self._engine_rate(k, live) for k, live in progress.pop("__engine__", {}).items()}
+        lines = []
+        for tag, per in sorted(progress.items()):
+            known = [rates[k] for k in per if rates.get(k) is not None]
+            lines.append(status_line(tag, aggregate(per), self._shards_pending(tag), now,
+                                     sum(known) if known else None))
         if self.tty:
             from tqdm import tqdm
             for ln in lines:

@@ -91,5 +91,9 @@ class Engine:
     async def close(self) -> None:
         """Release the model / client."""
 
+    def live_stats(self) -> dict[str, Any]:
+        """Counters the engine keeps while it runs (vLLM: tokens generated so far, prefix-cache hits)."""
+        return {}
+
     def describe(self) -> dict[str, Any]:
         return {"engine": self.kind, "model": self.model_name}

@@ -133,16 +133,23 @@ class EngineHost:
                     pass
 
     def progress(self) -> dict[str, dict]:
-        return {tag: asdict(p) for tag, p in self._progress.items()}
+        """Per stage tag: the TagProgress counters; under "__engine__": the engine's live counters."""
+        out: dict[str, dict] = {tag: asdict(p) for tag, p in self._progress.items()}
+        live = self._engine.live_stats() if self._engine is not None else {}
+        out["__engine__"] = dict(live, at=time.time())
+        return out
 
     def describe(self) -> dict[str, Any]:
         d: dict[str, Any] = {"key": self.key, "kind": self.config.kind, "model": self.config.label()}
-        d.update(self._engine.describe() if self._engine is not None else self._engine_info)
+        if self._engine is not None:
+            self._engine_info = self._engine.describe()
+        d.update(self._engine_info)
         d.update(starts=self.starts, restarts=self.restarts, start_seconds=self.start_seconds)
         return d
 
     async def close(self) -> None:
         if self._engine is not None:
+            self._engine_info = self._engine.describe()     # final counters (prefix-cache hits) stay described
             engine, self._engine = self._engine, None
             await engine.close()
 

@@ -24,6 +24,47 @@ from schemas.errors import EngineError, TransientEngineError
 log = logging.getLogger(__name__)
 
 
+class LiveStats:
+    """Counters fed by vLLM every engine step (a custom stat logger): tokens generated so far (so progress shows
+    tokens/s before whole requests finish) and prefix-cache queries/hits (the hit rate the manifest reports)."""
+
+    def __init__(self) -> None:
+        self.generation_tokens = 0
+        self.prompt_tokens = 0
+        self.prefix_queries = 0
+        self.prefix_hits = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        rate = self.prefix_hits / self.prefix_queries if self.prefix_queries else None
+        return {"generation_tokens": self.generation_tokens, "prompt_tokens": self.prompt_tokens,
+                "prefix_cache_queries": self.prefix_queries, "prefix_cache_hits": self.prefix_hits,
+                "prefix_cache_hit_rate": round(rate, 4) if rate is not None else None}
+
+    def factory(self):
+        """A vLLM StatLoggerFactory writing into this object."""
+        from vllm.v1.metrics.loggers import StatLoggerBase
+
+        live = self
+
+        class _Counter(StatLoggerBase):
+            def __init__(self, vllm_config, engine_index: int = 0):
+                pass
+
+            def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx: int = 0):
+                if iteration_stats is not None:
+                    live.generation_tokens += int(getattr(iteration_stats, "num_generation_tokens", 0) or 0)
+                    live.prompt_tokens += int(getattr(iteration_stats, "num_prompt_tokens", 0) or 0)
+                pc = getattr(scheduler_stats, "prefix_cache_stats", None) if scheduler_stats is not None else None
+                if pc is not None:
+                    live.prefix_queries += int(getattr(pc, "queries", 0) or 0)
+                    live.prefix_hits += int(getattr(pc, "hits", 0) or 0)
+
+            def log_engine_initialized(self):
+                pass
+
+        return lambda vllm_config, engine_index=0: _Counter(vllm_config, engine_index)
+
+
 class VLLMEngine(Engine):
     kind = "vllm"
 
@@ -37,6 +78,7 @@ class VLLMEngine(Engine):
         self.device = None          # hardware.Device, known after start()
         self.dtype_choice = None    # hardware.DtypeChoice, known after start()
         self.memory_utilization: Optional[float] = None
+        self.live = LiveStats()
 
     @property
     def model_name(self) -> str:
@@ -45,7 +87,11 @@ class VLLMEngine(Engine):
     def __getstate__(self) -> dict:
         d = dict(self.__dict__)
         d["_llm"], d["_tokenizer"] = None, None
+        d["live"] = LiveStats()
         return d
+
+    def live_stats(self) -> dict[str, Any]:
+        return self.live.as_dict()
 
     async def start(self) -> None:
         if self._llm is not None:
@@ -73,7 +119,8 @@ class VLLMEngine(Engine):
         try:
             # LLM_CLASS: the offline-batch scheduler defaults (on CPU max_num_batched_tokens 4096, not the 2048
             # an unnamed context gets), i.e. exactly what vllm.LLM uses; it measurably matters for throughput.
-            self._llm = AsyncLLM.from_engine_args(args, usage_context=UsageContext.LLM_CLASS)
+            self._llm = AsyncLLM.from_engine_args(args, usage_context=UsageContext.LLM_CLASS,
+                                                  stat_loggers=[self.live.factory()])
         except (ValueError, RuntimeError, OSError) as e:
             # e.g. not enough free memory for the requested KV cache: may pass once another engine exits
             raise TransientEngineError(f"vLLM engine failed to start for {self.model_path}: {e}") from e
@@ -97,6 +144,7 @@ class VLLMEngine(Engine):
                      device=self.device.as_dict())
             if self.dtype_choice.warning:
                 d["dtype_warning"] = self.dtype_choice.warning
+        d["prefix_cache"] = {k: v for k, v in self.live.as_dict().items() if k.startswith("prefix")}
         return d
 
     # ---- requests

@@ -440,3 +440,36 @@ def test_self_correct_method_reviews_and_retries_wrong_attempts_with_one_engine(
         assert originals[wrong]["is_correct"] is False and judgement == judgements[wrong]["judgement_id"]
     assert parse_verdict("ok\n**Verdict:** Incorrect") == ("incorrect", None)
     assert parse_verdict("looks good to me")[0] is None
+
+
+def test_progress_lines_count_sequences_shards_tokens_and_eta():
+    from pipelines.progress import ProgressMonitor, aggregate, status_line
+    per = {"k1": {"planned_requests": 4, "planned_sequences": 16, "done_requests": 2, "done_sequences": 8,
+                  "failed_requests": 0, "prompt_tokens": 100, "completion_tokens": 800, "shards": [0],
+                  "first_submit": 100.0, "last_done": 110.0}}
+    a = aggregate(per)
+    ln = status_line("generate", a, shards_pending=4, now=120.0)
+    assert ln["total"] == 64 and not ln["exact"] and ln["done"] == 8          # 1 of 4 shards seen: extrapolated
+    assert ln["text"] == "generate: 8/~64 sequences, 1/4 shards, 40 tok/s, ETA 2m20s"
+    ln = status_line("generate", a, shards_pending=1, now=120.0, live_tps=123.4)
+    assert ln["total"] == 16 and ln["exact"] and "123 tok/s" in ln["text"]
+
+    class Plan:
+        shard_ids = [0, 1]
+
+        def pending(self, tag):
+            return [0, 1]
+
+    class Engines:
+        n = 0
+
+        def progress(self):
+            Engines.n += 1
+            return {"generate": per, "__engine__": {"k1": {"generation_tokens": 500 * Engines.n, "at": 10.0 * Engines.n}}}
+    import io
+    out = io.StringIO()
+    mon = ProgressMonitor(Engines(), Plan(), stream=out, log_every=0)
+    mon.render(Engines().progress())
+    lines = mon.render(Engines().progress())
+    assert lines[0]["tokens_per_s"] == 50.0            # 500 tokens in 10 s, counted by the engine every step
+    assert "generate: 8/~32 sequences, 1/2 shards, 50 tok/s" in out.getvalue()
