@@ -93,8 +93,9 @@ def print_build_summary(result, log_file: str | None = None) -> None:
     print(f"data: {result.path}", file=o)
     print("tables:  " + "  ".join(f"{t}={e.rows}" for t, e in m.tables.items()), file=o)
     for k, e in m.engines.items():
-        print(f"engine:  {', '.join(e.get('roles', []))} -> {e.get('kind')} {e.get('model')}, {e.get('dtype')} "
-              f"({e.get('dtype_reason', 'dtype set')}), started {e.get('starts', 0)}x", file=o)
+        dtype = f", {e['dtype']} ({e.get('dtype_reason', 'dtype set')})" if e.get("dtype") else ""
+        print(f"engine:  {', '.join(e.get('roles', []))} -> {e.get('kind')} {e.get('model')}{dtype}, "
+              f"started {e.get('starts', 0)}x", file=o)
     print("stages:", file=o)
     skip = ("in", "out", "seconds", "wall_seconds", "t_start", "t_end", "error_reasons", "counts", "tokens_per_s",
             "prompt_tokens", "completion_tokens")

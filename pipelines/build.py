@@ -219,8 +219,9 @@ class BuildSession:
             if key in self._announced:
                 continue
             self._announced.add(key)
-            log.info("engine %s: %s %s, %s (%s), started in %s s", key, d.get("kind"), d.get("model"),
-                     d.get("dtype"), d.get("dtype_reason", "dtype set"), (d.get("start_seconds") or ["?"])[-1])
+            dtype = f", {d['dtype']} ({d.get('dtype_reason', 'dtype set')})" if d.get("dtype") else ""
+            log.info("engine %s: %s %s%s, started in %s s", key, d.get("kind"), d.get("model"), dtype,
+                     (d.get("start_seconds") or ["?"])[-1])
             if d.get("dtype_warning"):
                 log.warning(d["dtype_warning"])
 

@@ -119,9 +119,12 @@ class ProgressMonitor:
             for ln in lines:
                 bar = self._bars.get(ln["tag"])
                 if bar is None:
+                    import shutil
+                    cols = shutil.get_terminal_size((0, 0)).columns
+                    width = {"dynamic_ncols": True} if cols > 0 else {"ncols": 100}   # a pty may report width 0
                     bar = self._bars[ln["tag"]] = tqdm(total=ln["total"], desc=ln["tag"], unit="seq",
-                                                       file=self.stream, position=len(self._bars),
-                                                       dynamic_ncols=True, leave=True)
+                                                       file=self.stream, position=len(self._bars), leave=True,
+                                                       **width)
                 bar.total = ln["total"]
                 bar.n = ln["done"]
                 bar.set_postfix_str(f"{ln['tokens_per_s']:.0f} tok/s", refresh=False)
