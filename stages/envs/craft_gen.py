@@ -77,19 +77,21 @@ def generate_world(cfg: CraftGenConfig) -> CraftWorld:
         tag = form_of.get(item)
         return Ingredient(f"{tag}s" if tag and rng.random() < cfg.tag_prob else item, n)
 
-    def make_recipe(out: str, d: int, anchor: bool) -> Recipe | None:
+    def make_recipe(out: str, d: int, anchor: bool) -> Recipe:
         lower = [i for lv in levels[:d] for i in lv]
-        k = min(rng.randint(cfg.min_ingredients, cfg.max_ingredients), len(lower))
-        picks = [rng.choice(levels[d - 1])] if anchor else []
-        rest = [i for i in lower if i not in picks]
-        picks += rng.sample(rest, k - len(picks))
+        k = rng.randint(cfg.min_ingredients, cfg.max_ingredients)
+        first = [rng.choice(levels[d - 1])] if anchor else []
+        rest = [i for i in lower if i not in first]
+        rng.shuffle(rest)
         ings: list[Ingredient] = []
         kinds: set[str] = set()       # one ingredient per form: never "rods" beside "sable rod"
-        for p in picks:
+        for p in first + rest:
             kind = f"{form_of[p]}s" if p in form_of else p
             if kind not in kinds:
                 kinds.add(kind)
                 ings.append(ingredient(p))
+                if len(ings) == k:
+                    break
         return Recipe(out, rng.randint(1, cfg.max_output_count), tuple(ings))
 
     for d in range(1, cfg.depth + 1):
