@@ -107,26 +107,29 @@ async def run_episode(env: Env, task: EnvTask, policy: Policy, max_steps: int,
 
 class EnvPool:
     """K environments, each set up once (a JVM each, for twx) and lent to one episode at a time. Created on
-    first need; an env whose episode ended in an env timeout is closed and replaced."""
+    first need. Each env has its own worker thread (its calls never interleave; a hung call holds only that
+    thread); an env whose episode ended in an env timeout is closed and replaced by a new one."""
 
     def __init__(self, factory: Callable[[], Env], size: int):
         if size < 1:
             raise ValueError("an env pool needs size >= 1")
         self.factory, self.size = factory, size
-        self.executor = cf.ThreadPoolExecutor(max_workers=size, thread_name_prefix="env")
         self._free: Optional[asyncio.Queue] = None
-        self._made = 0
-        self._all: list[Env] = []
+        self._threads: dict[int, cf.ThreadPoolExecutor] = {}
+        self._envs: dict[int, Env] = {}
+
+    def executor_for(self, env: Env) -> cf.Executor:
+        return self._threads[id(env)]
 
     async def acquire(self) -> Env:
         if self._free is None:
             self._free = asyncio.Queue()
-        if self._free.empty() and self._made < self.size:
-            self._made += 1
+        if self._free.empty() and len(self._envs) < self.size:
             env = self.factory()
-            self._all.append(env)
+            self._envs[id(env)] = env
+            self._threads[id(env)] = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"env-{env.name}")
             try:
-                await asyncio.get_running_loop().run_in_executor(self.executor, env.setup)
+                await asyncio.get_running_loop().run_in_executor(self.executor_for(env), env.setup)
             except Exception:
                 self.release(env, discard=True)
                 raise
@@ -134,20 +137,20 @@ class EnvPool:
         return await self._free.get()
 
     def release(self, env: Env, discard: bool = False) -> None:
-        if discard:
-            self._made -= 1
-            if env in self._all:
-                self._all.remove(env)
-            self.executor.submit(_quiet_close, env)
-        else:
+        if not discard:
             self._free.put_nowait(env)
+            return
+        self._envs.pop(id(env), None)
+        thread = self._threads.pop(id(env))
+        thread.submit(_quiet_close, env)          # after whatever the thread is still doing
+        thread.shutdown(wait=False)
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
-        for env in self._all:
-            await loop.run_in_executor(self.executor, _quiet_close, env)
-        self._all, self._made, self._free = [], 0, None
-        self.executor.shutdown(wait=False)
+        for key, env in list(self._envs.items()):
+            await loop.run_in_executor(self._threads[key], _quiet_close, env)
+            self._threads.pop(key).shutdown(wait=False)
+        self._envs, self._free = {}, None
 
     async def __aenter__(self) -> "EnvPool":
         return self
@@ -186,7 +189,7 @@ async def run_episodes(tasks: Sequence[EnvTask], policy: Policy, *, max_steps: i
                 return traj
             traj = None
             try:
-                traj = await run_episode(env, task, policy, max_steps, count_tokens, budget, pool.executor,
+                traj = await run_episode(env, task, policy, max_steps, count_tokens, budget, pool.executor_for(env),
                                          step_timeout_s, on_step)
                 return traj
             finally:
