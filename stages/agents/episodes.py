@@ -114,7 +114,8 @@ class EnvPool:
         if size < 1:
             raise ValueError("an env pool needs size >= 1")
         self.factory, self.size = factory, size
-        self._free: Optional[asyncio.Queue] = None
+        self._free: Optional[asyncio.Queue] = None      # idle envs; None = a free slot (an env was discarded)
+        self._slots = 0                                   # slots handed out so far (at most size)
         self._threads: dict[int, cf.ThreadPoolExecutor] = {}
         self._envs: dict[int, Env] = {}
 
@@ -124,17 +125,26 @@ class EnvPool:
     async def acquire(self) -> Env:
         if self._free is None:
             self._free = asyncio.Queue()
-        if self._free.empty() and len(self._envs) < self.size:
+        if self._free.empty() and self._slots < self.size:
+            self._slots += 1
+            return await self._make()
+        env = await self._free.get()
+        return env if env is not None else await self._make()
+
+    async def _make(self) -> Env:
+        try:
             env = self.factory()
-            self._envs[id(env)] = env
-            self._threads[id(env)] = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"env-{env.name}")
-            try:
-                await asyncio.get_running_loop().run_in_executor(self.executor_for(env), env.setup)
-            except Exception:
-                self.release(env, discard=True)
-                raise
-            return env
-        return await self._free.get()
+        except Exception:
+            self._free.put_nowait(None)
+            raise
+        self._envs[id(env)] = env
+        self._threads[id(env)] = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"env-{env.name}")
+        try:
+            await asyncio.get_running_loop().run_in_executor(self.executor_for(env), env.setup)
+        except Exception:
+            self.release(env, discard=True)
+            raise
+        return env
 
     def release(self, env: Env, discard: bool = False) -> None:
         if not discard:
@@ -144,13 +154,14 @@ class EnvPool:
         thread = self._threads.pop(id(env))
         thread.submit(_quiet_close, env)          # after whatever the thread is still doing
         thread.shutdown(wait=False)
+        self._free.put_nowait(None)               # the slot is free for a new env
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
         for key, env in list(self._envs.items()):
             await loop.run_in_executor(self._threads[key], _quiet_close, env)
             self._threads.pop(key).shutdown(wait=False)
-        self._envs, self._free = {}, None
+        self._envs, self._free, self._slots = {}, None, 0
 
     async def __aenter__(self) -> "EnvPool":
         return self

@@ -156,7 +156,8 @@ class CraftEnv(Env):
             raise RuntimeError("step before reset")
         if self.done:
             return "The task is already done.", 0.0, True, {"invalid": True, "success": True}
-        a = _norm(action if isinstance(action, str) else "")
+        action = action if isinstance(action, str) else ""
+        a = _norm(action)
         if a == "inventory":
             return self._show_inventory(), 0.0, False, {}
         m = _GET.fullmatch(a)

@@ -12,8 +12,9 @@ by `setup` and reused by every reset. Every call into it runs on one worker thre
 hangs or a JVM that dies raises EnvFailure (the JVM is killed), and the next `reset` starts a new one.
 TWX has no state snapshot (its own `clone` replays the actions), so `can_snapshot` is False: callers replay.
 Reward is the change in TWX's score; done when TWX reports success or failure (or the score reaches 1).
-An action that is not among the last observation's valid actions is still sent (TWX answers it, usually
-"Unknown action ...") and is marked info["invalid"].
+Actions are read with spaces collapsed, and up to case and a final period when that names exactly one valid
+action ("Take coin." -> "take coin"). An action that is not among the last observation's valid actions is
+still sent (TWX answers it, usually "Unknown action ...") and is marked info["invalid"].
 """
 from __future__ import annotations
 
@@ -201,9 +202,10 @@ class TwxEnv(Env):
         if self.done:
             return "The task is already done.", 0.0, True, {"invalid": True, "success": self._success}
         a = " ".join(action.split()) if isinstance(action, str) else ""
-        invalid = a not in self._valid
         if not a:
             return "Unknown action: (empty).", 0.0, False, {"invalid": True}
+        a = self._canonical(a)
+        invalid = a not in self._valid
         r = json.loads(self.jvm.call("stepJSON", a))
         score = float(r["score"])
         reward, self._score = score - self._score, score
@@ -216,6 +218,15 @@ class TwxEnv(Env):
             self._success = bool(r["tasksuccess"] or score >= 1.0)
             info["success"] = self._success
         return r["observation"].strip(), reward, self.done, info
+
+    def _canonical(self, a: str) -> str:
+        """TWX matches actions exactly: "Take coin." becomes "take coin" when exactly one valid action is the
+        same up to case and a final period."""
+        if a in self._valid:
+            return a
+        key = a.rstrip(". ").lower()
+        hits = [v for v in self._valid if v.lower() == key]
+        return hits[0] if len(hits) == 1 else a
 
     def valid_actions(self) -> Optional[list[str]]:
         return list(self._valid) if self.started else None

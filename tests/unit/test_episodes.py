@@ -189,9 +189,9 @@ def test_hanging_env_times_out_and_the_pool_replaces_it():
         return made[-1]
 
     async def main():
-        pool = EnvPool(factory, size=1)
-        trajs = await run_episodes([EnvTask("f:0"), EnvTask("f:1")], go, pool=pool, max_steps=10, concurrency=1,
-                                   step_timeout_s=0.5)
+        pool = EnvPool(factory, size=1)        # f:1 waits for the only env, then gets a fresh one
+        trajs = await asyncio.wait_for(run_episodes([EnvTask("f:0"), EnvTask("f:1")], go, pool=pool, max_steps=10,
+                                                    concurrency=2, step_timeout_s=0.5), 20)
         release.set()
         await pool.close()
         return trajs
@@ -302,3 +302,13 @@ def test_gold_trajectory_errors():
     task = craft_tasks(1)[0]
     short = gold_trajectory(CraftEnv(**GEN), task, max_steps=1)
     assert short["error"].startswith("gold_failed")
+
+
+def test_env_setup_failure_is_an_episode_error():
+    class NoJava(FlakyEnv):
+        def setup(self):
+            raise EnvFailure("twx_start", "no java")
+    trajs = run(run_episodes([EnvTask("a"), EnvTask("b"), EnvTask("c")], go, env_factory=NoJava, concurrency=2,
+                             max_steps=3))
+    assert [t["error"] for t in trajs] == ["twx_start: no java"] * 3
+    assert [t["task_id"] for t in trajs] == ["a", "b", "c"]

@@ -72,6 +72,17 @@ def test_invalid_actions_are_answered_not_raised(envs):
     assert "invalid" not in env.step(ok)[3]
 
 
+def test_actions_are_read_up_to_case_spaces_and_a_final_period(envs):
+    env = envs["twc"]
+    task = env.tasks("train", 1)[0]
+    env.reset(task)
+    take = next(a for a in env.valid_actions() if a.startswith("take "))
+    messy = "  " + take.upper().replace(" ", "   ") + ". "
+    obs, reward, done, info = env.step(messy)
+    env.reset(task)
+    assert (obs, reward, done, info) == env.step(take) and "invalid" not in info
+
+
 def test_jvm_starts_once_per_env_and_is_reused(envs):
     env = envs["twc"]
     env.setup()
