@@ -22,12 +22,13 @@ class GoldPolicy:
     """Plays the planner's actions for whichever goal the first observation names (one episode per goal at a
     time), alternating plain and markdown formats."""
 
-    def __init__(self, tasks, junk_first=False, delay=0.0):
+    def __init__(self, tasks, junk_first=False, delay=0.0, gather=0):
         env = CraftEnv(**GEN)
         self.plans = {t.config["goal"]: [a for _, a in env.gold_plan(t)] for t in tasks}
         self.junk_first, self.delay = junk_first, delay
         self.calls, self.in_flight, self.max_in_flight, self.seen = 0, 0, 0, []
         self.progress, self.junked = {}, set()
+        self.gather, self.gathered = gather, asyncio.Event()   # first `gather` calls wait for one another
 
     async def __call__(self, messages):
         self.calls += 1
@@ -35,6 +36,13 @@ class GoldPolicy:
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         self.seen.append(messages)
         try:
+            if self.calls <= self.gather:
+                if self.in_flight == self.gather:
+                    self.gathered.set()
+                try:            # a safety net, not a timing: only sequential episodes would ever wait this long
+                    await asyncio.wait_for(self.gathered.wait(), 20)
+                except asyncio.TimeoutError:
+                    pass
             if self.delay:
                 await asyncio.sleep(self.delay)
             goal = re.search(r"Goal: craft (.+)\.$", messages[2]["content"]).group(1)
@@ -214,14 +222,16 @@ def test_batch_goes_on_when_some_episodes_fail():
 # ------------------------------------------------------------------------------------------ concurrency
 
 def test_episodes_run_concurrently():
+    """The first 8 policy calls wait until all 8 are in flight: that only happens if 8 episodes run at once
+    (run one by one, the first call would wait in vain and max_in_flight would stay 1)."""
     tasks = craft_tasks(8)
-    policy = GoldPolicy(tasks, delay=0.02)
+    policy = GoldPolicy(tasks, delay=0.001, gather=8)
     trajs = run(run_episodes(tasks, policy, env_factory=lambda: CraftEnv(**GEN), concurrency=8, max_steps=50))
     assert all(t["success"] for t in trajs) and [t["task_id"] for t in trajs] == [t.task_id for t in tasks]
-    assert policy.max_in_flight == 8                      # all 8 episodes waited on the policy at once
-    limited = GoldPolicy(tasks, delay=0.02)
-    run(run_episodes(tasks, limited, env_factory=lambda: CraftEnv(**GEN), concurrency=3, max_steps=50))
-    assert limited.max_in_flight == 3
+    assert policy.max_in_flight == 8 and policy.gathered.is_set()
+    limited = GoldPolicy(tasks, delay=0.001, gather=3)
+    trajs = run(run_episodes(tasks, limited, env_factory=lambda: CraftEnv(**GEN), concurrency=3, max_steps=50))
+    assert limited.max_in_flight == 3 and all(t["success"] for t in trajs)          # 3 at once, never more
 
 
 def test_a_blocking_env_step_does_not_block_other_episodes_policy_calls():
