@@ -103,15 +103,17 @@ def test_bad_game_params_are_a_config_error():
 
 
 def test_hung_jvm_times_out_and_the_next_reset_restarts_it():
-    env = TwxEnv(game="coin", step_timeout_s=1.5)
+    env = TwxEnv(game="coin", step_timeout_s=30)
     try:
         task = env.tasks("train", 1)[0]
         env.reset(task)
+        env.config.step_timeout_s = 1.0                    # short, now that the JVM is warm
         old = env.jvm.proc
         os.kill(old.pid, signal.SIGSTOP)
         with pytest.raises(EnvFailure, match="twx_timeout"):
             env.step("look around")
         assert old.poll() is not None                      # killed, not left stopped
+        env.config.step_timeout_s = 30                     # the new JVM starts cold
         obs, _ = env.reset(task)
         assert env.jvm.proc.pid != old.pid and "coin" in obs
     finally:
