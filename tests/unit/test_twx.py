@@ -3,6 +3,7 @@ import asyncio
 import os
 import shutil
 import signal
+import time
 
 import pytest
 
@@ -58,8 +59,8 @@ def test_same_task_same_game_and_replay(envs):
     assert env.reset(task)[0] == obs0
     assert [env.step(a) for a in actions] == first and env.valid_actions() == valid == sorted(valid)
     assert replay(env, task, actions[:3])[0] == first[2][0]
-    other = env.tasks("dev", 2, seed=0)
-    assert env.reset(other[0])[0] != env.reset(other[1])[0] or other[0].seed != other[1].seed
+    a, b = env.tasks("dev", 2, seed=0)
+    assert a.seed != b.seed and a.task_id != b.task_id
 
 
 def test_invalid_actions_are_answered_not_raised(envs):
@@ -102,6 +103,16 @@ def test_bad_game_params_are_a_config_error():
     assert env.jvm is None                                 # the JVM it started is gone again
 
 
+def wait_until_stopped(pid: int) -> None:
+    """SIGSTOP takes effect asynchronously: wait until /proc says the process is stopped ('T')."""
+    for _ in range(2000):
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] in ("T", "t"):
+                return
+        time.sleep(0.005)
+    raise AssertionError(f"process {pid} did not stop")
+
+
 def test_hung_jvm_times_out_and_the_next_reset_restarts_it():
     env = TwxEnv(game="coin", step_timeout_s=30)
     try:
@@ -110,6 +121,7 @@ def test_hung_jvm_times_out_and_the_next_reset_restarts_it():
         env.config.step_timeout_s = 1.0                    # short, now that the JVM is warm
         old = env.jvm.proc
         os.kill(old.pid, signal.SIGSTOP)
+        wait_until_stopped(old.pid)
         with pytest.raises(EnvFailure, match="twx_timeout"):
             env.step("look around")
         assert old.poll() is not None                      # killed, not left stopped
@@ -146,6 +158,7 @@ def test_jvm_killed_mid_episode_is_an_episode_error_and_the_next_episode_works()
     def kill_after_first_step(traj, step):
         if traj["task_id"] == tasks[0].task_id and step["idx"] == 0:
             os.kill(made[0].jvm.proc.pid, signal.SIGKILL)
+            made[0].jvm.proc.wait(20)                      # dead before the next step, not a moment after
 
     async def main():
         async with EnvPool(factory, size=1) as pool:
