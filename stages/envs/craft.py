@@ -14,7 +14,8 @@ N A, N B` applies one recipe exactly once: the ingredients must match one of X's
 ("oak planks"), never by the tag's own name; the N before X is informational, the recipe decides the output
 count. Reward 1 and done when the goal is crafted. Any failure answers "Could not ..." with the reason, reward 0,
 info["invalid"] True. Actions are read case-insensitively, with spaces collapsed, "_" read as a space, a
-"minecraft:" prefix and a final "." ignored.
+"minecraft:" prefix and a final "." ignored. `valid_actions()` is None: like TextCraft, the env lists recipes,
+not actions. `can_snapshot`: a snapshot is a copy of (goal, inventory, done).
 
 Tasks: goals are the items whose depth lies in [min_goal_depth, max_goal_depth]; `split_seed` shuffles them and
 the first `test_fraction` of them are test goals, the rest train goals (a split is by goal item, so test goals

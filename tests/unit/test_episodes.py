@@ -4,10 +4,8 @@ import asyncio
 import re
 import threading
 
-import pytest
-
 from stages.agents.episodes import EnvPool, gold_trajectory, run_episode, run_episodes
-from stages.agents.react import format_turn, parse_react
+from stages.agents.react import format_turn
 from stages.envs.base import INVALID_ACTION, Env, EnvFailure, EnvTask, replay
 from stages.envs.craft import CraftEnv
 
