@@ -232,7 +232,10 @@ class TwxEnv(Env):
         return list(self._valid) if self.started else None
 
     def gold_plan(self, task: EnvTask) -> list[tuple[str, str]]:
-        """TWX's own gold action sequence for the task (resets the env); thoughts are short templates."""
+        """TWX's own gold action sequence for the task (resets the env); thoughts are short templates.
+        The games are deterministic, but TWX's gold path for `coin` is not (measured on 1.1.0: the same task gave
+        plans of different lengths across calls, with detours); cookingworld's and twc's are the same every call.
+        A gold trajectory records its actions, so replaying it is exact either way."""
         self._new_game(task, gold=True)
         actions = list(self.jvm.call("getGoldActionSequence"))
         self.started = False            # the game was regenerated: a reset must come before any step

@@ -49,6 +49,13 @@ def test_gold_path_solves_tasks(envs, game):
             assert traj["messages"][2]["content"].startswith(env.jvm.call("getTaskDescription").strip())
 
 
+@pytest.mark.parametrize("game", ["cookingworld", "twc"])      # coin's gold path is a random walk in TWX 1.1.0
+def test_gold_plan_is_the_same_every_call(envs, game):
+    env = envs[game]
+    for task in env.tasks("dev", 3):
+        assert env.gold_plan(task) == env.gold_plan(task)
+
+
 def test_same_task_same_game_and_replay(envs):
     env = envs["cookingworld"]
     task = env.tasks("dev", 1, seed=5)[0]
