@@ -150,12 +150,14 @@ def run_one(system: str, args, dtype: str, n_prompts: int) -> dict:
     if args.compiled:
         cmd.append("--compiled")
     t0 = time.perf_counter()
+    load_before = os.getloadavg()[0]
     p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=args.timeout)
     if p.returncode != 0:
         raise SystemExit(f"{system} run failed ({p.returncode}):\n{p.stdout[-2000:]}\n{p.stderr[-4000:]}")
     res = json.loads(Path(out).read_text())
     os.unlink(out)
     res["process_s"] = round(time.perf_counter() - t0, 1)
+    res["load_avg_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]   # other work on the machine
     print(f"  {dtype:9s} {system:9s} {res['tokens_per_s']:8.1f} tok/s  ({res['completion_tokens']} tokens in "
           f"{res['generation_s']:.1f} s; engine start {res['engine_start_s']:.1f} s)", flush=True)
     return res

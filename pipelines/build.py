@@ -289,11 +289,14 @@ def run_stage(session: BuildSession, stage_name: str, log: Log = print) -> dict:
     k = names.index(stage_name)
     stage = stages[k]
     if k:
-        behind = [s for s in plan.shard_ids if not plan.staging.done(s, names[k - 1])]
+        prev = stages[k - 1]
+        behind = ([] if plan.staging.global_done(prev.name) else list(plan.shard_ids)) if prev.is_global \
+            else [s for s in plan.shard_ids if not plan.staging.done(s, prev.name)]
         if behind:
             raise StorageError(f"shards {behind[:10]} of {plan.config.dataset} have not been through stage "
-                               f"'{names[k - 1]}' (staging {plan.staging.dir})")
-    todo = plan.pending(stage_name)
+                               f"'{prev.name}' (staging {plan.staging.dir})")
+    todo = ([] if plan.staging.global_done(stage_name) else list(plan.shard_ids)) if stage.is_global \
+        else plan.pending(stage_name)
     t0 = time.time()
     if todo:
         _run_segment(session, [stage], names[:k], log)
@@ -308,10 +311,13 @@ def run_stage(session: BuildSession, stage_name: str, log: Log = print) -> dict:
 
 
 def merged_stats(plan: BuildPlan, names: list[str], shard_ids: Optional[list[int]] = None) -> dict[str, dict]:
-    """Per-stage stats merged over shards (from each shard's checkpoint marker)."""
+    """Per-stage stats merged over shards (from each shard's checkpoint marker; a global stage's own counters
+    from its global marker)."""
     out = {}
     for name in names:
         s = StageStats()
+        if plan.staging.global_done(name):
+            s.merge(StageStats.from_dict(plan.staging.global_marker(name).get("stats", {})))
         for sid in plan.shard_ids if shard_ids is None else shard_ids:
             if plan.staging.done(sid, name):
                 s.merge(StageStats.from_dict(plan.staging.marker(sid, name)["stats"]))
@@ -330,6 +336,10 @@ def publish(plan: BuildPlan, engines: Optional[dict] = None) -> Manifest:
     for s in stages:
         templates.update(s.templates())
     tables = list(dict.fromkeys([*plan.input_tables, *[t for s in stages for t in s.writes]]))
+    unfinished = [s.name for s in stages if (not plan.staging.global_done(s.name) if s.is_global
+                                             else plan.pending(s.name))]
+    if unfinished:
+        raise StorageError(f"cannot publish {cfg.dataset}: stage(s) {unfinished} have not finished every shard")
     fields = dict(
         run_id=plan.run_id, parents=list(plan.parents), method=cfg.method, recipe=cfg.model_dump(mode="json"),
         recipe_hash=cfg.config_hash(), code_version=code_version(), models={s.name: s.describe() for s in stages},
@@ -337,8 +347,9 @@ def publish(plan: BuildPlan, engines: Optional[dict] = None) -> Manifest:
         timings={"build_seconds": round(time.time() - plan.started, 3),
                  **{f"{k}_seconds": v.get("wall_seconds", v.get("seconds", 0.0)) for k, v in stats.items()}},
         shards={"total": len(plan.shard_ids), "resumed": plan.resumed_shards})
-    return publish_version(plan.staging, plan.catalog, plan.shard_ids, names, [t for t in tables if t != ERRORS],
-                           fields)
+    shard_steps = [s.name for s in stages if not s.is_global or s.table]
+    return publish_version(plan.staging, plan.catalog, plan.shard_ids, shard_steps,
+                           [t for t in tables if t != ERRORS], fields, names)
 
 
 def run_build(plan: BuildPlan, progress: bool = True, log: Log = print) -> BuildResult:

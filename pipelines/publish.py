@@ -14,11 +14,13 @@ from pipelines.catalog import MANIFEST, Catalog
 from pipelines.staging import INPUT, Staging, table_from_rows
 from schemas.errors import StorageError
 from schemas.manifest import FileEntry, Manifest, TableEntry
-from schemas.tables import ERRORS
+from schemas.tables import ERRORS, get_table
 
 
 def publish(staging: Staging, catalog: Catalog, shard_ids: list[int], stages: list[str], tables: list[str],
-            manifest_fields: dict) -> Manifest:
+            manifest_fields: dict, all_stages: list[str] | None = None) -> Manifest:
+    """`stages`: the stages that write per-shard checkpoints, in order; `all_stages`: every stage (global ones
+    included, for build-scope tables)."""
     root = staging.root
     missing = [sid for sid in shard_ids if stages and not staging.done(sid, stages[-1])]
     if missing:
@@ -46,8 +48,19 @@ def publish(staging: Staging, catalog: Catalog, shard_ids: list[int], stages: li
         e.rows += f["rows"]
         e.files.append(FileEntry(path=rel, rows=f["rows"], bytes=f["bytes"], sha256=f["sha256"]))
 
+    shard_tables = [t for t in tables if get_table(t).scope != "build"]
+    for table in tables:
+        if table not in shard_tables:
+            step = staging.build_writer(table, list(all_stages or stages))
+            if step is not None:
+                f = staging.global_marker(step)["tables"][table]
+                rel = f"{table}/part-build.parquet"
+                root.link_or_copy(staging.build_table_path(step, table), f"{vdir}/{rel}")
+                entries[table].rows += f["rows"]
+                entries[table].files.append(FileEntry(path=rel, rows=f["rows"], bytes=f["bytes"],
+                                                      sha256=f["sha256"]))
     for sid in sorted(shard_ids):
-        for table in tables:
+        for table in shard_tables:
             step = staging.latest_writer(sid, table, stages)
             if step is not None:
                 link(sid, step, table, f"{table}/part-s{sid:05d}.parquet")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator, Optional
 
@@ -65,18 +66,25 @@ def run_global_stage(stage: Stage, staging: Staging, shard_ids: list[int], stage
                     rows.extend(dict(r, __shard=sid) for r in tbl.to_pylist())
             data[t] = rows
         drops = stage.decide(data)
+        summary_stats = StageStats(t_start=time.time())
+        built = {t: table_from_rows(rows, t) for t, rows in stage.summarize(data, summary_stats).items()}
+        summary_stats.t_end = time.time()
         del data
+        if stage.table:
+            for sid in shard_ids:
+                if staging.done(sid, stage.name):
+                    continue
+                tbl = staging.read_table(sid, stage.table, stages_before)
+                res = stage.apply(tbl.to_pylist() if tbl is not None else [], drops)
+                staging.write_stage(sid, stage.name, {t: table_from_rows(r, t) for t, r in res.tables.items()},
+                                    None, res.stats.as_dict())
+        files = {t: staging.write_build_table(stage.name, t, tbl) for t, tbl in built.items()}
+        staging.mark_global_done(stage.name, {"shards": len(shard_ids), "decisions": len(drops), "tables": files,
+                                              "stats": summary_stats.as_dict()})
+    merged = StageStats.from_dict(staging.global_marker(stage.name).get("stats", {}))
+    if stage.table:
         for sid in shard_ids:
-            if staging.done(sid, stage.name):
-                continue
-            tbl = staging.read_table(sid, stage.table, stages_before)
-            res = stage.apply(tbl.to_pylist() if tbl is not None else [], drops)
-            staging.write_stage(sid, stage.name, {t: table_from_rows(r, t) for t, r in res.tables.items()}, None,
-                                res.stats.as_dict())
-        staging.mark_global_done(stage.name, {"shards": len(shard_ids), "decisions": len(drops)})
-    merged = StageStats()
-    for sid in shard_ids:
-        merged.merge(StageStats.from_dict(staging.marker(sid, stage.name)["stats"]))
+            merged.merge(StageStats.from_dict(staging.marker(sid, stage.name)["stats"]))
     return merged.as_dict()
 
 

@@ -5,6 +5,7 @@
     staging/<dataset>/<build_key>/shards/s00000/<stage>/<table>.parquet the tables the stage wrote for the shard
     staging/<dataset>/<build_key>/shards/s00000/<stage>/errors.parquet  rows that failed in the stage (if any)
     staging/<dataset>/<build_key>/shards/s00000/<stage>/_SUCCESS        written last: file list, checksums, stats
+    staging/<dataset>/<build_key>/global/<stage>/<table>.parquet         a build-scope table a global stage wrote
     staging/<dataset>/<build_key>/global/<stage>/_SUCCESS               a global stage finished every shard
 
 A (shard, stage) pair is done when its `_SUCCESS` exists, and that is the resume point: a rerun skips it and reads
@@ -127,6 +128,10 @@ class Staging:
 
     def read_table(self, shard_id: int, table: str, stages_before: list[str],
                    columns: list[str] | None = None) -> Optional[pa.Table]:
+        if get_table(table).scope == "build":
+            step = self.build_writer(table, stages_before)
+            return None if step is None else self.root.read_parquet(self.build_table_path(step, table),
+                                                                    columns=columns)
         step = self.latest_writer(shard_id, table, stages_before)
         if step is None:
             return None
@@ -147,6 +152,24 @@ class Staging:
 
     def mark_global_done(self, stage: str, info: dict) -> None:
         self.root.write_json_atomic(f"{self.dir}/global/{stage}/{SUCCESS}", info)
+
+    def global_marker(self, stage: str) -> dict:
+        return self.root.read_json(f"{self.dir}/global/{stage}/{SUCCESS}")
+
+    def build_table_path(self, stage: str, table: str) -> str:
+        return f"{self.dir}/global/{stage}/{table}.parquet"
+
+    def write_build_table(self, stage: str, table: str, t: pa.Table) -> dict:
+        """A build-scope table (one for the whole build), written by a global stage before its marker."""
+        f = self.root.write_parquet(self.build_table_path(stage, table), t)
+        return {k: v for k, v in f.items() if k != "path"}
+
+    def build_writer(self, table: str, stages_before: list[str]) -> Optional[str]:
+        """The latest global stage before the current one that wrote build-scope `table`."""
+        for step in reversed(stages_before):
+            if self.global_done(step) and table in self.global_marker(step).get("tables", {}):
+                return step
+        return None
 
     # --- locking -----------------------------------------------------------------------------------------------
     def lock_path(self) -> Optional[str]:

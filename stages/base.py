@@ -308,22 +308,30 @@ class ExpandStage(Stage):
 class GlobalStage(Stage):
     """Sees the whole build: `decide` gets the columns it `reads` of every shard (one list of rows per table, each
     row with its `__shard`), and returns drop reasons by row id for `table`; the runner applies them shard by shard
-    (so full rows are never all in memory at once). Counting and error rules are those of every stage."""
+    (so full rows are never all in memory at once). A global stage may also write build-scope tables (registered
+    with scope="build", e.g. a distribution measured over every shard) by returning them from `summarize`; later
+    stages of every shard read them like any table. Counting and error rules are those of every stage."""
 
     is_global = True
-    table: ClassVar[str] = ""
+    table: ClassVar[str] = ""            # the shard table it may drop rows of ("" when it only summarizes)
+    build_tables: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, *a, **k):
         super().__init__(*a, **k)
         if not self.writes:
-            self.writes = (self.table,)
-        self.reads.setdefault(self.table, ())
-        cols = set(self.reads[self.table]) | {get_table(self.table).id_column, "drop_reason"}
-        self.reads[self.table] = tuple(sorted(cols))
+            self.writes = tuple(t for t in (self.table, *self.build_tables) if t)
+        if self.table:
+            self.reads.setdefault(self.table, ())
+            cols = set(self.reads[self.table]) | {get_table(self.table).id_column, "drop_reason"}
+            self.reads[self.table] = tuple(sorted(cols))
 
     def decide(self, tables: dict[str, list[dict]]) -> dict[str, str]:
         """row id -> drop reason, for rows of `table` to drop."""
-        raise NotImplementedError
+        return {}
+
+    def summarize(self, tables: dict[str, list[dict]], stats: StageStats) -> dict[str, list[dict]]:
+        """Build-scope tables to write (name -> rows). Counters for the manifest go into `stats`."""
+        return {}
 
     def apply(self, rows: list[dict], drops: dict[str, str]) -> StageResult:
         """Apply the decisions to one shard's rows of `table`."""

@@ -119,8 +119,9 @@ class VLLMEngine(Engine):
         try:
             # LLM_CLASS: the offline-batch scheduler defaults (on CPU max_num_batched_tokens 4096, not the 2048
             # an unnamed context gets), i.e. exactly what vllm.LLM uses; it measurably matters for throughput.
+            loggers = [] if os.environ.get("ERRATA_NO_LIVE_STATS") else [self.live.factory()]
             self._llm = AsyncLLM.from_engine_args(args, usage_context=UsageContext.LLM_CLASS,
-                                                  stat_loggers=[self.live.factory()])
+                                                  stat_loggers=loggers or None)
         except (ValueError, RuntimeError, OSError) as e:
             # e.g. not enough free memory for the requested KV cache: may pass once another engine exits
             raise TransientEngineError(f"vLLM engine failed to start for {self.model_path}: {e}") from e

@@ -473,3 +473,60 @@ def test_progress_lines_count_sequences_shards_tokens_and_eta():
     lines = mon.render(Engines().progress())
     assert lines[0]["tokens_per_s"] == 50.0            # 500 tokens in 10 s, counted by the engine every step
     assert "generate: 8/~32 sequences, 1/2 shards, 50 tok/s" in out.getvalue()
+
+
+# --- build-scope tables: measured over every shard, read by every shard ----------------------------------------
+@dataclass
+class Share(Lineage):
+    """A test build-scope table: the share of correct attempts over the whole build."""
+    share_id: str = ""
+    correct: int = 0
+    total: int = 0
+
+
+register_table(TableSpec("test_shares", Share, "share_id", scope="build", description="test only"))
+
+
+def _measure_method():
+    from stages.base import GlobalStage
+
+    class Measure(GlobalStage):
+        kind = "measure"
+        build_tables = ("test_shares",)
+        reads = {"attempts": ("is_correct",)}
+
+        def summarize(self, tables, stats):
+            att = tables["attempts"]
+            stats.count("measured", len(att))
+            return {"test_shares": [{"share_id": "all", "correct": sum(1 for a in att if a["is_correct"]),
+                                     "total": len(att), **self.lineage([])}]}
+
+    class UseShare(MapStage):
+        kind = "use_share"
+        table = "attempts"
+        reads = {"attempts": ("attempt_id",), "test_shares": ("correct", "total")}
+
+        def process(self, rows, tables, stats, shard):
+            (s,) = tables["test_shares"]
+            stats.count(f"saw_{s['correct']}_of_{s['total']}", len(rows))
+            return rows
+
+    return register_method(Method("test_measure", "measure then use", (
+        StageSpec("generate", GenerateStage), StageSpec("verify", VerifyStage), StageSpec("measure", Measure),
+        StageSpec("use", UseShare))))
+
+
+@pytest.mark.parametrize("mode", ["streaming", "stage_by_stage"])
+def test_a_build_scope_table_is_measured_once_and_read_by_every_shard(fake_recipe, data_root, methods_restored,
+                                                                      mode):
+    _measure_method()
+    cfg = fake_recipe(n=6, n_samples=2, shard_size=2, method="test_measure")
+    if mode == "streaming":
+        m = build(cfg, progress=False).manifest
+    else:
+        m = _stage_by_stage(plan_build(cfg, log=lambda s: None))
+    assert m.tables["test_shares"].rows == 1 and [f.path for f in m.tables["test_shares"].files] == \
+        ["test_shares/part-build.parquet"]
+    assert m.stages["measure"]["counts"] == {"measured": 12}
+    assert m.stages["use"]["counts"] == {"saw_6_of_12": 12}      # every shard read the whole build's numbers
+    assert catalog(data_root).read_table(m, "test_shares").to_pylist()[0]["total"] == 12
