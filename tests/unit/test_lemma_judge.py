@@ -199,3 +199,4 @@ def test_fuzz_arbitrary_text(raw, n_steps):
     assert r.verdict in VERDICTS
     if r.verdict == "located":
         assert r.first_error_step in _numbers_written(raw)
+
