@@ -6,8 +6,6 @@ from hypothesis import strategies as st
 from stages.lemma.inject_parse import injection_drop_reason, parse_injection, same_answer
 
 
-
-
 def test_parse_injection_well_formed():
     raw = ("Sam buys 3 pens at $4 each, so 3 * 4 = 10 dollars.\nHe pays 10 + 5 = 15 dollars.\nThe answer is: 15\n"
            "<explanation>Step 1 multiplies 3 by 4 as 10 (calculation_error).</explanation>")
