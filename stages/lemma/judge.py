@@ -91,14 +91,15 @@ _NONE_VALUE = re.compile(r"^\s*(?:none|n/?a|null|nil|no\b|not applicable|-+|no\s
                          re.IGNORECASE)
 
 _FIELD_STEP = re.compile(
-    r"(?:^|(?<=[\s.;,>*(|]))first[ \t]+" + _BAD + r"[ \t]+step[ \t]*(?:number|no\.?|index)?[ \t]*(?:is)?[ \t]*[:=\-–][ \t]*"
+    r"(?:^|(?<=[\s.;,>*(|]))first[ \t]+" + _BAD + r"[ \t]+step[ \t]*(?:number|no\.?|index)?[ \t]*(?:is)?[ \t]*"
+    r"[:=\-–][ \t]*"
     r"(?P<val>[^\n]*)", re.IGNORECASE | re.MULTILINE)
 _FIELD_VERDICT = re.compile(
     r"(?:^|(?<=[\s.;,>*(|]))(?:verdict|judgement|judgment|conclusion|assessment)[ \t]*[:=\-–][ \t]*(?P<val>[^\n]*)",
     re.IGNORECASE | re.MULTILINE)
 _FIELD_TYPE = re.compile(
-    r"(?:^|(?<=[\s.;,>*(|]))(?:error[ \t]+type|type[ \t]+of[ \t]+(?:the[ \t]+)?error|wrong[ \t]+type|error[ \t]+category"
-    r"|error[ \t]+label|type)[ \t]*[:=\-–][ \t]*(?P<val>[^\n]*)", re.IGNORECASE | re.MULTILINE)
+    r"(?:^|(?<=[\s.;,>*(|]))(?:error[ \t]+type|type[ \t]+of[ \t]+(?:the[ \t]+)?error|wrong[ \t]+type"
+    r"|error[ \t]+category|error[ \t]+label|type)[ \t]*[:=\-–][ \t]*(?P<val>[^\n]*)", re.IGNORECASE | re.MULTILINE)
 
 # "the first wrong step is step 3", "first incorrect step: the third step", "the first error occurs in step 3"
 _FIRST_PHRASES = [

@@ -39,11 +39,12 @@ def test_label_drift_maps_both_ways():
 
 @pytest.mark.parametrize("raw,label", [
     ("Calculation Error", "calculation_error"), ("'operator_error'", "operator_error"),
-    ("**missing-step**", "missing_step"), ("`counting`", "counting_error"), ("unit conversion", "unit_conversion_error"),
-    ("nonsense output", "nonsense_output_error"), ("arithmetic error", "calculation_error"),
-    ("Confusing concept error.", "confusing_concept_error"), ("[adding irrelevant information]",
-                                                              "adding_irrelevant_information"),
-    ("none", None), ("", None), (None, None), ("wrong", None), ("error", None), ("calculation_errors_everywhere", None)])
+    ("**missing-step**", "missing_step"), ("`counting`", "counting_error"),
+    ("unit conversion", "unit_conversion_error"), ("nonsense output", "nonsense_output_error"),
+    ("arithmetic error", "calculation_error"), ("Confusing concept error.", "confusing_concept_error"),
+    ("[adding irrelevant information]", "adding_irrelevant_information"),
+    ("none", None), ("", None), (None, None), ("wrong", None), ("error", None),
+    ("calculation_errors_everywhere", None)])
 def test_canonical_label(raw, label):
     assert canonical_label(raw) == label
 

@@ -72,7 +72,8 @@ def test_latex_inline_and_display_survive():
             r"Next \[ q = 4. R \] is shown. Also \begin{align} a &= 1. \\ B &= 2. \end{align} Finally $\frac{1}{2}$.")
     steps = split_steps(text)
     assert steps == [r"We have $x = 3.5. Y$ and \(a. B\) here.", r"Then $$y = 1. Z = 2$$ follows.",
-                     r"Next \[ q = 4. R \] is shown.", r"Also \begin{align} a &= 1. \\ B &= 2. \end{align} Finally $\frac{1}{2}$."]
+                     r"Next \[ q = 4. R \] is shown.",
+                     r"Also \begin{align} a &= 1. \\ B &= 2. \end{align} Finally $\frac{1}{2}$."]
 
 
 def test_period_just_inside_a_closing_dollar_ends_a_sentence():
@@ -108,7 +109,8 @@ def test_gsm8k_lines_with_calculator_notes():
      ["Step 1: Sam has 5.", "Step 2: He gets 3 more, so 8.", "The answer is: 8"]),
     ("**Step 1**: compute $\\frac{1}{2}$.\n\n**Step 2:** So x = 3.\nMore about step 2.",
      ["**Step 1**: compute $\\frac{1}{2}$.", "**Step 2:** So x = 3.\nMore about step 2."]),
-    ("### Step 1. Find a\na = 2\n### Step 2. Find b\nb = 3", ["### Step 1. Find a\na = 2", "### Step 2. Find b\nb = 3"]),
+    ("### Step 1. Find a\na = 2\n### Step 2. Find b\nb = 3",
+     ["### Step 1. Find a\na = 2", "### Step 2. Find b\nb = 3"]),
     ("Let's solve.\n1. First $x=1$.\n2. Then y. 3.5 is big.\n3) done",
      ["Let's solve.", "1. First $x=1$.", "2. Then y. 3.5 is big.", "3) done"]),
     ("(1) a is 2.\n(2) b is 3.", ["(1) a is 2.", "(2) b is 3."]),
