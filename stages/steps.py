@@ -76,6 +76,8 @@ class SplitSolution:
 
 # ------------------------------------------------------------------------------------------- protected spans
 
+_PARAGRAPH_BREAK = re.compile(r"\n[ \t\r]*\n\s*")
+_LINE_BREAK = re.compile(r"\n")
 _BEGIN = re.compile(r"\\begin\{([^{}\s]+)\}")
 _WORDS = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}\s+[A-Za-z]{2,}\b")
 _PLAIN_WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{3,}")
@@ -111,8 +113,8 @@ def _match_env(text: str, m: re.Match) -> int:
 
 def _inline_dollar_end(text: str, i: int) -> int:
     """End (exclusive) of an inline `$...$` opened at i, or -1 when the `$` is a money sign / unclosed."""
-    para_end = text.find("\n\n", i + 1)
-    stop = len(text) if para_end < 0 else para_end
+    para_end = _PARAGRAPH_BREAK.search(text, i + 1)
+    stop = para_end.start() if para_end else len(text)
     j = _find_unescaped(text, "$", i + 1, stop)
     if j < 0:
         return -1
@@ -296,10 +298,6 @@ def _sentence_breaks(text: str, start: int, end: int, guard: _Guard) -> list[int
     return breaks
 
 
-_PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n\s*")
-_LINE_BREAK = re.compile(r"\n")
-
-
 def _chunks(text: str, guard: _Guard, sep: re.Pattern, start: int = 0, end: Optional[int] = None
             ) -> list[tuple[int, int]]:
     """(start, end) of the stripped chunks of text[start:end] between `sep` breaks outside protected spans."""
@@ -387,7 +385,7 @@ def _numbered_starts(text: str, guard: _Guard) -> list[int]:
             off = m.start() + (len(m.group(0)) - len(m.group(0).lstrip()))
             if not guard.inside(off):
                 cands.append((off, int(m.group("n1") or m.group("n2"))))
-        if kind == "step" and not re.search(r"\n[ \t]*\n", text):  # inline markers: one-paragraph texts only
+        if kind == "step" and not _PARAGRAPH_BREAK.search(text):  # inline markers: one-paragraph texts only
             for m in _MARKER_INLINE.finditer(text):
                 if not guard.inside(m.start()) and all(abs(m.start() - o) > 8 for o, _ in cands):
                     cands.append((m.start(), int(m.group("n1"))))

@@ -316,3 +316,12 @@ def test_fuzz_invariants_hold_for_any_text(pieces, noise):
     number_steps(s)  # never raises
     assert s.mode in {"numbered", "paragraphs", "lines", "sentences", "empty"}
     assert isinstance(s.steps, tuple) and all(isinstance(x, Step) for x in s.steps)
+
+
+def test_windows_line_endings():
+    s = split_solution("First we find x.\r\nIt is 2.\r\n\r\nThen y is 3.\r\n\r\nThe answer is: 3")
+    assert s.mode == "paragraphs"
+    assert s.texts == ["First we find x.\r\nIt is 2.", "Then y is 3.", "The answer is: 3"]
+    check_invariants(s)
+    s = split_solution("Sam has 5 apples.\r\nHe eats 2, so 5 - 2 = 3.\r\n#### 3")
+    assert s.texts == ["Sam has 5 apples.", "He eats 2, so 5 - 2 = 3.", "#### 3"]
