@@ -234,10 +234,10 @@ def is_final_answer_line(line: str) -> bool:
 
 # ------------------------------------------------------------------------------------------- splitting
 
+# never end a sentence ("Mr. Smith", "e.g. Sam", "No. 5")
 _ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "mt", "vs", "e.g", "i.e", "cf", "approx",
-                  "fig", "eq", "eqs", "no", "nos", "vol", "ca", "resp", "ph.d", "u.s", "u.k", "inc", "ltd",
-                  "co", "corp", "dept", "est", "min", "max", "avg", "sq", "ft", "oz", "lb", "lbs", "hr", "hrs"}
-# abbreviations that often end a sentence: allow a split after them when a capitalised word follows
+                  "fig", "eq", "eqs", "no", "nos", "vol", "ca", "resp", "ph.d", "u.s", "u.k", "dept", "avg"}
+# often end a sentence too: a split after them only when a capital (or math) follows ("at 5 p.m. Sam left")
 _SENTENCE_FINAL_ABBREVIATIONS = {"etc", "a.m", "p.m", "am", "pm", "ft", "oz", "lb", "lbs", "hr", "hrs", "min",
                                  "max", "inc", "ltd", "co", "corp", "est", "sq"}
 _TRAILING_CLOSERS = "\"')]}*’”"
@@ -255,7 +255,7 @@ def _is_abbreviation(text: str, dot: int, next_char: str) -> bool:
         return False
     if word in ("no", "nos"):  # "No. 5" is an abbreviation, "the answer is no. Then" is not
         return next_char.isdigit()
-    if word in _SENTENCE_FINAL_ABBREVIATIONS and word not in ("e.g", "i.e"):
+    if word in _SENTENCE_FINAL_ABBREVIATIONS:
         return not (next_char.isupper() or next_char in "\"“$\\(")
     return True
 
