@@ -54,6 +54,9 @@ class Problem(Lineage):
     reference_answer: str = field(default="", metadata={"doc": "gold final answer, extracted"})
     env: Optional[str] = field(default=None, metadata={"doc": "agent environment name (agent methods)"})
     env_config_json: Optional[str] = field(default=None, metadata={"doc": "agent environment config, JSON"})
+    gold_steps_json: Optional[str] = field(default=None, metadata={
+        "doc": "built-in problems: the gold solution's steps as operations over question values and earlier "
+               "results, JSON (what the programmatic error injector mutates)"})
 
 
 @dataclass
