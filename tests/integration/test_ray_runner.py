@@ -141,7 +141,7 @@ def test_one_engine_actor_per_distinct_model_on_ray(tmp_path, data_root):
     from pipelines.methods import Method, StageSpec, register_method
     from stages.generate import GenerateStage
     from tests.conftest import write_gsm8k_style
-    from tests.unit.test_build_local import CheckStage
+    from tests.check_stage import CheckStage
     register_method(Method("test_three_llm", "generate twice and check",
                            (StageSpec("generate", GenerateStage), StageSpec("generate2", GenerateStage),
                             StageSpec("check", CheckStage)), roles=("student", "teacher", "twin")))
