@@ -3,11 +3,12 @@
 Chat templates rarely mark where a message's tokens are (SmolLM2's has no `{% generation %}` markers), so spans
 are found by rendering prefixes: the conversation's text is rendered once; message k ends where the rendering of
 messages[:k+1] ends (which must be a prefix of the whole: a template that rewrites earlier turns is refused), and
-an assistant message starts where the rendering of messages[:k] *with the generation prompt* ends, so the role
-header ("<|im_start|>assistant\\n") belongs to the prompt, as at inference. A message's span ends at its last
-non-whitespace character (the end-of-turn token is in, the newline after it is not). The whole text is tokenized
-once (offsets from a fast tokenizer) and each token takes the loss of the message its first character lies in;
-tokens in no message (the template's default system prompt, role headers) have no loss.
+starts where its content starts: messages[:k] plus message k with a sentinel content is rendered, and the text
+before the sentinel must again be a prefix of the whole. So the role header ("<|im_start|>assistant\\n") belongs
+to no message (for an assistant turn it is the generation prompt, given at inference). A message's span ends at
+its last non-whitespace character (the end-of-turn token is in, the newline after it is not). The whole text is
+tokenized once (offsets from a fast tokenizer) and each token takes the loss of the message its first character
+lies in; tokens in no message (the template's default system prompt, role headers) have no loss.
 """
 from __future__ import annotations
 
@@ -23,25 +24,22 @@ def _plain(messages: list[dict]) -> list[dict]:
     return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
-def message_spans(messages: list[dict], render: Callable[[list[dict], bool], str]) -> tuple[str, list[tuple[int, int]]]:
-    """(full text, [(start, end)] character span of each message in it). `render(messages, add_generation_prompt)`
-    is the chat template. ConfigError if the template is not prefix-preserving."""
-    full = render(messages, False)
-    spans, prev_end = [], 0
+SENTINEL = "\uE000errata-content\uE001"     # private-use characters: never in real text
+
+
+def message_spans(messages: list[dict], render: Callable[[list[dict]], str]) -> tuple[str, list[tuple[int, int]]]:
+    """(full text, [(start, end)] character span of each message in it); `render(messages)` is the chat template
+    (no generation prompt). ConfigError if the template is not prefix-preserving."""
+    full = render(messages)
+    spans = []
     for k, m in enumerate(messages):
-        upto = render(messages[:k + 1], False)
-        if not full.startswith(upto):
+        upto = render(messages[:k + 1])
+        probe = render(messages[:k] + [{"role": m["role"], "content": SENTINEL}])
+        at = probe.find(SENTINEL)
+        if not full.startswith(upto) or at < 0 or not full.startswith(probe[:at]):
             raise ConfigError("the tokenizer's chat template renders a conversation's earlier messages differently "
                               "once later ones follow (not prefix-preserving), so message spans cannot be found")
-        start = prev_end
-        if m["role"] == "assistant" and k > 0:
-            head = render(messages[:k], True)
-            if not full.startswith(head) or len(head) > len(upto):
-                raise ConfigError("the chat template's generation prompt is not a prefix of the assistant turn")
-            start = len(head)
-        end = start + len(full[start:len(upto)].rstrip())
-        spans.append((start, end))
-        prev_end = len(upto)
+        spans.append((at, at + len(full[at:len(upto)].rstrip())))
     return full, spans
 
 
@@ -52,8 +50,8 @@ def tokenize_conversation(messages: list[dict], tokenizer: Any) -> dict[str, lis
     if not getattr(tokenizer, "is_fast", False):
         raise ConfigError("pre-tokenized exports need a fast tokenizer (character offsets per token)")
 
-    def render(msgs: list[dict], gen: bool) -> str:
-        return tokenizer.apply_chat_template(_plain(msgs), tokenize=False, add_generation_prompt=gen)
+    def render(msgs: list[dict]) -> str:
+        return tokenizer.apply_chat_template(_plain(msgs), tokenize=False)
 
     full, spans = message_spans(messages, render)
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)

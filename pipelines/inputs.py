@@ -1,8 +1,9 @@
 """A build's inputs: the task source's tables, split into shards by problem.
 
-Most sources give `problems` (stages/tasks.py: builtin, jsonl, parquet, hf, env: an agent environment's tasks). `tasks.kind: version` feeds a recipe
-from a published version: the rows of `tasks.table` that pass `tasks.where` (a read-only DuckDB condition) and the
-problems they belong to, ids unchanged, so SQL joins across versions work; the manifest records the parent version.
+Most sources give `problems` (stages/tasks.py: builtin, jsonl, parquet, hf; env: an agent environment's
+tasks). `tasks.kind: version` feeds a recipe from a published version: the rows of `tasks.table` that pass
+`tasks.where` (a read-only DuckDB condition) and the problems they belong to, ids unchanged, so SQL joins across
+versions work; the manifest records the parent version.
 """
 from __future__ import annotations
 
