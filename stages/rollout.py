@@ -35,7 +35,7 @@ from schemas.errors import ConfigError, RowError
 from schemas.rows import make_id
 from stages.agents.episodes import EnvPool, gold_trajectory, new_trajectory, run_episode
 from stages.agents.react import initial_messages
-from stages.agents.tokens import token_counter
+from stages.agents.tokens import counter_name, token_counter
 from stages.base import ExpandStage, Failed, ShardInfo, StageStats
 from stages.engines.base import GenerationRequest
 from stages.envs import Env, EnvTask, make_env
@@ -110,7 +110,8 @@ class RolloutStage(LLMMixin, ExpandStage):
         c = self.config
         return {**super().describe(), **self.llm_describe(), "episodes_per_task": c.n, "max_steps": c.max_steps,
                 "concurrency": c.concurrency, "env_pool": c.env_pool, "gold": c.gold,
-                "context_tokens": self.budget, **({"token_counter": self.counter} if self.counter else {})}
+                "context_tokens": self.budget,
+                "token_counter": self.counter or counter_name(self.engine_config, c.tokenizer)}
 
     def episode_key(self) -> str:
         """What determines an episode besides its task: the generation key, max_steps and the context budget."""

@@ -44,6 +44,17 @@ def tokenizer_counter(tok: Any) -> Counter:
     return count
 
 
+def counter_name(engine: Any, tokenizer: Optional[str] = None) -> str:
+    """What `token_counter` will count with, known without loading anything (for the manifest)."""
+    if tokenizer:
+        return f"tokenizer:{tokenizer}"
+    if engine.kind == "fake":
+        return "words"
+    if engine.kind in ("vllm", "transformers"):
+        return f"tokenizer:{engine.label()}"
+    return f"tokenizer:{engine.model} if it loads, else estimate"
+
+
 def token_counter(engine: Any, models_dir: str, tokenizer: Optional[str] = None) -> tuple[Counter, str]:
     """(count, how) for an EngineConfig. Raises only for a named `tokenizer` that cannot load."""
     if tokenizer:
