@@ -1,10 +1,12 @@
 """Environment speed: env steps/s, resets/s and snapshot+restore/s per env, plus the asyncio episode runner's
-own overhead (an instant scripted policy). No model is involved.
+own overhead (an instant scripted policy); and the rollout stage on the real embedded model: episodes/minute with
+N episodes in flight against one engine vs one episode at a time on the same engine (--rollouts; needs the model).
 
 Each env replays gold plans (planner / TWX gold path) over many tasks, so every step is a real, valid step; an
 "invalid" figure times steps that fail (bad counts, unknown items). Writes bench/results/envs.json.
 
     .venv/bin/python bench/envs.py [--textcraft DIR] [--tasks 200] [--twx-tasks 30]
+    .venv/bin/python bench/envs.py --rollouts [--rollout-tasks 16] [--concurrency 16]   # real model, minutes
 
 --textcraft points at a directory of TextCraft-format recipe JSON files (e.g. ../shared/data/textcraft/recipes);
 without it that row is skipped. TWX rows need java and textworld-express.
@@ -127,13 +129,86 @@ def bench_runner(config: dict, n_tasks: int, concurrency: int) -> dict:
             "episodes_per_s": round(len(trajs) / secs, 1)}
 
 
+def bench_rollouts(n_tasks: int, concurrency: int, max_steps: int, max_tokens: int) -> dict:
+    """The rollout stage on the embedded model (vLLM, one engine started once): `n_tasks` craft tasks with
+    `concurrency` episodes in flight, then `n_tasks` other tasks of the same world one episode at a time. Disjoint
+    task sets, so the second run gets no prefix-cache hits from the first; the engine is warmed up before either."""
+    from pipelines.files import Root
+    from stages.base import StageContext
+    from stages.engines.base import GenerationRequest, SamplingParams
+    from stages.engines.config import EngineConfig
+    from stages.engines.host import LocalEngines
+    from stages.envs.spec import EnvSpec
+    from stages.rollout import RolloutConfig, RolloutStage
+    from stages.tasks import env_problems
+
+    spec = EnvSpec(kind="craft", config={"generate": {"seed": 0, "depth": 3}, "max_goal_depth": 2,
+                                         "distractors": 4})
+    problems = env_problems(spec, "train", 2 * n_tasks)
+    engine = EngineConfig(kind="vllm", model="embedded")
+    models_dir = os.environ.get("ERRATA_MODELS") or Root(str(REPO / "data")).models_dir
+    engines = LocalEngines({"policy": engine}, models_dir)
+    t0 = time.perf_counter()
+    described = engines.start()
+    start_s = time.perf_counter() - t0
+    client = engines.client("policy")
+    client.generate([GenerationRequest(messages=[{"role": "user", "content": "Say hi."}],
+                                       sampling=SamplingParams(max_tokens=8))])        # warm-up
+    rows = {}
+    try:
+        for label, conc, chunk in (("concurrent", concurrency, problems[:n_tasks]),
+                                   ("one_at_a_time", 1, problems[n_tasks:])):
+            cfg = RolloutConfig(max_steps=max_steps, max_tokens=max_tokens, concurrency=conc, temperature=0.7)
+            st = RolloutStage(cfg, name=f"rollout_{label}", context=StageContext(engines={"policy": engine}))
+            st.setup(engines)
+            t1 = time.perf_counter()
+            res = st.run({"problems": chunk})
+            secs = time.perf_counter() - t1
+            traj = res.tables["trajectories"]
+            turns = sum(t["n_steps"] for t in traj)
+            rows[label] = {"concurrency": conc, "episodes": len(traj), "errors": len(res.errors),
+                           "turns": turns, "mean_turns_per_episode": round(turns / max(1, len(traj)), 2),
+                           "solved": sum(t["success"] for t in traj), "seconds": round(secs, 1),
+                           "episodes_per_minute": round(60 * len(traj) / secs, 2),
+                           "turns_per_minute": round(60 * turns / secs, 1),
+                           "completion_tokens": res.stats.completion_tokens,
+                           "output_tokens_per_s": round(res.stats.completion_tokens / secs, 1),
+                           "unparsed_turns": res.stats.counts.get("unparsed", 0)}
+            print("rollouts", label, rows[label], flush=True)
+    finally:
+        engines.stop()
+    (eng,) = described.values()
+    return {"model": engine.label(), "engine": {k: eng.get(k) for k in ("kind", "dtype", "max_num_seqs")},
+            "engine_start_s": round(start_s, 1), "env": spec.as_dict(), "tasks_per_run": n_tasks,
+            "max_steps": max_steps, "max_tokens": max_tokens, **rows,
+            "speedup_episodes_per_minute": round(rows["concurrent"]["episodes_per_minute"]
+                                                 / rows["one_at_a_time"]["episodes_per_minute"], 2),
+            "speedup_turns_per_minute": round(rows["concurrent"]["turns_per_minute"]
+                                              / rows["one_at_a_time"]["turns_per_minute"], 2),
+            "target": ">= 5x episodes/minute with N concurrent episodes vs one at a time, same engine"}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--textcraft", help="directory of TextCraft-format recipe JSON files")
     ap.add_argument("--tasks", type=int, default=200, help="craft tasks per world")
     ap.add_argument("--twx-tasks", type=int, default=30, help="TWX games per game type")
+    ap.add_argument("--rollouts", action="store_true", help="also time the rollout stage on the embedded model")
+    ap.add_argument("--only-rollouts", action="store_true", help="only the rollout stage (merged into --out)")
+    ap.add_argument("--rollout-tasks", type=int, default=16, help="craft tasks per rollout run")
+    ap.add_argument("--concurrency", type=int, default=16, help="episodes in flight in the concurrent run")
+    ap.add_argument("--max-steps", type=int, default=6, help="turns per episode at most")
+    ap.add_argument("--max-tokens", type=int, default=64, help="new tokens per turn at most")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "envs.json"))
     args = ap.parse_args()
+    if args.only_rollouts:
+        out = Path(args.out)
+        results = json.loads(out.read_text()) if out.exists() else {}
+        results["rollouts"] = {"when": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                               "machine": machine(), **bench_rollouts(args.rollout_tasks, args.concurrency,
+                                                                      args.max_steps, args.max_tokens)}
+        _write(out, results)
+        return
 
     results: dict = {"benchmark": "environment steps/s (gold plans replayed), no model",
                      "when": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -163,7 +238,12 @@ def main() -> None:
         results["envs"]["twx"] = "skipped: java or textworld-express missing"
     results["runner"] = {"craft_generated": bench_runner(gen, 256, 16)}
     print("runner", results["runner"], flush=True)
-    out = Path(args.out)
+    if args.rollouts:
+        results["rollouts"] = bench_rollouts(args.rollout_tasks, args.concurrency, args.max_steps, args.max_tokens)
+    _write(Path(args.out), results)
+
+
+def _write(out: Path, results: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(results, indent=2) + "\n")

@@ -213,6 +213,8 @@ def _shell(con, query, SQLError) -> int:
 def cmd_export(args) -> int:
     from pipelines.export import export
     options = {"max_pairs_per_problem": args.max_pairs}
+    if args.tokenizer:
+        options["tokenizer"] = args.tokenizer
     for o in args.option or []:
         k, sep, v = o.partition("=")
         if not sep:
@@ -299,10 +301,14 @@ def make_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="export SFT/DPO corpora in TRL's column conventions")
     e.add_argument("ref", metavar="DATASET[@VERSION]")
     e.add_argument("--format", required=True,
-                   help="sft or dpo (the version's method picks the export), or a registered export name")
+                   help="sft, dpo, sft-tokenized (the version's method picks the export), or a registered "
+                        "export name")
     e.add_argument("--out", required=True, help="output directory")
     e.add_argument("--jsonl", action="store_true", help="also write JSONL")
     e.add_argument("--max-pairs", type=int, default=1, help="dpo: pairs per problem")
+    e.add_argument("--tokenizer", metavar="MODEL", help="pre-tokenized exports (sft-tokenized): the tokenizer and "
+                                                        "chat template to use (a model directory, hub id or "
+                                                        "'embedded'); same as --option tokenizer=MODEL")
     e.add_argument("--option", action="append", metavar="KEY=VALUE", help="an export's own option (repeatable)")
     e.set_defaults(fn=cmd_export)
 

@@ -122,7 +122,7 @@ def plan_build(config: RecipeConfig, log: Log = print) -> BuildPlan:
     from stages.engines.model_prep import check_model
     check_recipe(config)
     root = Root(data_root(config))
-    inputs = load_inputs(config.tasks, config.limit, root)
+    inputs = load_inputs(config.tasks, config.limit, root, config.env)
     if not config.execution.ray_address:   # on a cluster the workers' filesystem is what counts: not checked
         for role, eng in config.engines.items():
             if eng.kind in ("vllm", "transformers"):

@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from schemas.errors import ConfigError
 from stages.engines.config import EMBEDDED_MODEL, EngineConfig  # noqa: F401  (re-exported)
+from stages.envs.spec import EnvSpec
 from stages.options import Options
 from stages.tasks import TaskSourceConfig
 
@@ -56,6 +57,8 @@ class RecipeConfig(Options):
                                                     "`errata recipes`")
     description: str = Field("", description="free text")
     tasks: TaskSourceConfig = Field(default_factory=TaskSourceConfig, description="where problems come from")
+    env: Optional[EnvSpec] = Field(None, description="agent methods: the environment ({kind, class, config}); "
+                                                     "`tasks: {kind: env}` lists its tasks")
     limit: Optional[int] = Field(None, ge=1, description="use only the first N problems")
     engines: dict[str, EngineConfig] = Field(default_factory=dict,
                                              description="engine per role (student, teacher, ...); roles with the "
@@ -74,6 +77,13 @@ class RecipeConfig(Options):
         for role in roles:
             if role not in self.engines:
                 self.engines[role] = EngineConfig()
+        return self
+
+    @model_validator(mode="after")
+    def _env_tasks_need_env(self) -> "RecipeConfig":
+        if self.tasks.kind == "env" and self.env is None:
+            raise ValueError("tasks.kind=env lists the tasks of the recipe's environment: add an `env:` section "
+                             "({kind: craft|twx|python, class: ..., config: {...}})")
         return self
 
     def used_roles(self) -> list[str]:
@@ -129,6 +139,7 @@ def apply_override(data: dict, assignment: str, model: type[BaseModel]) -> None:
         part = parts[i]
         last = i == len(parts) - 1
         fields = current.model_fields if current is not None else {}
+        fields = {**fields, **{f.alias: f for f in fields.values() if f.alias}}   # env.class (alias of class_path)
         if part not in fields:
             raise ConfigError(f"--set '{key}': unknown key '{'.'.join(parts[:i + 1])}' "
                               f"(known here: {', '.join(sorted(fields))})")

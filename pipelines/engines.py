@@ -40,9 +40,11 @@ def group_roles(roles: dict[str, EngineConfig]) -> tuple[dict[str, str], dict[st
 class EngineRefs:
     """Picklable handle on the build's Ray engine actors: role -> actor names."""
 
-    def __init__(self, role_actors: dict[str, list[str]], namespace: str = NAMESPACE):
+    def __init__(self, role_actors: dict[str, list[str]], namespace: str = NAMESPACE,
+                 models_dir: Optional[str] = None):
         self.role_actors = role_actors
         self.namespace = namespace
+        self.models_dir = models_dir      # where prepared models live (stages that load a tokenizer)
 
     def client(self, role: str) -> "RayEngineClient":
         if role not in self.role_actors:
@@ -167,7 +169,8 @@ class RayEngines:
         return {k: self.described[k] for k in self.keys_for(roles)}
 
     def refs(self) -> EngineRefs:
-        return EngineRefs({r: self.names[k] for r, k in self.role_keys.items() if k in self.names})
+        return EngineRefs({r: self.names[k] for r, k in self.role_keys.items() if k in self.names},
+                          models_dir=self.models_dir)
 
     def progress(self) -> dict[str, dict]:
         import ray

@@ -36,6 +36,9 @@ class ExportSpec:
     convert: Callable[[dict[str, list[dict]], str, dict[str, Any]], list[dict]]   # tables, source ref, options
     trl_format: str = ""          # what the card says TRL sees
     options: dict[str, str] = field(default_factory=dict)   # option -> description
+    # options -> facts recorded with the export (card and export_metadata.json), e.g. the tokenizer and its
+    # chat template's hash of a pre-tokenized export; None: nothing beyond the card
+    metadata: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
 
 _EXPORTS: dict[str, ExportSpec] = {}
@@ -164,7 +167,9 @@ def export(root: Root | str, ref: str, fmt: str, out_dir: str, jsonl: bool = Fal
         raise StorageError(f"export '{spec.name}' reads table '{missing[0]}', which {m.ref} does not have "
                            f"(tables: {', '.join(m.tables)})")
     tables = {t: catalog.read_table(m, t).to_pylist() for t in spec.reads}
-    rows = spec.convert(tables, m.ref, dict(options or {}))
+    options = {"_models_dir": catalog.root.models_dir, **(options or {})}    # where 'embedded' lives
+    meta = spec.metadata(options) if spec.metadata is not None else None
+    rows = spec.convert(tables, m.ref, options)
     if not rows:
         raise StorageError(_nothing_message(spec, m, tables))
     os.makedirs(out_dir, exist_ok=True)
@@ -185,6 +190,10 @@ def export(root: Root | str, ref: str, fmt: str, out_dir: str, jsonl: bool = Fal
             f"{m.recipe_hash}, code {m.code_version}).\nRows: {len(rows)}: {spec.description}. Columns follow "
             f"TRL's {spec.trl_format} format.\n\n"
             f"Load: `datasets.load_dataset(\"parquet\", data_files=\"{out_dir}/*.parquet\")`\n")
+    if meta is not None:
+        card += f"\n## Export metadata\n\n```json\n{json.dumps(meta, indent=2, sort_keys=True)}\n```\n"
+        with open(os.path.join(out_dir, "export_metadata.json"), "w") as f:
+            json.dump({"export": spec.name, "format": fmt, "source": m.ref, **meta}, f, indent=2, sort_keys=True)
     with open(os.path.join(out_dir, "README.md"), "w") as f:
         f.write(card)
     return ExportResult(fmt, spec.name, m.ref, len(rows), files)

@@ -1,8 +1,9 @@
 """A build's inputs: the task source's tables, split into shards by problem.
 
-Most sources give `problems` (stages/tasks.py: builtin, jsonl, parquet, hf). `tasks.kind: version` feeds a recipe
-from a published version: the rows of `tasks.table` that pass `tasks.where` (a read-only DuckDB condition) and the
-problems they belong to, ids unchanged, so SQL joins across versions work; the manifest records the parent version.
+Most sources give `problems` (stages/tasks.py: builtin, jsonl, parquet, hf; env: an agent environment's
+tasks). `tasks.kind: version` feeds a recipe from a published version: the rows of `tasks.table` that pass
+`tasks.where` (a read-only DuckDB condition) and the problems they belong to, ids unchanged, so SQL joins across
+versions work; the manifest records the parent version.
 """
 from __future__ import annotations
 
@@ -34,11 +35,14 @@ def input_tables(tasks: TaskSourceConfig) -> list[str]:
     return ["problems"]
 
 
-def load_inputs(tasks: TaskSourceConfig, limit: int | None, root: Root) -> Inputs:
+def load_inputs(tasks: TaskSourceConfig, limit: int | None, root: Root, env=None) -> Inputs:
+    """`env`: the recipe's EnvSpec (for `tasks.kind: env`)."""
     if tasks.kind != "version":
-        problems = load_problems(tasks, limit)
+        problems = load_problems(tasks, limit, env)
         desc = {"kind": tasks.kind, **({"path": tasks.path} if tasks.path else {}),
-                **({"count": tasks.count, "seed": tasks.seed} if tasks.kind == "builtin" else {})}
+                **({"count": tasks.count, "seed": tasks.seed} if tasks.kind in ("builtin", "env") else {})}
+        if tasks.kind == "env":
+            desc.update(split=tasks.split, env=env.as_dict())
         return Inputs({"problems": problems}, [], desc)
     return _from_version(tasks, limit, Catalog(root))
 

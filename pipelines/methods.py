@@ -119,6 +119,17 @@ def _load_builtin() -> None:
          StageSpec("verify_retry", VerifyStage), StageSpec("filter", AttemptFilter),
          StageSpec("dedup", DuplicateProblems)),
         roles=("student",), exports={"sft": "sft_attempts", "dpo": "dpo_attempts"}))
+    _load_agents()
+
+
+def _load_agents() -> None:
+    import pipelines.agent_exports  # noqa: F401  (registers the trajectory exports)
+    from stages.rollout import RolloutStage
+    register_method(Method(
+        "agent_rollout", "a policy model acts in an environment's tasks in ReAct turns (Agent-R's conversation), "
+                         "n episodes per task, plus the env's gold path on request",
+        (StageSpec("rollout", RolloutStage),),
+        roles=("policy",), exports={"sft": "sft_trajectories", "sft-tokenized": "sft_tokenized_trajectories"}))
 
 
 def stage_of(config: RecipeConfig, name: str, run_id: str = "") -> Optional[Stage]:

@@ -112,6 +112,7 @@ class Failed:
     message: str = ""
     raw_input: Optional[str] = None     # what the stage sent (a prompt, a JSON of the inputs); default: the row
     raw_output: Optional[str] = None    # what came back, if anything
+    key: str = ""                       # tells apart several failures of one row (one per episode of a task)
 
 
 @dataclass(frozen=True)
@@ -202,7 +203,8 @@ class Stage:
         raw_input = failed.raw_input
         if raw_input is None:
             raw_input = _json({k: v for k, v in row.items() if v is not None and k not in ("created_at",)})
-        return {"error_id": make_id(self.name, table, row_id, failed.reason, prefix="e-"),
+        key = (failed.key,) if failed.key else ()
+        return {"error_id": make_id(self.name, table, row_id, failed.reason, *key, prefix="e-"),
                 "row_id": row_id, "table": table, "problem_id": row.get("problem_id"), "stage": self.name,
                 "reason": failed.reason, "message": (failed.message or "")[:2000], "raw_input": raw_input,
                 "raw_output": failed.raw_output, **self.lineage([row_id])}
@@ -268,7 +270,9 @@ class FilterStage(MapStage):
 
 class ExpandStage(Stage):
     """One -> many: each live row of `source` gives a list of `target` rows (or Failed). The target table is
-    replaced for the shard, or extended when `append` is set (then the stage also reads it)."""
+    replaced for the shard, or extended when `append` is set (then the stage also reads it). The list may also
+    hold Failed items: units of the row that failed alone (one episode of a task), each an `errors` record while
+    its siblings stand (give each a distinct `key`)."""
 
     source: ClassVar[str] = ""
     target: ClassVar[str] = ""
@@ -297,6 +301,10 @@ class ExpandStage(Stage):
                 stats.error(res.reason)
                 continue
             for child in res:
+                if isinstance(child, Failed):
+                    errors.append(self.error_record(r, self.source, child))
+                    stats.error(child.reason)
+                    continue
                 out.append(child)
                 if is_live(child):
                     stats.rows_out += 1

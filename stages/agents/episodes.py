@@ -12,7 +12,7 @@ error from the env), a policy error or a context that cannot fit the budget ends
 and what happened so far kept.
 
 A trajectory is a dict: task_id, env, split, seed, gold, messages [{role, content, loss}], steps [{idx, thought,
-action, observation, reward, done, raw_text, parse_ok}], success, final_reward (sum of rewards), n_steps,
+action, observation, reward, done, raw_text, parse_ok, invalid}], success, final_reward (sum of rewards), n_steps,
 dropped_pairs (context trimming), error (None or "reason: message").
 """
 from __future__ import annotations
@@ -22,6 +22,7 @@ import concurrent.futures as cf
 import functools
 from typing import Any, Awaitable, Callable, Optional, Sequence
 
+from schemas.errors import RowError
 from stages.agents.react import format_turn, initial_messages, message, parse_react, trim_context
 from stages.envs.base import INVALID_ACTION, Env, EnvFailure, EnvTask
 
@@ -29,7 +30,7 @@ Policy = Callable[[list[dict]], Awaitable[str]]
 
 
 def _error(e: BaseException, where: str) -> str:
-    if isinstance(e, EnvFailure):
+    if isinstance(e, (EnvFailure, RowError)):      # "reason: message" already
         return str(e)
     return f"{where}: {type(e).__name__}: {e}"
 
@@ -44,7 +45,8 @@ def _record(traj: dict, idx: int, thought, action, obs: str, reward: float, done
             info: dict, loss: bool = True) -> None:
     traj["messages"] += [message("assistant", raw, loss=loss), message("user", obs)]
     traj["steps"].append({"idx": idx, "thought": thought, "action": action, "observation": obs,
-                          "reward": float(reward), "done": bool(done), "raw_text": raw, "parse_ok": ok})
+                          "reward": float(reward), "done": bool(done), "raw_text": raw, "parse_ok": ok,
+                          "invalid": bool(info.get("invalid", False))})
     traj["final_reward"] += float(reward)
     traj["n_steps"] = len(traj["steps"])
     if done:
@@ -57,6 +59,7 @@ async def run_episode(env: Env, task: EnvTask, policy: Policy, max_steps: int,
                       on_step: Optional[Callable[[dict, dict], None]] = None) -> dict[str, Any]:
     """One episode: reset, then up to `max_steps` turns of (trim context, ask the policy, parse, step).
     Unparseable text is recorded with parse_ok False and the env gets INVALID_ACTION (it answers "invalid").
+    A policy that raises RowError(reason, ...) (a request the engine refused) ends the episode with that reason.
     `step_timeout_s` bounds each env call (EnvFailure "env_timeout"; the env should then be discarded).
     `on_step(traj, step)` is called after each step (tests use it to inject faults)."""
     loop = asyncio.get_running_loop()

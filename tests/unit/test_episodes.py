@@ -74,7 +74,8 @@ def test_episode_solves_and_has_the_agent_r_shape():
     assert [m["loss"] for m in msgs] == [False, False, False] + [True, False] * n
     steps = traj["steps"]
     assert [s["idx"] for s in steps] == list(range(n)) and steps[-1]["done"] and steps[-1]["reward"] == 1.0
-    assert set(steps[0]) == {"idx", "thought", "action", "observation", "reward", "done", "raw_text", "parse_ok"}
+    assert set(steps[0]) == {"idx", "thought", "action", "observation", "reward", "done", "raw_text", "parse_ok",
+                             "invalid"}
     assert all(s["raw_text"] == m["content"] for s, m in zip(steps, msgs[3::2]))       # raw text kept
     assert all(s["observation"] == m["content"] for s, m in zip(steps, msgs[4::2]))
     assert steps[1]["action"] == policy.plans[task.config["goal"]][1]                   # markdown parsed
