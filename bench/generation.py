@@ -173,6 +173,8 @@ def main() -> None:
     ap.add_argument("--compiled", action="store_true", help="torch.compile mode (default: enforce_eager)")
     ap.add_argument("--timeout", type=int, default=3600, help="seconds per measurement process")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--keep-other-dtypes", action="store_true",
+                    help="keep the report's entries for dtypes not measured now (each keeps its own date and load)")
     ap.add_argument("--worker", choices=["raw", "pipeline"], help=argparse.SUPPRESS)
     ap.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -198,7 +200,17 @@ def main() -> None:
         per_dtype[dtype] = {"n_prompts": n, "native_on_this_machine": not emulated,
                             "dtype_reason": mine[0]["dtype_reason"],
                             "raw_tokens_per_s": round(mean["raw"], 1), "pipeline_tokens_per_s": round(mean["pipeline"], 1),
-                            "ratio_pipeline_over_raw": round(mean["pipeline"] / mean["raw"], 3)}
+                            "ratio_pipeline_over_raw": round(mean["pipeline"] / mean["raw"], 3),
+                            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                            "load_avg_1m": [x["load_avg_1m"] for x in mine]}
+    out = Path(args.out) if args.out else RESULTS
+    if args.keep_other_dtypes and out.exists():
+        old = json.loads(out.read_text())
+        for d, v in old.get("per_dtype", {}).items():
+            if d not in per_dtype:
+                v.setdefault("when", old.get("when"))
+                per_dtype[d] = v
+                runs += [r for r in old.get("runs", []) if r.get("dtype") == d]
     report = {
         "benchmark": "generation throughput: raw vLLM LLM.chat vs errata GenerateStage on the build's engine host",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "target_ratio": 0.95,
@@ -211,7 +223,6 @@ def main() -> None:
                      "VLLM_CPU_NUM_OF_RESERVED_CPU": os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU", "0"),
                      "timing": "output tokens / generation wall time; engine start excluded"},
         "machine": info, "runs": runs}
-    out = Path(args.out) if args.out else RESULTS
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     for d, v in per_dtype.items():
