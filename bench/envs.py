@@ -129,10 +129,11 @@ def bench_runner(config: dict, n_tasks: int, concurrency: int) -> dict:
             "episodes_per_s": round(len(trajs) / secs, 1)}
 
 
-def bench_rollouts(n_tasks: int, concurrency: int, max_steps: int, max_tokens: int) -> dict:
+def bench_rollouts(n_tasks: int, concurrency: int, max_steps: int, max_tokens: int, serial_tasks: int) -> dict:
     """The rollout stage on the embedded model (vLLM, one engine started once): `n_tasks` craft tasks with
-    `concurrency` episodes in flight, then `n_tasks` other tasks of the same world one episode at a time. Disjoint
-    task sets, so the second run gets no prefix-cache hits from the first; the engine is warmed up before either."""
+    `concurrency` episodes in flight, then `serial_tasks` other tasks of the same world one episode at a time
+    (episodes/minute is a rate, so the slow serial run may use fewer tasks). Disjoint task sets, so the second run
+    gets no prefix-cache hits from the first; the engine is warmed up before either."""
     from pipelines.files import Root
     from stages.base import StageContext
     from stages.engines.base import GenerationRequest, SamplingParams
@@ -144,7 +145,7 @@ def bench_rollouts(n_tasks: int, concurrency: int, max_steps: int, max_tokens: i
 
     spec = EnvSpec(kind="craft", config={"generate": {"seed": 0, "depth": 3}, "max_goal_depth": 2,
                                          "distractors": 4})
-    problems = env_problems(spec, "train", 2 * n_tasks)
+    problems = env_problems(spec, "train", n_tasks + serial_tasks)
     engine = EngineConfig(kind="vllm", model="embedded")
     models_dir = os.environ.get("ERRATA_MODELS") or Root(str(REPO / "data")).models_dir
     engines = LocalEngines({"policy": engine}, models_dir)
@@ -157,7 +158,7 @@ def bench_rollouts(n_tasks: int, concurrency: int, max_steps: int, max_tokens: i
     rows = {}
     try:
         for label, conc, chunk in (("concurrent", concurrency, problems[:n_tasks]),
-                                   ("one_at_a_time", 1, problems[n_tasks:])):
+                                   ("one_at_a_time", 1, problems[n_tasks:n_tasks + serial_tasks])):
             cfg = RolloutConfig(max_steps=max_steps, max_tokens=max_tokens, concurrency=conc, temperature=0.7)
             st = RolloutStage(cfg, name=f"rollout_{label}", context=StageContext(engines={"policy": engine}))
             st.setup(engines)
@@ -179,7 +180,8 @@ def bench_rollouts(n_tasks: int, concurrency: int, max_steps: int, max_tokens: i
         engines.stop()
     (eng,) = described.values()
     return {"model": engine.label(), "engine": {k: eng.get(k) for k in ("kind", "dtype", "max_num_seqs")},
-            "engine_start_s": round(start_s, 1), "env": spec.as_dict(), "tasks_per_run": n_tasks,
+            "engine_start_s": round(start_s, 1), "env": spec.as_dict(), "tasks_concurrent_run": n_tasks,
+            "tasks_serial_run": serial_tasks,
             "max_steps": max_steps, "max_tokens": max_tokens, **rows,
             "speedup_episodes_per_minute": round(rows["concurrent"]["episodes_per_minute"]
                                                  / rows["one_at_a_time"]["episodes_per_minute"], 2),
@@ -195,8 +197,10 @@ def main() -> None:
     ap.add_argument("--twx-tasks", type=int, default=30, help="TWX games per game type")
     ap.add_argument("--rollouts", action="store_true", help="also time the rollout stage on the embedded model")
     ap.add_argument("--only-rollouts", action="store_true", help="only the rollout stage (merged into --out)")
-    ap.add_argument("--rollout-tasks", type=int, default=16, help="craft tasks per rollout run")
-    ap.add_argument("--concurrency", type=int, default=16, help="episodes in flight in the concurrent run")
+    ap.add_argument("--rollout-tasks", type=int, default=64, help="craft tasks of the concurrent rollout run")
+    ap.add_argument("--serial-tasks", type=int, default=8, help="craft tasks of the one-at-a-time rollout run")
+    ap.add_argument("--concurrency", type=int, default=64,
+                    help="episodes in flight in the concurrent run (the engine batches up to max_num_seqs=64)")
     ap.add_argument("--max-steps", type=int, default=6, help="turns per episode at most")
     ap.add_argument("--max-tokens", type=int, default=64, help="new tokens per turn at most")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "envs.json"))
@@ -206,7 +210,8 @@ def main() -> None:
         results = json.loads(out.read_text()) if out.exists() else {}
         results["rollouts"] = {"when": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
                                "machine": machine(), **bench_rollouts(args.rollout_tasks, args.concurrency,
-                                                                      args.max_steps, args.max_tokens)}
+                                                                      args.max_steps, args.max_tokens,
+                                                                      args.serial_tasks)}
         _write(out, results)
         return
 
@@ -239,7 +244,8 @@ def main() -> None:
     results["runner"] = {"craft_generated": bench_runner(gen, 256, 16)}
     print("runner", results["runner"], flush=True)
     if args.rollouts:
-        results["rollouts"] = bench_rollouts(args.rollout_tasks, args.concurrency, args.max_steps, args.max_tokens)
+        results["rollouts"] = bench_rollouts(args.rollout_tasks, args.concurrency, args.max_steps, args.max_tokens,
+                                             args.serial_tasks)
     _write(Path(args.out), results)
 
 
