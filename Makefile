@@ -38,6 +38,7 @@ bench: model
 	$(BIN)/python bench/generation.py
 	$(BIN)/python bench/sql.py
 	$(BIN)/python bench/build_modes.py
+	$(BIN)/python bench/envs.py --rollouts
 
 clean-venv:
 	rm -rf $(VENV)

@@ -15,8 +15,10 @@ Timeouts. math-verify's own timeout uses `signal.alarm`, which only works in a m
 from another), so it is disabled here and the checks run in one persistent worker process instead (spawned in
 `setup()`). A batch goes to the worker in chunks; the worker runs the checks one by one and answers each as soon
 as it is done, so every check gets its own deadline: `timeout_s` after the previous answer (or the send). When a
-deadline passes, the check that is running is the first unanswered one: it becomes a `checker_timeout` row, the
-worker is killed (SIGKILL: a runaway sympy computation cannot hang or leak) and a fresh one takes the rest.
+deadline passes, the check that is running is the first unanswered one: the worker is killed (SIGKILL: a runaway
+sympy computation cannot hang or leak) and a fresh one retries that check alone with 4x the deadline (on a busy
+machine a niced Ray worker can be starved past a short deadline); only when that also runs out does the check
+become a `checker_timeout` row. The fresh worker then takes the rest.
 
 The check is injectable: any picklable module-level `fn(final_answer, reference_answer) -> bool`.
 """
@@ -42,6 +44,7 @@ __all__ = ["VerifyStage", "math_verify_check", "CheckWorker"]
 CheckFn = Callable[[str, str], bool]
 _CHUNK = 256
 _START_TIMEOUT_S = 120.0
+_RETRY_FACTOR = 4.0   # a check that timed out is tried once more on a fresh worker with this many times the deadline
 
 
 def _as_latex(ans: str) -> str:
@@ -169,6 +172,7 @@ class CheckWorker:
     def _run(self, items, timeout_s):
         results: dict[int, tuple[str, Any]] = {}
         todo = list(items)
+        retried: set[int] = set()
         while todo:
             if self.proc is None or not self.proc.is_alive():
                 self._restart() if self.proc is not None else self.start()
@@ -181,7 +185,7 @@ class CheckWorker:
             k = 0
             while k < len(chunk):
                 idx = chunk[k][0]
-                if self.conn.poll(timeout_s):
+                if self.conn.poll(timeout_s * (_RETRY_FACTOR if idx in retried else 1)):
                     try:
                         got_idx, kind, value = self.conn.recv()
                     except (EOFError, OSError):
@@ -194,8 +198,13 @@ class CheckWorker:
                     results[idx] = (kind, value)
                     k += 1
                 else:
-                    results[idx] = ("timeout", f"check did not finish within {timeout_s:g} s")
-                    todo = chunk[k + 1:] + todo
+                    if idx in retried:
+                        results[idx] = ("timeout", f"check did not finish within {timeout_s:g} s, nor within "
+                                                   f"{timeout_s * _RETRY_FACTOR:g} s on a fresh checker")
+                        todo = chunk[k + 1:] + todo
+                    else:   # a busy machine can starve a niced worker: one more try, alone, with a longer deadline
+                        retried.add(idx)
+                        todo = [chunk[k]] + chunk[k + 1:] + todo
                     self._restart()  # kill the runaway check; the rest go to a fresh worker
                     break
         return results

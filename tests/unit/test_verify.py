@@ -17,6 +17,15 @@ def slow_check(answer: str, reference: str) -> bool:
     return math_verify_check(answer, reference)
 
 
+def slow_once_check(answer: str, reference: str) -> bool:
+    """Slow the first time it sees a given marker file missing (a check starved once on a busy machine)."""
+    marker = reference + ".seen"
+    if answer == "42" and not os.path.exists(marker):
+        open(marker, "w").close()
+        time.sleep(60)
+    return answer == "42"
+
+
 def raising_check(answer: str, reference: str) -> bool:
     if answer == "13":
         raise ValueError("unlucky")
@@ -140,15 +149,16 @@ def test_timeout_is_per_check_and_worker_is_rebuilt():
         t0 = time.perf_counter()
         out, stats = check(stage, rows)
         elapsed = time.perf_counter() - t0
-        assert elapsed < 10  # not the 60 s the slow check would take
+        assert elapsed < 25  # not the 60 s the slow check would take (1.5 s, then 6 s on a fresh worker)
         assert out[0]["is_correct"] is True
         assert out[1]["error_reason"] == "checker_timeout"
-        assert "1.5 s" in out[1]["error_message"] and "999" in out[1]["error_raw"]
+        assert "1.5 s" in out[1]["error_message"] and "6 s on a fresh checker" in out[1]["error_message"]
+        assert "999" in out[1]["error_raw"]
         assert out[2]["is_correct"] is True and out[3]["is_correct"] is False  # the rest still verified
         d = stats.as_dict()
         assert d["errors"] == 1 and d["error_reasons"] == {"checker_timeout": 1} and d["out"] == 3
-        # the runaway worker was killed and a fresh one took over
-        assert stage.worker.pid != pid0 and stage.worker.starts == 2
+        # the runaway worker was killed (twice: first try and retry) and a fresh one took over
+        assert stage.worker.pid != pid0 and stage.worker.starts == 3
         with pytest.raises(ProcessLookupError):
             os.kill(pid0, 0)
         out, stats = check(stage, ([("The answer is 7", "7")]))
@@ -163,7 +173,18 @@ def test_two_timeouts_in_one_batch():
         out, stats = check(stage, ([("#### 999", "1"), ("#### 2", "2"), ("#### 999", "3")]))  # lazy setup
         assert [r.get("error_reason") for r in out] == ["checker_timeout", None, "checker_timeout"]
         assert out[1]["is_correct"] is True
-        assert stage.worker.starts == 3
+        assert stage.worker.starts == 5   # the first, then two per runaway check (its try and its retry)
+    finally:
+        stage.teardown()
+
+
+def test_a_check_that_times_out_once_is_retried_on_a_fresh_worker(tmp_path):
+    stage = VerifyStage(VerifyConfig(timeout_s=1.0), check_fn=slow_once_check)
+    ref = str(tmp_path / "ref")
+    try:
+        out, stats = check(stage, ([("#### 42", ref), ("#### 7", ref)]))
+        assert [r.get("is_correct") for r in out] == [True, False]
+        assert stats.errors == 0 and stage.worker.starts == 2
     finally:
         stage.teardown()
 
