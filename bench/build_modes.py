@@ -59,7 +59,8 @@ def run_build(mode: str, recipe: str, sets: list[str]) -> dict:
             "engines": {k: {"roles": e.get("roles"), "starts": e.get("starts"), "dtype": e.get("dtype"),
                             "start_seconds": e.get("start_seconds")} for k, e in manifest["engines"].items()},
             "engine_starts": sum(e.get("starts", 0) for e in manifest["engines"].values()),
-            "rows": {t: e["rows"] for t, e in manifest["tables"].items()}}
+            "rows": {t: e["rows"] for t, e in manifest["tables"].items()},
+            "error_reasons": {k: v.get("error_reasons") for k, v in manifest["stages"].items() if v.get("errors")}}
 
 
 RAW = r"""
