@@ -114,6 +114,10 @@ class Node:
     children: list["Node"] = field(default_factory=list)
     state: Any = field(default=None, repr=False)   # env snapshot after this node's step (snapshot envs only)
 
+    def __repr__(self) -> str:                      # short: the default would walk parent and children
+        return (f"Node({self.key or 'root'}, depth={self.depth}, action={self.action!r}, visits={self.visits}, "
+                f"value={self.value:g}, terminal={self.terminal_reason if self.terminal else False})")
+
     @property
     def mean_value(self) -> float:
         return self.value / self.visits if self.visits else 0.0
@@ -154,6 +158,10 @@ class Tree:
     stats: Counter = field(default_factory=Counter)
     error: Optional[str] = None
 
+    def __repr__(self) -> str:
+        return (f"Tree({self.tree_id}, task={self.task.task_id!r}, nodes={len(self.nodes)}, "
+                f"error={self.error!r})")
+
     def node(self, node_id: str) -> Node:
         for n in self.nodes:
             if n.node_id == node_id:
@@ -168,9 +176,14 @@ def node_id_for(tree_id: str, path: Sequence[int]) -> str:
     return make_id(tree_id, ".".join(str(i) for i in path), prefix="n-")
 
 
+# settings that change how a tree is computed but not what it holds: left out of the tree id
+_HOW_NOT_WHAT = ("use_snapshots", "check_replay")
+
+
 def default_tree_id(task: EnvTask, env_name: str, iteration: int, settings: MCTSSettings) -> str:
+    what = settings.model_dump(exclude=set(_HOW_NOT_WHAT))
     return make_id("agent_r_tree", env_name, task.task_id, task.seed, task.split, iteration,
-                   json.dumps(settings.model_dump(), sort_keys=True), prefix="t-")
+                   json.dumps(what, sort_keys=True), prefix="t-")
 
 
 def default_opening(task: EnvTask, first_observation: str) -> list[dict]:
@@ -193,6 +206,34 @@ def path_messages(tree: Tree, node: Node, loss: bool = False) -> list[dict]:
         msgs.append({"role": "assistant", "content": n.raw_text, "loss": loss})
         msgs.append({"role": "user", "content": n.observation, "loss": False})
     return msgs
+
+
+def uct(parent: Node, child: Node, c: float) -> float:
+    """value/visits + c*sqrt(ln N_parent / n) for a visited child (the exploration term is 0 while N_parent is 0)."""
+    explore = math.sqrt(math.log(parent.visits) / child.visits) if parent.visits > 0 else 0.0
+    return child.value / child.visits + c * explore
+
+
+def select_child(node: Node, c: float, rng: random.Random, stats: Optional[Counter] = None) -> Optional[Node]:
+    """The child to walk into: terminal children skipped, unvisited ones first, then the highest UCT; ties are
+    broken by `rng` (drawn from only when there is a tie). None when every child is terminal."""
+    best: list[Node] = []
+    best_score = -math.inf
+    for ch in node.children:
+        if ch.terminal:
+            continue
+        score = math.inf if ch.visits == 0 else uct(node, ch, c)
+        if score > best_score:
+            best, best_score = [ch], score
+        elif score == best_score:
+            best.append(ch)
+    if not best:
+        return None
+    if len(best) == 1:
+        return best[0]
+    if stats is not None:
+        stats["ties"] += 1
+    return rng.choice(best)
 
 
 def _short(e: BaseException) -> str:
@@ -282,26 +323,7 @@ class _Search:
             node = child
 
     def select(self, node: Node) -> Optional[Node]:
-        best: list[Node] = []
-        best_score = -math.inf
-        for ch in node.children:
-            if ch.terminal:
-                continue
-            score = math.inf if ch.visits == 0 else self.uct(node, ch)
-            if score > best_score:
-                best, best_score = [ch], score
-            elif score == best_score:
-                best.append(ch)
-        if not best:
-            return None
-        if len(best) > 1:
-            self.stats["ties"] += 1
-            return self.rng.choice(best)
-        return best[0]
-
-    def uct(self, parent: Node, child: Node) -> float:
-        explore = math.sqrt(math.log(parent.visits) / child.visits) if parent.visits > 0 else 0.0
-        return child.value / child.visits + self.s.c * explore
+        return select_child(node, self.s.c, self.rng, self.stats)
 
     async def expand(self, node: Node) -> None:
         tree, s = self.tree, self.s
@@ -535,7 +557,7 @@ async def env_reply(env: Env, tree: Tree, node: Node, action: str, *,
 
 # ---- trees as data
 
-NODE_COLUMNS = ("tree_id", "task_id", "env", "iteration", "node_id", "node_path", "parent_id", "depth",
+NODE_COLUMNS = ("tree_id", "task_id", "env", "iteration", "seq", "node_id", "node_path", "parent_id", "depth",
                 "sample_index", "raw_text", "action", "parse_ok", "executed_action", "duplicates", "observation",
                 "env_reward", "reward", "path_return", "done", "success", "invalid", "disaster", "error",
                 "terminal", "terminal_reason", "leaf_value", "visits", "value", "mean_value", "expanded",
@@ -543,14 +565,14 @@ NODE_COLUMNS = ("tree_id", "task_id", "env", "iteration", "node_id", "node_path"
 
 
 def tree_rows(tree: Tree) -> list[dict]:
-    """One row per node (creation order) for the `nodes` table. A node's turn is `raw_text` (assistant) and
+    """One row per node for the `nodes` table, `seq` numbering them in creation order. A node's turn is `raw_text` (assistant) and
     `observation` (user); the root's row carries the opening messages as `opening_json`, so `path_messages`
     can be rebuilt from rows alone (`tree_from_rows`)."""
     rows = []
-    for n in tree.nodes:
+    for seq, n in enumerate(tree.nodes):
         rows.append({
             "tree_id": tree.tree_id, "task_id": tree.task.task_id, "env": tree.env_name, "iteration": tree.iteration,
-            "node_id": n.node_id, "node_path": list(n.path),
+            "seq": seq, "node_id": n.node_id, "node_path": list(n.path),
             "parent_id": n.parent.node_id if n.parent is not None else None, "depth": n.depth,
             "sample_index": n.sample_index, "raw_text": n.raw_text, "action": n.action, "parse_ok": n.parse_ok,
             "executed_action": n.executed_action, "duplicates": n.duplicates, "observation": n.observation,
@@ -579,8 +601,7 @@ def tree_summary(tree: Tree) -> dict:
 def tree_from_rows(rows: Sequence[dict], task: Optional[EnvTask] = None, summary: Optional[dict] = None) -> Tree:
     """Rebuild a Tree (without env snapshots) from its `nodes` rows, as written by `tree_rows`. `summary` (a
     `tree_summary` row) restores the task, settings and error; else `task` or a bare EnvTask from the rows."""
-    order = {r["node_id"]: i for i, r in enumerate(rows)}      # keep the rows' (creation) order
-    rows = sorted(rows, key=lambda r: (r["depth"], r["node_path"]))
+    rows = sorted(rows, key=lambda r: r["seq"])                # creation order: a parent before its children
     if not rows:
         raise ValueError("no node rows")
     first = rows[0]
@@ -610,5 +631,5 @@ def tree_from_rows(rows: Sequence[dict], task: Optional[EnvTask] = None, summary
     for n in by_id.values():
         n.children.sort(key=lambda c: c.path)
     tree.root = by_id[first["node_id"]]
-    tree.nodes = sorted(by_id.values(), key=lambda n: order[n.node_id])
+    tree.nodes = list(by_id.values())
     return tree
