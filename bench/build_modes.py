@@ -1,23 +1,28 @@
-"""End-to-end build time of the two execution modes on the same recipe:
+"""Whole builds, as a user runs them, in both execution modes:
 
-- `prefect`: `errata build` (a Prefect flow, one task and one Ray Data run per stage, checkpoints between stages)
-- `streaming`: `errata build --no-prefect` (one Ray Data run; every shard flows through all stages)
+- `prefect`: `errata build` (a Prefect flow, one task per stage, Ray and the engines kept for the whole run)
+- `streaming`: `errata build --no-prefect` (one Ray Data run per segment; every shard flows through the stages)
 
-Each build runs as the `errata` CLI in its own process with a fresh data root, so each pays its own start-up
-(Prefect's temporary server, Ray, the vLLM engine) as a user would. Modes alternate which goes first across
-repeats. Reports the wall time of the command, the build time the manifest records, and per-stage seconds.
+Two measurements (each build is the `errata` CLI in its own process with a fresh data root, so each pays its own
+start-up: Prefect's temporary server, Ray, the engine):
+
+1. `stages`: the `self_correct` recipe, three LLM stages on one model (generate -> self_check -> retry): the
+   manifest's engine record must show one engine start per build in both modes.
+2. `e2e`: 1,024 sampled sequences (the demo recipe with 256 problems x 4 samples) against one raw vLLM process
+   doing the same requests (`LLM.chat`, same prompts, sampling and dtype, engine start included). Target: build wall
+   time <= 1.1 x raw (>= 0.9 x its throughput).
+
 Writes bench/results/build_modes.json.
 
-    .venv/bin/python bench/build_modes.py                      # the demo recipe, 1 repeat
-    .venv/bin/python bench/build_modes.py --repeats 2 --set limit=32
+    .venv/bin/python bench/build_modes.py                    # both measurements
+    .venv/bin/python bench/build_modes.py --what stages
+    .venv/bin/python bench/build_modes.py --what e2e --problems 64   # a smaller end-to-end run
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,9 +32,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "build_modes.json"
 MODES = {"prefect": [], "streaming": ["--no-prefect"]}
+sys.path.insert(0, str(REPO / "bench"))
+from generation import machine  # noqa: E402
 
 
-def run_once(mode: str, recipe: str, sets: list[str]) -> dict:
+def run_build(mode: str, recipe: str, sets: list[str]) -> dict:
     exe = str(Path(sys.executable).parent / "errata")
     with tempfile.TemporaryDirectory(prefix=f"errata-bench-{mode}-") as root:
         env = dict(os.environ, ERRATA_DATA=root,
@@ -41,54 +48,104 @@ def run_once(mode: str, recipe: str, sets: list[str]) -> dict:
         p = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
         wall = time.perf_counter() - t0
         if p.returncode != 0:
-            raise SystemExit(f"{mode} build failed ({p.returncode}):\n{p.stderr[-3000:]}")
+            raise SystemExit(f"{mode} build failed ({p.returncode}):\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}")
         dataset = next(Path(root, "datasets").iterdir())
         manifest = json.loads(sorted(dataset.glob("v*/manifest.json"))[-1].read_text())
-    return {"mode": mode, "wall_seconds": round(wall, 1),
+    llm = [k for k, v in manifest["stages"].items() if v.get("completion_tokens")]
+    return {"mode": mode, "recipe": recipe, "overrides": sets, "wall_seconds": round(wall, 1),
             "build_seconds": manifest["timings"]["build_seconds"],
-            "stage_seconds": {k: v.get("seconds") for k, v in manifest["stages"].items()},
-            "completion_tokens": manifest["tokens"].get("completion"),
+            "stage_seconds": {k: v.get("wall_seconds", v.get("seconds")) for k, v in manifest["stages"].items()},
+            "llm_stages": llm, "completion_tokens": manifest["tokens"].get("completion"),
+            "engines": {k: {"roles": e.get("roles"), "starts": e.get("starts"), "dtype": e.get("dtype"),
+                            "start_seconds": e.get("start_seconds")} for k, e in manifest["engines"].items()},
+            "engine_starts": sum(e.get("starts", 0) for e in manifest["engines"].values()),
             "rows": {t: e["rows"] for t, e in manifest["tables"].items()}}
+
+
+RAW = r"""
+import json, os, sys, time
+t0 = time.perf_counter()
+sys.path.insert(0, {repo!r})
+os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0"); os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from stages.arithmetic import builtin_problems
+from stages.engines.hardware import choose_dtype, default_memory_utilization, detect_device
+from stages.engines.model_prep import ensure_embedded_model
+from stages.prompts import load_template
+from vllm import LLM, SamplingParams
+dev = detect_device(); dtype = choose_dtype("auto", dev).dtype
+tmpl = load_template("math_step_by_step")
+msgs = [[{{"role": "user", "content": tmpl.render(question=p["question"])}}] for p in builtin_problems({problems}, 0)]
+llm = LLM(model=str(ensure_embedded_model({models!r})), dtype=dtype, max_model_len=2048, max_num_seqs=64,
+          gpu_memory_utilization=default_memory_utilization(dtype, dev), enforce_eager=True,
+          enable_prefix_caching=True, seed=0)
+t1 = time.perf_counter()
+outs = llm.chat(msgs, SamplingParams(temperature=0.7, max_tokens=256, n={n}), use_tqdm=False)
+t2 = time.perf_counter()
+tokens = sum(len(o.token_ids) for r in outs for o in r.outputs)
+print("RESULT " + json.dumps({{"engine_start_s": round(t1 - t0, 1), "generation_s": round(t2 - t1, 1),
+                               "completion_tokens": tokens, "sequences": sum(len(r.outputs) for r in outs),
+                               "dtype": dtype}}), flush=True)
+"""
+
+
+def run_raw(problems: int, n: int) -> dict:
+    code = RAW.format(repo=str(REPO), problems=problems, n=n, models=str(REPO / "data" / "models"))
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    line = next((ln for ln in (p.stdout + p.stderr).splitlines() if ln.startswith("RESULT ")), None)
+    if p.returncode != 0 or line is None:
+        raise SystemExit(f"raw run failed ({p.returncode}):\n{p.stderr[-3000:]}")
+    return dict(json.loads(line[len("RESULT "):]), mode="raw", wall_seconds=round(wall, 1))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--recipe", default="demo")
-    ap.add_argument("--set", action="append", default=[], dest="sets", help="recipe override key=value")
-    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--what", choices=["stages", "e2e", "all"], default="all")
+    ap.add_argument("--problems", type=int, default=256, help="e2e: problems (x 4 samples each)")
+    ap.add_argument("--stages-problems", type=int, default=16, help="stages: problems of the self_correct build")
     args = ap.parse_args()
-    runs = []
-    for r in range(args.repeats):
-        order = ["prefect", "streaming"] if r % 2 == 0 else ["streaming", "prefect"]
-        for mode in order:
-            res = run_once(mode, args.recipe, args.sets)
-            res["repeat"] = r
-            runs.append(res)
-            print(json.dumps(res), flush=True)
-    summary = {}
-    for mode in MODES:
-        mine = [x for x in runs if x["mode"] == mode]
-        summary[mode] = {"median_wall_seconds": statistics.median(x["wall_seconds"] for x in mine),
-                         "median_build_seconds": statistics.median(x["build_seconds"] for x in mine),
-                         "median_generate_seconds": statistics.median(x["stage_seconds"].get("generate", 0)
-                                                                     for x in mine)}
-    p, s = summary["prefect"], summary["streaming"]
-    report = {
-        "what": "errata build, Prefect stage-by-stage vs --no-prefect streaming, same recipe, fresh data roots",
-        "recipe": args.recipe, "overrides": args.sets, "repeats": args.repeats,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "summary": summary,
-        "prefect_minus_streaming": {
-            "wall_seconds": round(p["median_wall_seconds"] - s["median_wall_seconds"], 1),
-            "build_seconds": round(p["median_build_seconds"] - s["median_build_seconds"], 1),
-            "generate_seconds": round(p["median_generate_seconds"] - s["median_generate_seconds"], 1)},
-        "runs": runs,
-    }
+    report: dict = {"what": "errata build: Prefect stage-by-stage vs --no-prefect streaming; three LLM stages on one "
+                            "engine; end to end vs one raw vLLM process",
+                    "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if RESULTS.exists():    # keep the other measurement's last result
+        old = json.loads(RESULTS.read_text())
+        report.update({k: old[k] for k in ("stages", "e2e") if k in old})
+    if args.what in ("stages", "all"):
+        runs = []
+        for mode in ("prefect", "streaming"):
+            r = run_build(mode, "self_correct", [f"tasks.count={args.stages_problems}"])
+            print(json.dumps(r), flush=True)
+            runs.append(r)
+        report["stages"] = {"recipe": "self_correct", "llm_stages": runs[0]["llm_stages"],
+                            "engine_starts": {r["mode"]: r["engine_starts"] for r in runs},
+                            "one_engine_start_per_build": all(r["engine_starts"] == 1 for r in runs), "runs": runs}
+    if args.what in ("e2e", "all"):
+        sets = [f"tasks.count={args.problems}", "generate.n=4", "execution.shard_size=16"]
+        raw = run_raw(args.problems, 4)
+        print(json.dumps(raw), flush=True)
+        runs = [raw]
+        for mode in ("streaming", "prefect"):
+            r = run_build(mode, "demo", sets)
+            print(json.dumps(r), flush=True)
+            runs.append(r)
+        e2e = {"sequences": args.problems * 4, "raw": raw, "builds": {}}
+        raw_tps = raw["completion_tokens"] / raw["wall_seconds"]
+        for r in runs[1:]:
+            tps = r["completion_tokens"] / r["wall_seconds"]
+            e2e["builds"][r["mode"]] = {
+                "wall_seconds": r["wall_seconds"], "wall_over_raw": round(r["wall_seconds"] / raw["wall_seconds"], 3),
+                "end_to_end_tokens_per_s": round(tps, 1), "throughput_over_raw": round(tps / raw_tps, 3),
+                "generate_seconds": r["stage_seconds"].get("generate"), "engine_starts": r["engine_starts"]}
+        e2e["raw_end_to_end_tokens_per_s"] = round(raw_tps, 1)
+        e2e["target"] = "build wall <= 1.1 x raw (throughput >= 0.9 x raw)"
+        e2e["runs"] = runs
+        report["e2e"] = e2e
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report["summary"], indent=2))
-    print(json.dumps(report["prefect_minus_streaming"]))
+    for k in ("stages", "e2e"):
+        if k in report:
+            print(k, json.dumps({kk: v for kk, v in report[k].items() if kk != "runs"}, indent=1))
     print(f"wrote {RESULTS}")
 
 

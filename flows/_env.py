@@ -22,16 +22,13 @@ DEFAULTS = {
 SERVER_FILE = "errata-server.json"
 
 
-def _data_root(data: str | None) -> str:
-    return data or os.environ.get("ERRATA_DATA") or "data"
-
-
 def prefect_env(data: str | None = None) -> Path:
     """Set PREFECT_HOME (if unset) to `<data root>/prefect` and the other defaults; return PREFECT_HOME.
 
     The data root is `data`, else $ERRATA_DATA, else ./data. Object-store roots (s3://...) cannot hold a SQLite
     database: Prefect's state then goes to ./data/prefect."""
-    root = _data_root(data)
+    from pipelines.config import data_root
+    root = data or data_root()
     if "://" in root:
         root = "data"
     if not os.environ.get("PREFECT_HOME"):

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
-from typing import Any
 
 from schemas.errors import ErrataError
 
@@ -13,26 +13,21 @@ EXAMPLE_SQL = ("SELECT count(*) AS attempts, count(*) FILTER (WHERE is_correct) 
                "round(avg(is_correct::INT), 3) AS accuracy FROM {ds}.attempts WHERE drop_reason IS NULL")
 
 
-def _store(args):
+def _root(args):
     from pipelines.config import data_root
-    from pipelines.storage import Store
-    return Store(args.data or data_root())
+    from pipelines.files import Root
+    return Root(args.data or data_root())
 
 
-def _print_table(cols: list[str], rows: list[tuple], out=None) -> None:
-    out = out or sys.stdout
-    cells = [[("" if v is None else str(v)).replace("\n", "\\n")[:60] for v in r] for r in rows]
-    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(cols)]
-    line = "  ".join(c.ljust(w) for c, w in zip(cols, widths))
-    print(line, file=out)
-    print("  ".join("-" * w for w in widths), file=out)
-    for r in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(r, widths)), file=out)
+def _catalog(args):
+    from pipelines.catalog import Catalog
+    return Catalog(_root(args))
 
 
 # --- build ------------------------------------------------------------------------------------------------------
 def cmd_build(args) -> int:
-    from pipelines.config import load_recipe
+    from pipelines.config import data_root, load_recipe
+    from pipelines.console import console, new_log_path, quiet_console
     overrides = list(args.set or [])
     if args.limit is not None:
         overrides.append(f"limit={args.limit}")
@@ -43,70 +38,117 @@ def cmd_build(args) -> int:
     if args.data:
         overrides.append(f"storage.root={args.data}")
     config = load_recipe(args.recipe, overrides)
-    if args.prefect:
-        from flows.build import build_flow_run
-        result = build_flow_run(config, progress=not args.no_progress, recipe=args.recipe)
-    else:
-        from pipelines.build import build
-        result = build(config, progress=not args.no_progress)
-    print_build_summary(result, args)
+    path = new_log_path(data_root(config), f"build-{config.dataset}")
+    with quiet_console(path, verbose=args.verbose):
+        say = logging.getLogger("errata.build").info
+        say(f"building {config.dataset} (method {config.method}); full log: {path}")
+        try:
+            if args.prefect:
+                from flows.build import build_flow_run
+                result = build_flow_run(config, progress=not args.no_progress, recipe=args.recipe)
+            else:
+                from pipelines.build import build
+                result = build(config, progress=not args.no_progress, log=say)
+        except ErrataError as e:
+            print(f"error: {e}\nfull log: {path}\nto resume, run the same command again: finished shards and "
+                  f"stages are kept", file=console())
+            return 2
+        except KeyboardInterrupt:
+            print(f"interrupted; full log: {path}; run the same command again to resume", file=console())
+            return 130
+        except Exception as e:
+            import traceback
+
+            from schemas.errors import error_chain
+            traceback.print_exc()    # into the log file
+            inner = next((x for x in error_chain(e) if isinstance(x, ErrataError)), None)
+            if inner is not None:    # errata's own error, wrapped by Ray or Prefect
+                print(f"error: {inner}\nfull log: {path}\nto resume, run the same command again: finished "
+                      f"shards and stages are kept", file=console())
+                return 2
+            print(f"error: {root_cause(e)}\nfull log (with the traceback): {path}\nto resume, run the same "
+                  f"command again", file=console())
+            return 1
+        print_build_summary(result, path)
     return 0
 
 
-def print_build_summary(result, args) -> None:
+def root_cause(exc: BaseException) -> str:
+    """'Type: message' of the innermost exception that is not a wrapper (Ray's task errors, Prefect's)."""
+    from schemas.errors import error_chain
+    chain = [e for e in error_chain(exc) if not type(e).__name__.startswith(("Ray", "UserCode"))
+             and type(e).__module__.split(".")[0] not in ("ray", "prefect")]
+    e = chain[-1] if chain else exc
+    msg = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {msg[-1] if msg else ''}"[:500]
+
+
+def print_build_summary(result, log_file: str | None = None) -> None:
+    from pipelines.console import out, print_table
+    o = out()
     m = result.manifest
-    print()
+    print(file=o)
     print(f"published {m.dataset}@{m.version}  (run {m.run_id}, {result.seconds:.1f} s"
-          + (f", {result.resumed_shards} shards resumed" if result.resumed_shards else "") + ")")
-    print(f"data: {result.path}")
-    print("tables:  " + "  ".join(f"{t}={e.rows}" for t, e in m.tables.items()))
-    print("stages:")
+          + (f", {result.resumed_shards} shards resumed" if result.resumed_shards else "") + ")", file=o)
+    print(f"data: {result.path}", file=o)
+    print("tables:  " + "  ".join(f"{t}={e.rows}" for t, e in m.tables.items()), file=o)
+    for k, e in m.engines.items():
+        dtype = f", {e['dtype']} ({e.get('dtype_reason', 'dtype set')})" if e.get("dtype") else ""
+        print(f"engine:  {', '.join(e.get('roles', []))} -> {e.get('kind')} {e.get('model')}{dtype}, "
+              f"started {e.get('starts', 0)}x", file=o)
+    print("stages:", file=o)
+    skip = ("in", "out", "seconds", "wall_seconds", "t_start", "t_end", "error_reasons", "counts", "tokens_per_s",
+            "prompt_tokens", "completion_tokens")
     for name, c in m.stages.items():
-        extra = " ".join(f"{k}={v}" for k, v in c.items() if k not in ("in", "out", "seconds", "error_reasons"))
-        print(f"  {name:<9} in={c.get('in')} out={c.get('out')} {extra} ({c.get('seconds', 0):.1f} s)")
+        extra = " ".join(f"{k}={v}" for k, v in c.items() if k not in skip)
+        toks = (f" tokens={c['completion_tokens']} ({c.get('tokens_per_s', 0):.0f} tok/s)"
+                if c.get("completion_tokens") else "")
+        print(f"  {name:<9} in={c.get('in')} out={c.get('out')} {extra}{toks} "
+              f"({c.get('wall_seconds', c.get('seconds', 0)):.1f} s)", file=o)
     if m.tokens:
-        print("tokens:  " + "  ".join(f"{k}={v}" for k, v in m.tokens.items()))
-    from pipelines.sql import connect, fetch
-    from pipelines.storage import Store
-    q = EXAMPLE_SQL.format(ds=m.dataset)
-    cols, rows = fetch(connect(Store(result.root)), q)
-    print(f"\nexample: errata sql \"{q}\"")
-    _print_table(cols, rows)
+        print("tokens:  " + "  ".join(f"{k}={v}" for k, v in m.tokens.items()), file=o)
+    if log_file:
+        print(f"log:     {log_file}", file=o)
+    if "attempts" in m.tables:
+        from pipelines.sql import connect, fetch
+        q = EXAMPLE_SQL.format(ds=m.dataset)
+        cols, rows = fetch(connect(result.root), q)
+        print(f"\nexample: errata sql \"{q}\"", file=o)
+        print_table(cols, rows, o)
 
 
 # --- look -------------------------------------------------------------------------------------------------------
 def cmd_versions(args) -> int:
-    store = _store(args)
-    names = [args.dataset] if args.dataset else store.datasets()
+    from pipelines.console import print_table
+    catalog = _catalog(args)
+    names = [args.dataset] if args.dataset else catalog.datasets()
     rows = []
     for ds in names:
-        vs = store.versions(ds)
+        vs = catalog.versions(ds)
         if args.dataset and not vs:
             from schemas.errors import VersionNotFound
-            raise VersionNotFound(f"no published version of dataset '{ds}' under {store.root_url}")
+            raise VersionNotFound(f"no published version of dataset '{ds}' under {catalog.root.root_url}")
         for v in vs:
-            m = store.manifest(ds, v)
-            rows.append((m.ref, m.created_at[:19], m.method, m.run_id,
+            m = catalog.manifest(ds, v)
+            rows.append((m.ref, m.created_at[:19], m.method, m.run_id, ", ".join(m.parents),
                          " ".join(f"{t}={e.rows}" for t, e in m.tables.items())))
     if not rows:
-        print(f"no datasets under {store.root_url}")
+        print(f"no datasets under {catalog.root.root_url}")
         return 0
-    _print_table(["version", "created_at", "method", "run_id", "rows"], rows)
+    print_table(["version", "created_at", "method", "run_id", "parents", "rows"], rows)
     return 0
 
 
-ID_COLUMNS = {"problems": "problem_id", "attempts": "attempt_id", "errors": "error_id"}
-
-
 def cmd_show(args) -> int:
-    store = _store(args)
-    m = store.resolve(args.ref)
+    from schemas.tables import id_column
+    catalog = _catalog(args)
+    m = catalog.resolve(args.ref)
     if args.id:
         from pipelines.sql import connect, fetch
-        con = connect(store)
+        con = connect(catalog)
         schema = f"{m.dataset}_v{m.version}"
         for table in ([args.table] if args.table else list(m.tables)):
-            col = ID_COLUMNS.get(table)
+            col = id_column(table)
             if not col:
                 continue
             cols, rows = fetch(con, f"SELECT * FROM \"{schema}\".\"{table}\" WHERE {col} = '{args.id.replace(chr(39), '')}'")
@@ -117,7 +159,7 @@ def cmd_show(args) -> int:
         print(f"no row with id '{args.id}' in {m.ref}", file=sys.stderr)
         return 1
     if args.table:
-        t = store.read_table(m, args.table).slice(0, args.limit).to_pylist()
+        t = catalog.read_table(m, args.table).slice(0, args.limit).to_pylist()
         for r in t:
             print(json.dumps(r, default=str, ensure_ascii=False))
         return 0
@@ -127,8 +169,7 @@ def cmd_show(args) -> int:
 
 def cmd_sql(args) -> int:
     from pipelines.sql import SQLError, connect, query
-    store = _store(args)
-    con = connect(store)
+    con = connect(_root(args))
     if args.query:
         rel = query(con, args.query)
         if args.json:
@@ -171,9 +212,17 @@ def _shell(con, query, SQLError) -> int:
 
 def cmd_export(args) -> int:
     from pipelines.export import export
-    r = export(_store(args), args.ref, args.format, args.out, jsonl=args.jsonl,
-               max_pairs_per_problem=args.max_pairs)
-    print(f"exported {r.rows} {r.format} rows from {r.source}")
+    options = {"max_pairs_per_problem": args.max_pairs}
+    if args.tokenizer:
+        options["tokenizer"] = args.tokenizer
+    for o in args.option or []:
+        k, sep, v = o.partition("=")
+        if not sep:
+            from schemas.errors import ConfigError
+            raise ConfigError(f"--option '{o}': expected KEY=VALUE")
+        options[k.strip()] = v
+    r = export(_root(args), args.ref, args.format, args.out, jsonl=args.jsonl, options=options)
+    print(f"exported {r.rows} {r.format} rows ({r.export}) from {r.source}")
     for f in r.files:
         print(f"  {f}")
     print(f"load: datasets.load_dataset(\"parquet\", data_files=\"{args.out}/*.parquet\")")
@@ -181,15 +230,26 @@ def cmd_export(args) -> int:
 
 
 def cmd_recipes(args) -> int:
-    from pipelines.config import RECIPES_DIR, recipe_names
+    from pipelines.config import RECIPES_DIR, read_yaml_mapping, recipe_names
+    from pipelines.methods import methods
+    print("methods (a recipe's `method:` selects its stages):")
+    for name, m in sorted(methods().items()):
+        print(f"  {name:<16} {m.description}  [stages: {' -> '.join(m.stage_names())}; roles: "
+              f"{', '.join(m.roles)}]")
+    print("recipes (errata build NAME):")
     for n in recipe_names():
-        print(f"{n:<16} {RECIPES_DIR / (n + '.yaml')}")
+        path = RECIPES_DIR / f"{n}.yaml"
+        try:
+            d = read_yaml_mapping(path, "")
+        except ErrataError:
+            d = {}
+        print(f"  {n:<16} {d.get('method', 'sample_verify'):<14} {d.get('description', '')}  ({path})")
     return 0
 
 
 def cmd_prepare_model(args) -> int:
     from stages.engines.model_prep import ensure_embedded_model
-    print(ensure_embedded_model(_store(args).models_dir))
+    print(ensure_embedded_model(_root(args).models_dir))
     return 0
 
 
@@ -214,7 +274,9 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe setting (repeatable)")
     b.add_argument("--ray-address", help="run on this Ray cluster instead of a local ray.init")
     b.add_argument("--runner", choices=["ray", "local"], help="ray (default) or local (in process, debugging)")
-    b.add_argument("--no-progress", action="store_true", help="no progress bars")
+    b.add_argument("--no-progress", action="store_true", help="no progress bars or progress lines")
+    b.add_argument("-v", "--verbose", action="store_true",
+                   help="show everything the libraries say, live (default: only in the run's log file)")
     b.add_argument("--prefect", action=argparse.BooleanOptionalAction, default=True,
                    help="run as a Prefect flow (run history, retries; default); --no-prefect runs it directly")
     b.set_defaults(fn=cmd_build)
@@ -238,13 +300,19 @@ def make_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("export", help="export SFT/DPO corpora in TRL's column conventions")
     e.add_argument("ref", metavar="DATASET[@VERSION]")
-    e.add_argument("--format", required=True, choices=["sft", "dpo"])
+    e.add_argument("--format", required=True,
+                   help="sft, dpo, sft-tokenized (the version's method picks the export), or a registered "
+                        "export name")
     e.add_argument("--out", required=True, help="output directory")
     e.add_argument("--jsonl", action="store_true", help="also write JSONL")
     e.add_argument("--max-pairs", type=int, default=1, help="dpo: pairs per problem")
+    e.add_argument("--tokenizer", metavar="MODEL", help="pre-tokenized exports (sft-tokenized): the tokenizer and "
+                                                        "chat template to use (a model directory, hub id or "
+                                                        "'embedded'); same as --option tokenizer=MODEL")
+    e.add_argument("--option", action="append", metavar="KEY=VALUE", help="an export's own option (repeatable)")
     e.set_defaults(fn=cmd_export)
 
-    r = sub.add_parser("recipes", help="list built-in recipes")
+    r = sub.add_parser("recipes", help="list methods and built-in recipes")
     r.set_defaults(fn=cmd_recipes)
     pm = sub.add_parser("prepare-model", help="convert the embedded model into data/models (idempotent)")
     pm.set_defaults(fn=cmd_prepare_model)

@@ -24,8 +24,8 @@ def _book(args):
 
 
 def _table(cols, rows) -> None:
-    from flows.cli import _print_table
-    _print_table(cols, rows)
+    from pipelines.console import print_table
+    print_table(cols, rows)
 
 
 def _when(t) -> str:
@@ -175,7 +175,7 @@ def register(sub) -> None:
     a.add_argument("--recipe", help="build: recipe name or YAML path")
     a.add_argument("--set", action="append", metavar="KEY=VALUE", help="build: recipe override (repeatable)")
     a.add_argument("--export", metavar="DATASET[@N]", help="export: the dataset (latest version) or a version")
-    a.add_argument("--format", choices=["sft", "dpo"], help="export: format")
+    a.add_argument("--format", help="export: sft, dpo, or a registered export name")
     a.add_argument("--out", help="export: output directory (a subdirectory per exported version)")
     a.add_argument("--jsonl", action="store_true", help="export: also write JSONL")
     when = a.add_mutually_exclusive_group(required=True)

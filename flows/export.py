@@ -19,11 +19,11 @@ from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from flows._env import shorten_errata_tracebacks  # noqa: E402
+from flows.tags import add_tags  # noqa: E402
 
+from pipelines.catalog import Catalog  # noqa: E402
 from pipelines.config import data_root  # noqa: E402
-from pipelines.export import FORMATS, export  # noqa: E402
-from pipelines.storage import Store  # noqa: E402
-from schemas.errors import ConfigError  # noqa: E402
+from pipelines.export import export, export_for  # noqa: E402
 
 EXPORT_FLOW_NAME = "errata-export"
 
@@ -46,12 +46,12 @@ def export_dir(out: str, dataset: str, version: int, fmt: str) -> str:
 
 @task(name="export", cache_policy=NO_CACHE, persist_result=False)
 def export_task(root: str, ref: str, fmt: str, out: str, jsonl: bool, max_pairs: int) -> ExportRunResult:
-    store = Store(root)
-    m = store.resolve(ref)
+    m = Catalog(root).resolve(ref)
+    export_for(m, fmt)   # an unknown format for this version fails before anything is written
     d = export_dir(out, m.dataset, m.version, fmt)
     if os.path.exists(os.path.join(d, "train-00000-of-00001.parquet")):
         return ExportRunResult(m.ref, fmt, d, 0, [], True)
-    r = export(store, m.ref, fmt, d, jsonl=jsonl, max_pairs_per_problem=max_pairs)
+    r = export(root, m.ref, fmt, d, jsonl=jsonl, options={"max_pairs_per_problem": max_pairs})
     return ExportRunResult(r.source, r.format, d, r.rows, r.files, False)
 
 
@@ -66,11 +66,8 @@ def _run_name() -> str:
 def export_flow(ref: str, format: str, out: str, jsonl: bool = False, max_pairs: int = 1,
                 data: Optional[str] = None) -> ExportRunResult:
     """Export `ref` (DATASET for the latest version, or DATASET@N) as `format` under `out`."""
-    if format not in FORMATS:
-        raise ConfigError(f"unknown export format '{format}' (known: {', '.join(FORMATS)})")
-    from flows.build import _add_tags
     r = export_task(data or data_root(), ref, format, os.path.abspath(out), jsonl, max_pairs)
-    _add_tags([f"dataset:{r.source.split('@')[0]}", f"source:{r.source}", f"export:{format}"])
+    add_tags([f"dataset:{r.source.split('@')[0]}", f"source:{r.source}", f"export:{format}"])
     if r.skipped:
         md = f"# {r.source} {format}\n\nAlready exported to `{r.out_dir}`: nothing to do."
     else:

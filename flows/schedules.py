@@ -42,7 +42,8 @@ class ScheduleSpec(BaseModel):
     recipe: Optional[str] = Field(None, description="build: recipe name or YAML path")
     set: list[str] = Field(default_factory=list, description="build: recipe overrides key=value")
     ref: Optional[str] = Field(None, description="export: DATASET (latest version) or DATASET@N")
-    format: Optional[Literal["sft", "dpo"]] = Field(None, description="export: sft or dpo")
+    format: Optional[str] = Field(None, description="export: sft or dpo (the version's method picks the export), "
+                                                     "or a registered export name")
     out: Optional[str] = Field(None, description="export: output directory (one subdirectory per version)")
     jsonl: bool = Field(False, description="export: also write JSONL")
     cron: Optional[str] = Field(None, description="cron expression, e.g. '0 3 * * *'")
@@ -129,7 +130,11 @@ def validate_spec(spec: ScheduleSpec) -> ScheduleSpec:
         if missing:
             raise ConfigError(f"schedule '{spec.name}': an export schedule needs "
                               + ", ".join(f"--{'export' if n == 'ref' else n}" for n in missing))
-        from pipelines.storage import parse_ref
+        from pipelines.catalog import parse_ref
+        from pipelines.export import known_formats
+        if spec.format not in known_formats():
+            raise ConfigError(f"schedule '{spec.name}': unknown export format '{spec.format}' "
+                              f"(known: {', '.join(known_formats())})")
         try:
             name, _ = parse_ref(spec.ref)
         except Exception as e:

@@ -2,17 +2,26 @@
 
 With PREFECT_API_URL set it serves against that server. Otherwise it starts a local `prefect server start`
 (its own process group, a free port on 127.0.0.1, state in PREFECT_HOME = <data root>/prefect), waits for
-/api/health, serves, and on Ctrl-C / SIGTERM stops the runner, the server and every child process it started.
-A temporary (ephemeral) Prefect server never schedules runs, which is why serve needs a real one.
+/api/health, and serves. A temporary (ephemeral) Prefect server never schedules runs, which is why serve needs a
+real one.
+
+Stopping: Ctrl-C / SIGTERM ends every flow run in flight at once (its process tree: the build, its Ray, its engines;
+the run's finished shards and stages stay in staging, so the next run of that schedule, or `errata build` with the
+same recipe, resumes it), then the server; a watchdog makes sure serve is gone within `STOP_DEADLINE_S` even if
+Prefect's own shutdown hangs. The server cannot outlive serve: it gets SIGTERM when serve dies, however it dies
+(PR_SET_PDEATHSIG), and a server left by an earlier serve (recorded in PREFECT_HOME/errata-server.json) is stopped
+by the next one.
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -21,6 +30,16 @@ from flows._env import prefect_env, server_file
 from schemas.errors import ErrataError
 
 Log = Callable[[str], None]
+STOP_DEADLINE_S = 8.0
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Ask Linux to SIGTERM this process when its parent dies (no orphaned server after a kill -9 of serve)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -56,7 +75,8 @@ class LocalServer:
         t0 = time.time()
         self.proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", self.host,
                                       "--port", str(self.port)], env=env, stdout=logf, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+                                     stdin=subprocess.DEVNULL, start_new_session=True,
+                                     preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
         logf.close()
         log(f"starting a local Prefect server on {self.ui_url} (log: {self.home / 'server.log'})")
         while time.time() - t0 < timeout:
@@ -104,13 +124,17 @@ def _group_alive(pgid: int) -> bool:
         return True
 
 
-def _reap_children(grace: float = 10.0) -> None:
-    """Terminate any process this one started that is still running (flow-run subprocesses, Ray)."""
-    try:
-        import psutil
-    except ImportError:
-        return
-    kids = psutil.Process().children(recursive=True)
+def _reap_children(grace: float = 3.0, spare: Optional[int] = None) -> None:
+    """End every process this one started that is still running (flow-run subprocesses, their Ray and engines):
+    SIGTERM, then SIGKILL after `grace` seconds. `spare` is a process group left alone (the server, stopped last)."""
+    import psutil
+    kids = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if spare is None or os.getpgid(p.pid) != spare:
+                kids.append(p)
+        except (psutil.Error, ProcessLookupError):
+            pass
     for p in kids:
         try:
             p.terminate()
@@ -122,6 +146,80 @@ def _reap_children(grace: float = 10.0) -> None:
             p.kill()
         except psutil.Error:
             pass
+
+
+def stop_stale_server(home: Path, log: Log = print) -> bool:
+    """Stop a local server that an earlier `errata serve` of this PREFECT_HOME left running (its serve is gone).
+    True if one was stopped."""
+    import psutil
+    f = server_file(home)
+    try:
+        rec = json.loads(f.read_text())
+        serve_pid, server_pid = int(rec["pid"]), int(rec.get("server_pid") or 0)
+    except (OSError, ValueError, KeyError):
+        return False
+    if psutil.pid_exists(serve_pid) and serve_pid != os.getpid():
+        try:
+            if "errata" in " ".join(psutil.Process(serve_pid).cmdline()):
+                return False   # its serve still runs: not stale
+        except psutil.Error:
+            pass
+    stopped = False
+    if server_pid and psutil.pid_exists(server_pid):
+        try:
+            cmd = " ".join(psutil.Process(server_pid).cmdline())
+        except psutil.Error:
+            cmd = ""
+        if "prefect" in cmd and "server" in cmd:
+            log(f"stopping a Prefect server left by an earlier errata serve (pid {server_pid})")
+            for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 2.0)):
+                try:
+                    os.killpg(server_pid, sig)
+                except (ProcessLookupError, PermissionError):
+                    break
+                t0 = time.time()
+                while time.time() - t0 < wait and _group_alive(server_pid):
+                    time.sleep(0.2)
+                if not _group_alive(server_pid):
+                    break
+            stopped = True
+    try:
+        f.unlink()
+    except OSError:
+        pass
+    return stopped
+
+
+class _Shutdown:
+    """Ctrl-C / SIGTERM: end the runs in flight now, then let serve stop; after STOP_DEADLINE_S force the exit."""
+
+    def __init__(self, log: Log):
+        self.log = log
+        self.server: Optional[LocalServer] = None
+        self.sfile: Optional[Path] = None
+        self.started = threading.Event()
+
+    def __call__(self, signum, frame) -> None:
+        if not self.started.is_set():
+            self.started.set()
+            self.log("stopping: ending the runs in flight (their finished work stays; the next run resumes it)")
+            threading.Thread(target=self._watchdog, daemon=True).start()
+            spare = self.server.proc.pid if self.server and self.server.proc else None
+            threading.Thread(target=_reap_children, kwargs={"grace": 2.0, "spare": spare}, daemon=True).start()
+        raise KeyboardInterrupt
+
+    def _watchdog(self) -> None:
+        time.sleep(STOP_DEADLINE_S)
+        self.log(f"Prefect's shutdown did not finish within {STOP_DEADLINE_S:.0f} s: stopping everything now")
+        _reap_children(grace=0.5)
+        if self.server:
+            self.server.stop(grace=1.0)
+        if self.sfile is not None:
+            try:
+                self.sfile.unlink()
+            except OSError:
+                pass
+        os._exit(0)
 
 
 def serve(data: Optional[str] = None, repo_file: Optional[str | Path] = "default", host: str = "127.0.0.1",
@@ -139,14 +237,18 @@ def serve(data: Optional[str] = None, repo_file: Optional[str | Path] = "default
     server: Optional[LocalServer] = None
     sfile = server_file(home)
     own_url = False
-    # SIGTERM before the runner installs its own handler: exit through the finally below.
-    old = signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    shutdown = _Shutdown(log)
+    old = {s: signal.signal(s, shutdown) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         if not os.environ.get("PREFECT_API_URL"):
-            server = LocalServer(home, host, port).start(log=log)
+            stop_stale_server(home, log)
+            server = LocalServer(home, host, port)
+            shutdown.server, shutdown.sfile = server, sfile
+            server.start(log=log)
             os.environ["PREFECT_API_URL"] = server.url
             own_url = True
-            sfile.write_text(json.dumps({"url": server.url, "ui": server.ui_url, "pid": os.getpid()}))
+            sfile.write_text(json.dumps({"url": server.url, "ui": server.ui_url, "pid": os.getpid(),
+                                         "server_pid": server.proc.pid}))
         url = os.environ["PREFECT_API_URL"]
         from prefect.settings import PREFECT_API_URL, temporary_settings
         with temporary_settings(updates={PREFECT_API_URL: url}):
@@ -154,14 +256,16 @@ def serve(data: Optional[str] = None, repo_file: Optional[str | Path] = "default
             log(f"serving {len(specs)} schedule(s) against {url}; Prefect UI: {ui}; Ctrl-C stops")
             for s in specs:
                 log(f"  {s.name:<24} {s.what}, {s.when}{' (paused)' if s.paused else ''}")
-            _run(book, specs, poll_s, limit, log)
+            _run(book, specs, poll_s, limit, log, shutdown)
     except KeyboardInterrupt:
-        log("stopping")
+        if not shutdown.started.is_set():
+            log("stopping")
     finally:
-        signal.signal(signal.SIGTERM, old)
-        _reap_children()
+        for s, h in old.items():
+            signal.signal(s, h)
+        _reap_children(grace=2.0, spare=server.proc.pid if server and server.proc else None)
         if server:
-            server.stop()
+            server.stop(grace=4.0)
             log("local Prefect server stopped")
         if own_url:
             os.environ.pop("PREFECT_API_URL", None)
@@ -172,7 +276,7 @@ def serve(data: Optional[str] = None, repo_file: Optional[str | Path] = "default
     return 0
 
 
-def _run(book, specs, poll_s: float, limit: Optional[int], log: Log) -> None:
+def _run(book, specs, poll_s: float, limit: Optional[int], log: Log, on_signal: Callable) -> None:
     import asyncio
 
     from prefect.runner import Runner
@@ -181,6 +285,7 @@ def _run(book, specs, poll_s: float, limit: Optional[int], log: Log) -> None:
 
     async def main() -> None:
         runner = Runner(name="errata-serve", pause_on_shutdown=True, limit=limit)
+        runner.handle_sigterm = lambda *a, **k: on_signal(signal.SIGTERM, None)   # Runner installs it on start
         served: dict[str, object] = {}
         for s in specs:
             await runner.aadd_deployment(await ato_deployment(s))

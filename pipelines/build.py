@@ -1,38 +1,46 @@
-"""A build: recipe -> problems -> shards through the stages -> staging -> a new published version.
+"""A build: recipe -> inputs -> shards through the method's stages -> staging -> a new published version.
 
-`plan_build` validates everything (recipe, input files, a local engine model) before anything runs. Then the
-pending shards (those not finished by an earlier, crashed run) are executed in one of two ways, same output:
+`plan_build` validates everything before anything runs (recipe chain, input files, local engine models), then opens
+(or resumes) the staging area and writes each shard's inputs once. A `BuildSession` holds what lives for the whole
+build: Ray (when the runner is ray) and the engines, one per distinct engine setting, started once and shared by
+every stage of every shard. The pending work then runs in one of two ways, same output:
 
-- streaming (`execute_shards`, used by `run_build`/`build` and `errata build --no-prefect`): one Ray Data run in
-  which every shard flows through all stages and is written; verify/filter overlap generation.
-- stage by stage (`run_stage` for each stage, then `write_shards`; the Prefect flow's tasks): each stage runs over
-  all pending shards and checkpoints each shard's rows (`after-<stage>.pkl`), so a retried or rerun stage skips
-  the shards it already finished and a failure in a later stage never reruns an earlier one.
+- streaming (`execute`, used by `build` and `errata build --no-prefect`): per-shard stages run as one Ray Data run
+  (all stages of a shard flow through, later stages overlap earlier ones); a global stage runs between runs;
+- stage by stage (`run_stage` for each stage; the Prefect flow's tasks): each stage over every shard it has not
+  finished, so a retried or rerun stage skips finished shards and a failure never reruns an earlier stage.
 
+Either way each (shard, stage) output is a Parquet checkpoint in staging, so a crash loses at most in-flight work.
 `publish` turns the finished shards into a new immutable version.
 """
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import fcntl
+import logging
 import os
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
+from pipelines.catalog import Catalog
+from pipelines.chain import check_chain
 from pipelines.config import RecipeConfig, data_root
-from pipelines.runner import (CheckpointReader, CheckpointWriter, LocalRunner, RayRunner, ShardWriter, merge_stats,
-                              new_shard)
-from pipelines.storage import ShardResult, Store
+from pipelines.files import Root
+from pipelines.inputs import input_tables, load_inputs, shard_inputs
+from pipelines.methods import Method, get_method
+from pipelines.publish import publish as publish_version
+from pipelines.runner import LocalRunner, RayRunner, run_global_stage, start_ray
+from pipelines.staging import Staging
 from schemas.errors import StorageError
 from schemas.manifest import Manifest
-from schemas.rows import Attempt
-from stages.base import Stage
+from schemas.tables import ERRORS
+from stages.base import Stage, StageStats
 
 Log = Callable[[str], None]
+log = logging.getLogger("errata.build")
 
 
 def code_version() -> str:
@@ -54,38 +62,49 @@ def code_version() -> str:
     return v
 
 
-def make_stages(config: RecipeConfig, run_id: str, models_dir: str) -> list[Stage]:
-    """The stages of a sample_verify recipe: generate -> verify -> filter."""
-    from stages.filter import FilterStage
-    from stages.generate import GenerateStage
-    from stages.verify import VerifyStage
-    return [GenerateStage(config.engine, config.sampling, config.generate, models_dir=models_dir, run_id=run_id,
-                          method=config.method),
-            VerifyStage(config.verify),
-            FilterStage(config.filter)]
+def check_recipe(config: RecipeConfig) -> list[Stage]:
+    """The recipe's stages, after checking the chain (tables, columns, roles). No engine starts."""
+    method = get_method(config.method)
+    stages = method.make_stages(config)
+    check_chain(stages, input_tables(config.tasks), list(config.engines))
+    return stages
 
 
 def stage_names(config: RecipeConfig) -> list[str]:
-    """The recipe's stages in order (building stage objects is cheap: no engine or worker starts)."""
-    return [s.name for s in make_stages(config, "", "")]
+    return get_method(config.method).stage_names()
 
 
 @dataclass
 class BuildPlan:
     config: RecipeConfig
-    store: Store
-    build_key: str
+    root: Root
+    staging: Staging
     run_id: str
     resumed: bool
-    shards: list[tuple[int, list[dict]]]
-    done: list[int]
-    resumed_shards: int = 0   # shards an earlier run finished, or took through at least one stage
+    shard_ids: list[int]
+    inputs: dict[str, Any] = field(default_factory=dict)
+    parents: list[str] = field(default_factory=list)
+    input_tables: list[str] = field(default_factory=list)
+    resumed_shards: int = 0
     started: float = field(default_factory=time.time)
 
     @property
-    def pending(self) -> list[tuple[int, list[dict]]]:
-        done = set(self.done)
-        return [s for s in self.shards if s[0] not in done]
+    def method(self) -> Method:
+        return get_method(self.config.method)
+
+    @property
+    def catalog(self) -> Catalog:
+        return Catalog(self.root)
+
+    @property
+    def build_key(self) -> str:
+        return self.staging.build_key
+
+    def make_stages(self) -> list[Stage]:
+        return self.method.make_stages(self.config, self.run_id)
+
+    def pending(self, stage: str) -> list[int]:
+        return [s for s in self.shard_ids if not self.staging.done(s, stage)]
 
 
 @dataclass
@@ -98,186 +117,251 @@ class BuildResult:
 
 
 def plan_build(config: RecipeConfig, log: Log = print) -> BuildPlan:
-    """Validate inputs and open (or resume) the staging area. Raises InputError/ConfigError before any work."""
+    """Validate the recipe and its inputs, open (or resume) the staging area, write each shard's inputs once.
+    Raises ConfigError / InputError before anything is written."""
     from stages.engines.model_prep import check_model
-    from stages.tasks import load_problems
-    problems = load_problems(config.tasks, config.limit)
-    if config.engine.kind in ("vllm", "transformers") and not config.execution.ray_address:
-        check_model(config.engine.model)  # on a Ray cluster the workers' filesystem is what counts: not checked
-    store = Store(data_root(config))
-    build_key = f"b-{config.config_hash()}"
-    rec, resumed = store.open_build(config.dataset, build_key, config.model_dump(mode="json"))
+    check_recipe(config)
+    root = Root(data_root(config))
+    inputs = load_inputs(config.tasks, config.limit, root, config.env)
+    if not config.execution.ray_address:   # on a cluster the workers' filesystem is what counts: not checked
+        for role, eng in config.engines.items():
+            if eng.kind in ("vllm", "transformers"):
+                check_model(eng.model, field=f"engines.{role}.model")
+    staging = Staging(root, config.dataset, f"b-{config.config_hash()}")
+    rec, resumed = staging.open(config.model_dump(mode="json"))
     run_id = rec["run_id"]
+    import datetime as dt
     now = dt.datetime.now(dt.timezone.utc)
-    for p in problems:
-        p.update(run_id=run_id, method=config.method, created_at=now, parent_ids=list(p.get("parent_ids") or []))
-    size = config.execution.shard_size
-    shards = [(i, problems[i * size:(i + 1) * size]) for i in range((len(problems) + size - 1) // size)]
-    done = [sid for sid, _ in shards if store.shard_done(config.dataset, build_key, sid)]
-    partly = 0
+    for p in inputs.tables["problems"]:
+        if not p.get("run_id"):     # rows of a source version keep their own lineage
+            p.update(run_id=run_id, method=config.method, created_at=now, parent_ids=list(p.get("parent_ids") or []))
+    shards = shard_inputs(inputs, config.execution.shard_size)
+    for sid, tables in enumerate(shards):
+        if not staging.inputs_done(sid):
+            staging.write_inputs(sid, tables)
+    plan = BuildPlan(config, root, staging, run_id, resumed, list(range(len(shards))), inputs.describe,
+                     inputs.parents, inputs.names)
     if resumed:
         names = stage_names(config)
-        finished = set(done)
-        partly = sum(1 for sid, _ in shards if sid not in finished
-                     and store.last_checkpoint(config.dataset, build_key, sid, names) >= 0)
-        log(f"resuming {run_id}: {len(done)}/{len(shards)} shards already finished"
-            + (f", {partly} through some stages" if partly else ""))
-    return BuildPlan(config, store, build_key, run_id, resumed, shards, done, resumed_shards=len(done) + partly)
+        finished = [s for s in plan.shard_ids if names and staging.done(s, names[-1])]
+        partly = [s for s in plan.shard_ids if s not in finished and staging.last_done(s, names) >= 0]
+        plan.resumed_shards = len(finished) + len(partly)
+        log(f"resuming {run_id}: {len(finished)}/{len(shards)} shards already finished"
+            + (f", {len(partly)} through some stages" if partly else ""))
+    return plan
 
 
 @contextlib.contextmanager
 def build_lock(plan: BuildPlan) -> Iterator[None]:
     """One process at a time per staging area (local roots; object stores rely on the version claim)."""
-    if not plan.store.local:
+    path = plan.staging.lock_path()
+    if path is None:
         yield
         return
-    d = plan.store.staging_dir(plan.config.dataset, plan.build_key)
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, ".lock"), "w") as fh:
+    with open(path, "w") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise StorageError(f"another build of this recipe is running on {d}") from None
+            raise StorageError(f"another build of this recipe is running on {plan.staging.dir}") from None
         yield
 
 
-def make_runner(cfg: RecipeConfig) -> LocalRunner | RayRunner:
-    ex = cfg.execution
-    if ex.runner == "local":
-        return LocalRunner()
-    return RayRunner(address=ex.ray_address, num_cpus=ex.num_cpus, cpu_stage_concurrency=ex.cpu_stage_concurrency,
-                     engine_actors=cfg.engine.num_actors, engine_cpus=cfg.engine.num_cpus_per_actor,
-                     engine_gpus=cfg.engine.num_gpus_per_actor)
+# --- the session: Ray + engines for the build's life --------------------------------------------------------------
+class BuildSession:
+    """What lives for the whole build: the runner, Ray (started here unless already up), and the engines."""
+
+    def __init__(self, plan: BuildPlan, progress: bool = True):
+        self.plan = plan
+        self.progress = progress
+        self.ray_started = False
+        self.engines: Any = None
+        self.monitor: Any = None
+        self._announced: set[str] = set()
+        ex = plan.config.execution
+        self.local = ex.runner == "local"
+        self.runner = (LocalRunner(ex.shards_in_flight) if self.local
+                       else RayRunner(ex.shards_in_flight, ex.cpu_stage_concurrency))
+
+    def __enter__(self) -> "BuildSession":
+        cfg = self.plan.config
+        models_dir = self.plan.root.models_dir
+        if self.local:
+            from stages.engines.host import LocalEngines
+            self.engines = LocalEngines(dict(cfg.engines), models_dir)
+        else:
+            from pipelines.engines import RayEngines
+            need = sum(e.num_cpus_per_actor * e.num_actors for e in {e.key(): e for e in cfg.engines.values()}
+                       .values())
+            cpus = cfg.execution.num_cpus or max(os.cpu_count() or 1, int(need + 1.5))
+            self.ray_started = start_ray(cfg.execution.ray_address, cpus)
+            self.engines = RayEngines(dict(cfg.engines), models_dir, self.plan.run_id)
+        if self.progress:
+            from pipelines.progress import ProgressMonitor
+            self.monitor = ProgressMonitor(self.engines, self.plan).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if self.monitor is not None:
+                self.monitor.stop()
+            if self.engines is not None:
+                self.engines.stop()
+        finally:
+            if self.ray_started:
+                import ray
+                ray.shutdown()
+
+    def ensure_engines(self, stages: list[Stage]) -> None:
+        roles = sorted({s.role for s in stages if s.role})
+        if not roles:
+            return
+        for key, d in self.engines.start(roles).items():
+            if key in self._announced:
+                continue
+            self._announced.add(key)
+            dtype = f", {d['dtype']} ({d.get('dtype_reason', 'dtype set')})" if d.get("dtype") else ""
+            log.info("engine %s: %s %s%s, started in %s s", key, d.get("kind"), d.get("model"), dtype,
+                     (d.get("start_seconds") or ["?"])[-1])
+            if d.get("dtype_warning"):
+                log.warning(d["dtype_warning"])
+
+    def release_engines(self, still_needed: list[Stage]) -> None:
+        """Stop engines no stage still to run uses (frees their memory)."""
+        keep = {self.engines.role_keys[s.role] for s in still_needed if s.role}
+        drop = sorted(set(self.engines.running()) - keep)
+        if drop:
+            self.engines.stop(drop)
+
+    def provider(self) -> Any:
+        return self.engines if self.local else self.engines.refs()
+
+    def describe_engines(self) -> dict[str, dict]:
+        return self.engines.describe() if self.engines is not None else {}
 
 
-def _root(plan: BuildPlan) -> str:
-    return plan.store.root if plan.store.local else plan.store.root_url
+def _segments(stages: list[Stage]) -> list[list[Stage]]:
+    """Consecutive per-shard stages form one run; a global stage is a segment of its own."""
+    out: list[list[Stage]] = []
+    for st in stages:
+        if st.is_global or not out or out[-1][0].is_global:
+            out.append([st])
+        else:
+            out[-1].append(st)
+    return out
 
 
-def execute_shards(plan: BuildPlan, progress: bool = True, log: Log = print) -> list[ShardResult]:
-    """Streaming: run the pending shards through all stages and write them; return every shard's result
-    (finished earlier or now)."""
-    cfg = plan.config
-    results = [plan.store.read_shard(cfg.dataset, plan.build_key, sid) for sid in plan.done]
-    pending = plan.pending
-    if pending:
-        stages = make_stages(cfg, plan.run_id, plan.store.models_dir)
-        writer = ShardWriter(_root(plan), cfg.dataset, plan.build_key, Attempt)
-        bar = _progress(len(plan.shards), len(plan.done), progress)
-        for d in make_runner(cfg).run([new_shard(sid, probs) for sid, probs in pending], stages, writer,
-                                      progress=progress):
-            r = ShardResult(**d)
-            results.append(r)
-            plan.done.append(r.shard_id)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix_str(_postfix(r))
-        if bar is not None:
-            bar.close()
-    return results
+def _run_segment(session: BuildSession, segment: list[Stage], before: list[str], log: Log) -> None:
+    plan = session.plan
+    if segment[0].is_global:
+        t0 = time.time()
+        stats = run_global_stage(segment[0], plan.staging, plan.shard_ids, before)
+        log(f"{segment[0].name}: global, in {stats.get('in', 0)}, out {stats.get('out', 0)}"
+            + "".join(f", {k} {v}" for k, v in stats.items() if k.startswith("dropped_"))
+            + f" ({time.time() - t0:.1f} s)")
+        return
+    pending = plan.pending(segment[-1].name)
+    if not pending:
+        return
+    session.ensure_engines(segment)
+    for r in session.runner.run(pending, len(plan.shard_ids), segment, before, plan.staging, session.provider(),
+                                progress=session.progress):
+        if session.monitor is not None:
+            session.monitor.shard_done(r)
 
 
-def refresh_done(plan: BuildPlan) -> None:
-    """Re-read the shard markers (a retry or rerun must see what an earlier attempt finished)."""
-    cfg = plan.config
-    plan.done = [sid for sid, _ in plan.shards if plan.store.shard_done(cfg.dataset, plan.build_key, sid)]
+def execute(session: BuildSession, log: Log = print) -> None:
+    """Streaming: every pending shard through every stage (a Ray Data run per segment between global stages)."""
+    stages = session.plan.make_stages()
+    names = [s.name for s in stages]
+    done = 0
+    for seg in _segments(stages):
+        _run_segment(session, seg, names[:done], log)
+        done += len(seg)
+        session.release_engines(stages[done:])
 
 
-def run_stage(plan: BuildPlan, stage_name: str, progress: bool = True, log: Log = print) -> dict:
-    """Stage by stage: run one stage over every pending shard it has not finished yet, reading each shard from
-    the previous stage's checkpoint and writing its own. Returns {"stage", "shards_run", "shards_skipped",
-    "stats"} (stats merged over the shards run now)."""
-    cfg = plan.config
-    stages = make_stages(cfg, plan.run_id, plan.store.models_dir)
+def run_stage(session: BuildSession, stage_name: str, log: Log = print) -> dict:
+    """Stage by stage: one stage over every shard it has not finished, reading each shard's tables from the
+    earlier stages' checkpoints. Returns {"stage", "shards_run", "shards_skipped", "stats"}."""
+    plan = session.plan
+    stages = plan.make_stages()
     names = [s.name for s in stages]
     k = names.index(stage_name)
-    previous = names[k - 1] if k else None
-    refresh_done(plan)
-    todo, skipped = [], 0
-    for sid, probs in plan.pending:
-        last = plan.store.last_checkpoint(cfg.dataset, plan.build_key, sid, names)
-        if last >= k:
-            skipped += 1
-        elif last == k - 1:
-            todo.append(new_shard(sid, probs) if k == 0 else {"shard_id": sid})
-        else:
-            raise StorageError(f"shard {sid} of {cfg.dataset} has not been through stage '{previous}' "
-                               f"(staging {plan.store.shard_dir(cfg.dataset, plan.build_key, sid)})")
-    merged: dict[str, dict] = {}
+    stage = stages[k]
+    if k:
+        prev = stages[k - 1]
+        behind = ([] if plan.staging.global_done(prev.name) else list(plan.shard_ids)) if prev.is_global \
+            else [s for s in plan.shard_ids if not plan.staging.done(s, prev.name)]
+        if behind:
+            raise StorageError(f"shards {behind[:10]} of {plan.config.dataset} have not been through stage "
+                               f"'{prev.name}' (staging {plan.staging.dir})")
+    todo = ([] if plan.staging.global_done(stage_name) else list(plan.shard_ids)) if stage.is_global \
+        else plan.pending(stage_name)
+    t0 = time.time()
     if todo:
-        stage = stages[k]
-        sink = CheckpointWriter(_root(plan), cfg.dataset, plan.build_key, stage_name, previous)
-        source = CheckpointReader(_root(plan), cfg.dataset, plan.build_key, previous) if previous else None
-        results = list(make_runner(cfg).run(todo, [stage], sink, progress=progress, source=source))
-        merged = merge_stats([ShardResult(r["shard_id"], {}, r["stats"]) for r in results], [stage_name])
-    c = merged.get(stage_name, {})
-    log(f"{stage_name}: {len(todo)} shard(s) run, {skipped} already done; rows in {c.get('in', 0)}, "
-        f"out {c.get('out', 0)}, errors {c.get('errors', 0)}, {c.get('seconds', 0.0):.1f} s")
-    return {"stage": stage_name, "shards_run": len(todo), "shards_skipped": skipped,
-            "stats": merged.get(stage_name, {})}
+        _run_segment(session, [stage], names[:k], log)
+    session.release_engines(stages[k + 1:])
+    stats = merged_stats(plan, [stage_name], todo).get(stage_name, {})
+    log(f"{stage_name}: {len(todo)} shard(s) run, {len(plan.shard_ids) - len(todo)} already done; rows in "
+        f"{stats.get('in', 0)}, out {stats.get('out', 0)}, errors {stats.get('errors', 0)}"
+        + (f", {stats['tokens_per_s']} tok/s" if stats.get("tokens_per_s") else "")
+        + f", {time.time() - t0:.1f} s")
+    return {"stage": stage_name, "shards_run": len(todo), "shards_skipped": len(plan.shard_ids) - len(todo),
+            "stats": stats}
 
 
-def write_shards(plan: BuildPlan) -> list[ShardResult]:
-    """Stage by stage: write every pending shard's tables from its last checkpoint (then `_SUCCESS`); return
-    every shard's result."""
+def merged_stats(plan: BuildPlan, names: list[str], shard_ids: Optional[list[int]] = None) -> dict[str, dict]:
+    """Per-stage stats merged over shards (from each shard's checkpoint marker; a global stage's own counters
+    from its global marker)."""
+    out = {}
+    for name in names:
+        s = StageStats()
+        if plan.staging.global_done(name):
+            s.merge(StageStats.from_dict(plan.staging.global_marker(name).get("stats", {})))
+        for sid in plan.shard_ids if shard_ids is None else shard_ids:
+            if plan.staging.done(sid, name):
+                s.merge(StageStats.from_dict(plan.staging.marker(sid, name)["stats"]))
+        out[name] = s.as_dict()
+    return out
+
+
+def publish(plan: BuildPlan, engines: Optional[dict] = None) -> Manifest:
     cfg = plan.config
-    refresh_done(plan)
-    names = stage_names(cfg)
-    last = names[-1]
-    writer = ShardWriter(_root(plan), cfg.dataset, plan.build_key, Attempt)
-    written: dict[int, ShardResult] = {}
-    for sid, _ in plan.pending:
-        if plan.store.last_checkpoint(cfg.dataset, plan.build_key, sid, names) != len(names) - 1:
-            raise StorageError(f"cannot write shard {sid} of {cfg.dataset}: it has not been through every stage")
-        written[sid] = ShardResult(**writer(plan.store.read_checkpoint(cfg.dataset, plan.build_key, sid, last)))
-        plan.store.drop_checkpoint(cfg.dataset, plan.build_key, sid, last)
-        plan.done.append(sid)
-    return [written.get(sid) or plan.store.read_shard(cfg.dataset, plan.build_key, sid) for sid, _ in plan.shards]
-
-
-def _progress(total: int, done: int, on: bool):
-    if not on:
-        return None
-    from tqdm import tqdm
-    return tqdm(total=total, initial=done, desc="shards", unit="shard")
-
-
-def _postfix(r: ShardResult) -> str:
-    return " ".join(f"{k}:{v.get('in', 0)}>{v.get('out', 0)}" for k, v in r.stats.items())
-
-
-def publish(plan: BuildPlan, results: list[ShardResult]) -> Manifest:
-    cfg = plan.config
-    missing = sorted({sid for sid, _ in plan.shards} - {r.shard_id for r in results})
-    if missing:
-        raise StorageError(f"cannot publish: shards {missing[:10]} not finished")
-    order = stage_names(cfg)
-    stages = merge_stats(results, order + sorted({n for r in results for n in r.stats} - set(order)))
-    tokens = {"prompt": sum(s.get("prompt_tokens", 0) for s in stages.values()),
-              "completion": sum(s.get("completion_tokens", 0) for s in stages.values())}
-    describe = {}
-    with contextlib.suppress(Exception):
-        describe = {s.name: s.describe() for s in make_stages(cfg, plan.run_id, plan.store.models_dir)}
-    templates = {d["prompt_template"].split("@")[0]: d["prompt_template"].split("@")[-1]
-                 for d in describe.values() if isinstance(d, dict) and d.get("prompt_template")}
+    stages = plan.make_stages()
+    names = [s.name for s in stages]
+    stats = merged_stats(plan, names)
+    tokens = {"prompt": sum(s.get("prompt_tokens", 0) for s in stats.values()),
+              "completion": sum(s.get("completion_tokens", 0) for s in stats.values())}
+    templates: dict[str, str] = {}
+    for s in stages:
+        templates.update(s.templates())
+    tables = list(dict.fromkeys([*plan.input_tables, *[t for s in stages for t in s.writes]]))
+    unfinished = [s.name for s in stages if (not plan.staging.global_done(s.name) if s.is_global
+                                             else plan.pending(s.name))]
+    if unfinished:
+        raise StorageError(f"cannot publish {cfg.dataset}: stage(s) {unfinished} have not finished every shard")
     fields = dict(
-        run_id=plan.run_id, parents=[], method=cfg.method, recipe=cfg.model_dump(mode="json"),
-        recipe_hash=cfg.config_hash(), code_version=code_version(), models=describe,
-        prompt_templates=templates, stages=stages, tokens=tokens,
+        run_id=plan.run_id, parents=list(plan.parents), method=cfg.method, recipe=cfg.model_dump(mode="json"),
+        recipe_hash=cfg.config_hash(), code_version=code_version(), models={s.name: s.describe() for s in stages},
+        engines=engines or {}, prompt_templates=templates, stages=stats, tokens=tokens, inputs=plan.inputs,
         timings={"build_seconds": round(time.time() - plan.started, 3),
-                 **{f"{k}_seconds": v.get("seconds", 0.0) for k, v in stages.items()}},
-        shards={"total": len(plan.shards), "resumed": plan.resumed_shards})
-    return plan.store.publish(cfg.dataset, plan.build_key, results, fields)
+                 **{f"{k}_seconds": v.get("wall_seconds", v.get("seconds", 0.0)) for k, v in stats.items()}},
+        shards={"total": len(plan.shard_ids), "resumed": plan.resumed_shards})
+    shard_steps = [s.name for s in stages if not s.is_global or s.table]
+    return publish_version(plan.staging, plan.catalog, plan.shard_ids, shard_steps,
+                           [t for t in tables if t != ERRORS], fields, names)
 
 
 def run_build(plan: BuildPlan, progress: bool = True, log: Log = print) -> BuildResult:
     with build_lock(plan):
-        results = execute_shards(plan, progress=progress, log=log)
-        m = publish(plan, results)
-    return BuildResult(m, plan.store.version_dir(m.dataset, m.version), plan.resumed_shards,
-                       round(time.time() - plan.started, 3), plan.store.root_url)
+        with BuildSession(plan, progress) as session:
+            execute(session, log)
+            engines = session.describe_engines()
+        m = publish(plan, engines)
+    return BuildResult(m, plan.catalog.version_dir(m.dataset, m.version), plan.resumed_shards,
+                       round(time.time() - plan.started, 3), plan.root.root_url)
 
 
 def build(config: RecipeConfig, progress: bool = True, log: Log = print) -> BuildResult:
-    """Plan, execute and publish. A failure publishes nothing; finished shards stay for the rerun."""
+    """Plan, execute and publish. A failure publishes nothing; finished work stays for the rerun."""
     return run_build(plan_build(config, log=log), progress=progress, log=log)

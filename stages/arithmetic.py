@@ -2,11 +2,34 @@
 
 Each problem has a GSM8K-style gold solution: one step a line with the arithmetic written out, last line `#### N`.
 Templates span 1 (warm-up) to 5 steps; answers are non-negative integers.
+
+Structured gold steps. Every template also describes its steps as data (`GoldStep`): the operations, the
+operands and the result of the one calculation each step writes out ("a * b = c"). An operand is a number from
+the question (``question``), the result of an earlier step (``step``, with its 1-based index), or a number the
+question implies in words (``constant``, with a role: ``half`` for "half as old", ``count`` for "their three
+ages", ``percent`` for the 100 in a percentage). Operations apply left to right: ``ops=("*", "/")`` over
+``(price, pct, 100)`` is ``price * pct / 100``. The injector in stages/lemma/rules_injector.py uses this to
+make errors whose effect it can recompute exactly.
+
+How a row carries it: `builtin_problems` rows have a ``gold_steps_json`` field (a JSON list, see
+`GoldStep.to_dict`), exact because the generator writes it. A row read back from storage may have lost that
+field (the Problem schema does not list it yet), so `gold_steps(row)` falls back to `parse_gold_steps`, which
+rebuilds the structure from the row's question and gold solution text. That rebuild is arithmetically exact but
+can differ from the generator's in rare ties (an operand value that is both a question number and an earlier
+result; an implied constant that also appears in the question). A row cannot simply be regenerated: it does not
+record its seed, and each problem depends on the ones before it (duplicates are skipped).
+
+The question, solution text and ids of every seed are unchanged by this (tests/unit/test_arithmetic_structured.py
+compares them with hashes taken before).
 """
 from __future__ import annotations
 
 import random
-from typing import Callable, Optional
+import json
+import re
+from dataclasses import dataclass, replace
+from fractions import Fraction
+from typing import Any, Callable, Optional, Sequence
 
 from schemas.rows import make_id
 
@@ -24,11 +47,216 @@ _BAKED = [("cookies", "cups of flour"), ("muffins", "eggs"), ("pancakes", "cups 
           ("biscuits", "spoons of butter")]
 
 
+# --------------------------------------------------------------------------------------------- structured steps
+
+OPERAND_KINDS = ("question", "step", "constant")
+OPS = ("+", "-", "*", "/")
+
+
+@dataclass(frozen=True)
+class Operand:
+    """One number in a step's calculation. `step` is set for kind 'step'; `role` for kind 'constant'."""
+
+    kind: str
+    value: int
+    step: Optional[int] = None
+    role: Optional[str] = None
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "value": self.value, "step": self.step, "role": self.role}
+
+
+@dataclass(frozen=True)
+class GoldStep:
+    """A gold step: `text` (the solution line) writes out `expression` = operands joined by ops, '=', result."""
+
+    index: int
+    ops: tuple[str, ...]
+    operands: tuple[Operand, ...]
+    result: int
+    text: str
+
+    @property
+    def op(self) -> str:
+        """The step's operation: one of + - * /, or 'mixed' when it chains different ones."""
+        return self.ops[0] if len(set(self.ops)) == 1 else "mixed"
+
+    @property
+    def expression(self) -> str:
+        return render_expression(self.ops, [o.value for o in self.operands], self.result)
+
+    def to_dict(self) -> dict:
+        return {"index": self.index, "ops": list(self.ops), "operands": [o.to_dict() for o in self.operands],
+                "result": self.result, "text": self.text}
+
+    @staticmethod
+    def from_dict(d: dict) -> "GoldStep":
+        return GoldStep(index=int(d["index"]), ops=tuple(d["ops"]),
+                        operands=tuple(Operand(o["kind"], o["value"], o.get("step"), o.get("role"))
+                                       for o in d["operands"]),
+                        result=d["result"], text=d["text"])
+
+
+def apply_ops(ops: Sequence[str], values: Sequence[Any]) -> Fraction:
+    """Left-to-right value of values[0] ops[0] values[1] ... (exact; ZeroDivisionError on a division by 0)."""
+    if len(values) != len(ops) + 1 or not values:
+        raise ValueError(f"{len(ops)} ops need {len(ops) + 1} operands, got {len(values)}")
+    acc = Fraction(values[0])
+    for op, v in zip(ops, values[1:]):
+        v = Fraction(v)
+        if op == "+":
+            acc += v
+        elif op == "-":
+            acc -= v
+        elif op == "*":
+            acc *= v
+        elif op == "/":
+            acc /= v
+        else:
+            raise ValueError(f"unknown operation {op!r}")
+    return acc
+
+
+def render_expression(ops: Sequence[str], values: Sequence[Any], result: Any) -> str:
+    """'a * b = c', the way the gold solutions write a calculation."""
+    parts = [str(values[0])]
+    for op, v in zip(ops, values[1:]):
+        parts += [op, str(v)]
+    return " ".join(parts) + f" = {result}"
+
+
+def _q(v: int) -> Operand:
+    return Operand("question", v)
+
+
+def _k(v: int, role: str) -> Operand:
+    return Operand("constant", v, role=role)
+
+
+def _s(k: int) -> Operand:
+    return Operand("step", -1, step=k)  # value filled in by _gold
+
+
+def _gold(texts: list[str], *specs: tuple[str, list[Operand]]) -> list[GoldStep]:
+    """GoldSteps for a template's step lines; checks each one's arithmetic and that its text writes it out."""
+    assert len(texts) == len(specs)
+    out: list[GoldStep] = []
+    for i, (text, (ops_s, operands)) in enumerate(zip(texts, specs), 1):
+        ops = tuple(ops_s) * (len(operands) - 1) if len(ops_s) == 1 else tuple(ops_s)
+        filled = tuple(replace(o, value=out[o.step - 1].result) if o.kind == "step" else o for o in operands)
+        value = apply_ops(ops, [o.value for o in filled])
+        assert value.denominator == 1, (text, value)
+        step = GoldStep(i, ops, filled, int(value), text)
+        assert step.expression in text, (step.expression, text)
+        out.append(step)
+    return out
+
+
+_TemplateOut = tuple[str, list[str], int, list[GoldStep]]
+
+
+def gold_steps_to_json(steps: Sequence[GoldStep]) -> str:
+    return json.dumps([s.to_dict() for s in steps], separators=(",", ":"))
+
+
+def gold_steps_from_json(text: str) -> list[GoldStep]:
+    return [GoldStep.from_dict(d) for d in json.loads(text)]
+
+
+_EXPR = re.compile(r"(?<!\d)(?<!\d\.)(\d+(?: [-+*/] \d+)+) = (\d+)(?!\d|\.\d)")
+
+
+_NUM_IN_TEXT = re.compile(r"(?<!\d)(?<!\d\.)\d+(?!\d|\.\d)")
+# numbers a question implies in words: (value, the operation just before it, a cue in the question) -> role
+# ("after /": the number follows a '/'; "first *": the number opens a product)
+_IMPLIED = ((2, "after /", re.compile(r"\bhalf\b", re.IGNORECASE), "half"),
+            (100, "after /", re.compile(r"%"), "percent"),
+            (3, "first *", re.compile(r"\btheir three\b", re.IGNORECASE), "count"))
+
+
+def parse_gold_steps(question: str, solution: str) -> Optional[list[GoldStep]]:
+    """Rebuild structured steps from a built-in problem's question and gold solution text; None when a step line
+    does not write out exactly one calculation 'a op b ... = c' whose arithmetic holds.
+
+    An operand can be: a number the question implies in words (2 after '/' with "half", 100 after '/' with a
+    '%', 3 opening a product with "their three"), a number of the question, or the
+    result of an earlier step with that value; a number that is none of these is a constant without a role.
+    Of all readings in which every step but the last is used later, the first in that order of preference is
+    taken (a search over the few ambiguous operands)."""
+    if not solution:
+        return None
+    lines = [ln for ln in solution.split("\n") if ln.strip() and not ln.startswith("####")]
+    question = question or ""
+    in_question = {int(n) for n in _NUM_IN_TEXT.findall(question)}
+    parsed: list[tuple[str, tuple[str, ...], list[int], int]] = []
+    for line in lines:
+        found = _EXPR.findall(line)
+        if len(found) != 1:
+            return None
+        expr, res = found[0]
+        toks = expr.split(" ")
+        values, ops = [int(t) for t in toks[0::2]], tuple(toks[1::2])
+        try:
+            if apply_ops(ops, values) != int(res):
+                return None
+        except ZeroDivisionError:
+            return None
+        parsed.append((line, ops, values, int(res)))
+    if not parsed:
+        return None
+    results = [r for _, _, _, r in parsed]
+    # the readings of each operand, most preferred first
+    slots: list[list[Operand]] = []
+    for i, (_, ops, values, _) in enumerate(parsed):
+        for pos, v in enumerate(values):
+            where = f"after {ops[pos - 1]}" if pos else f"first {ops[0]}"
+            implied = next((role for val, at, cue, role in _IMPLIED
+                            if v == val and at == where and cue.search(question)), None)
+            options = [Operand("constant", v, role=implied)] if implied else []
+            if v in in_question:
+                options.append(Operand("question", v))
+            options += [Operand("step", v, step=j + 1) for j in range(i) if results[j] == v]
+            slots.append(options or [Operand("constant", v)])
+    n_steps = len(parsed)
+    chosen: list[Operand] = []
+
+    def search(k: int) -> bool:
+        if k == len(slots):
+            used = {o.step for o in chosen if o.kind == "step"}
+            return all(j in used for j in range(1, n_steps))
+        for option in slots[k]:
+            chosen.append(option)
+            if search(k + 1):
+                return True
+            chosen.pop()
+        return False
+
+    if not search(0):  # no reading uses every step: take the first choices
+        chosen = [options[0] for options in slots]
+    out: list[GoldStep] = []
+    k = 0
+    for i, (line, ops, values, res) in enumerate(parsed, 1):
+        out.append(GoldStep(i, ops, tuple(chosen[k:k + len(values)]), res, line))
+        k += len(values)
+    return out
+
+
+def gold_steps(problem_row: dict) -> Optional[list[GoldStep]]:
+    """The structured gold steps of a built-in problem row: its `gold_steps_json` when present (exact), else
+    rebuilt from its question and reference_solution (`parse_gold_steps`); None when neither works."""
+    js = problem_row.get("gold_steps_json")
+    if js:
+        return gold_steps_from_json(js)
+    return parse_gold_steps(problem_row.get("question") or "", problem_row.get("reference_solution") or "")
+
+
+# --------------------------------------------------------------------------------------------- templates
+
 def _pick_names(rng: random.Random, k: int) -> list[str]:
     return rng.sample(_NAMES, k)
 
 
-def _t_shopping(rng: random.Random) -> tuple[str, list[str], int]:
+def _t_shopping(rng: random.Random) -> _TemplateOut:
     a = _pick_names(rng, 1)[0]
     (i1, i1s), (i2, i2s) = rng.sample(_ITEMS, 2)
     n1, p1 = rng.randint(2, 9), rng.randint(2, 12)
@@ -41,7 +269,8 @@ def _t_shopping(rng: random.Random) -> tuple[str, list[str], int]:
         steps = [f"The {i1s} cost {n1} * {p1} = {c1} dollars.",
                  f"The {i2s} cost {n2} * {p2} = {c2} dollars.",
                  f"In total {a} spends {c1} + {c2} = {total} dollars."]
-        return q, steps, total
+        return q, steps, total, _gold(steps, ("*", [_q(n1), _q(p1)]), ("*", [_q(n2), _q(p2)]),
+                                      ("+", [_s(1), _s(2)]))
     bill = next(x for x in (20, 50, 100, 200, 500) if x > total)
     change = bill - total
     q = (f"{a} buys {n1} {i1s} at ${p1} each and {n2} {i2s} at ${p2} each, and pays with a ${bill} bill. "
@@ -50,10 +279,11 @@ def _t_shopping(rng: random.Random) -> tuple[str, list[str], int]:
              f"The {i2s} cost {n2} * {p2} = {c2} dollars.",
              f"Together they cost {c1} + {c2} = {total} dollars.",
              f"The change is {bill} - {total} = {change} dollars."]
-    return q, steps, change
+    return q, steps, change, _gold(steps, ("*", [_q(n1), _q(p1)]), ("*", [_q(n2), _q(p2)]), ("+", [_s(1), _s(2)]),
+                                   ("-", [_q(bill), _s(3)]))
 
 
-def _t_sharing(rng: random.Random) -> tuple[str, list[str], int]:
+def _t_sharing(rng: random.Random) -> _TemplateOut:
     a = _pick_names(rng, 1)[0]
     thing = rng.choice(_SWEETS)
     k = rng.randint(2, 8)
@@ -67,10 +297,11 @@ def _t_sharing(rng: random.Random) -> tuple[str, list[str], int]:
     steps = [f"The packs hold {packs} * {per_pack} = {bought} {thing}.",
              f"{a} then has {have} + {bought} = {total} {thing}.",
              f"Each friend gets {total} / {k} = {each} {thing}."]
-    return q, steps, each
+    return q, steps, each, _gold(steps, ("*", [_q(packs), _q(per_pack)]), ("+", [_q(have), _s(1)]),
+                                 ("/", [_s(2), _q(k)]))
 
 
-def _t_rates(rng: random.Random) -> tuple[str, list[str], int]:
+def _t_rates(rng: random.Random) -> _TemplateOut:
     a = _pick_names(rng, 1)[0]
     prod = rng.choice(_PRODUCTS)
     r, h, d = rng.randint(2, 12), rng.randint(2, 9), rng.randint(2, 7)
@@ -81,7 +312,7 @@ def _t_rates(rng: random.Random) -> tuple[str, list[str], int]:
              f"in {d} days?")
         steps = [f"Each day {a} makes {r} * {h} = {per_day} {prod}.",
                  f"In {d} days {a} makes {per_day} * {d} = {made} {prod}."]
-        return q, steps, made
+        return q, steps, made, _gold(steps, ("*", [_q(r), _q(h)]), ("*", [_s(1), _q(d)]))
     bad = rng.randint(1, max(1, made // 4))
     price = rng.randint(2, 9)
     good = made - bad
@@ -92,10 +323,11 @@ def _t_rates(rng: random.Random) -> tuple[str, list[str], int]:
              f"Over {d} days that is {per_day} * {d} = {made} {prod}.",
              f"After {bad} break, {made} - {bad} = {good} are left.",
              f"Selling them earns {good} * {price} = {money} dollars."]
-    return q, steps, money
+    return q, steps, money, _gold(steps, ("*", [_q(r), _q(h)]), ("*", [_s(1), _q(d)]), ("-", [_s(2), _q(bad)]),
+                                  ("*", [_s(3), _q(price)]))
 
 
-def _t_savings(rng: random.Random) -> tuple[str, list[str], int]:
+def _t_savings(rng: random.Random) -> _TemplateOut:
     a = _pick_names(rng, 1)[0]
     item = rng.choice(["bike", "guitar", "tablet", "tent", "telescope", "skateboard"])
     allowance = rng.randint(8, 40)
@@ -110,10 +342,11 @@ def _t_savings(rng: random.Random) -> tuple[str, list[str], int]:
     steps = [f"{a} saves {allowance} - {spend} = {save} dollars a week.",
              f"{a} still needs {price} - {have} = {need} dollars.",
              f"That takes {need} / {save} = {weeks} weeks."]
-    return q, steps, weeks
+    return q, steps, weeks, _gold(steps, ("-", [_q(allowance), _q(spend)]), ("-", [_q(price), _q(have)]),
+                                  ("/", [_s(2), _s(1)]))
 
 
-def _t_comparison(rng: random.Random) -> tuple[str, list[str], int]:
+def _t_comparison(rng: random.Random) -> _TemplateOut:
     a, b, c = _pick_names(rng, 3)
     _, things = rng.choice(_ITEMS)
     x, k = rng.randint(3, 25), rng.randint(2, 5)
@@ -126,10 +359,11 @@ def _t_comparison(rng: random.Random) -> tuple[str, list[str], int]:
     steps = [f"{b} has {x} * {k} = {bx} {things}.",
              f"{c} has {bx} - {m} = {cx} {things}.",
              f"Together they have {x} + {bx} + {cx} = {total} {things}."]
-    return q, steps, total
+    return q, steps, total, _gold(steps, ("*", [_q(x), _q(k)]), ("-", [_s(1), _q(m)]),
+                                  ("++", [_q(x), _s(1), _s(2)]))
 
 
-def _t_travel(rng: random.Random) -> tuple[str, list[str], int]:
+def _t_travel(rng: random.Random) -> _TemplateOut:
     a = _pick_names(rng, 1)[0]
     veh = rng.choice(_VEHICLES)
     v1, h1 = rng.randint(20, 70), rng.randint(1, 5)
@@ -142,7 +376,8 @@ def _t_travel(rng: random.Random) -> tuple[str, list[str], int]:
         steps = [f"The first part is {v1} * {h1} = {d1} miles.",
                  f"The second part is {v2} * {h2} = {d2} miles.",
                  f"In all {a} travels {d1} + {d2} = {total} miles."]
-        return q, steps, total
+        return q, steps, total, _gold(steps, ("*", [_q(v1), _q(h1)]), ("*", [_q(v2), _q(h2)]),
+                                      ("+", [_s(1), _s(2)]))
     lo, hi = sorted((d1, d2))
     diff = hi - lo
     q = (f"{a} drives a {veh} at {v1} miles per hour for {h1} hours on Monday and at {v2} miles per hour for "
@@ -150,10 +385,11 @@ def _t_travel(rng: random.Random) -> tuple[str, list[str], int]:
     steps = [f"On Monday {a} drives {v1} * {h1} = {d1} miles.",
              f"On Tuesday {a} drives {v2} * {h2} = {d2} miles.",
              f"The difference is {hi} - {lo} = {diff} miles."]
-    return q, steps, diff
+    hi_lo = [_s(1), _s(2)] if d1 > d2 else [_s(2), _s(1)]
+    return q, steps, diff, _gold(steps, ("*", [_q(v1), _q(h1)]), ("*", [_q(v2), _q(h2)]), ("-", hi_lo))
 
 
-def _t_recipe(rng: random.Random) -> tuple[str, list[str], int]:
+def _t_recipe(rng: random.Random) -> _TemplateOut:
     a = _pick_names(rng, 1)[0]
     food, ingr = rng.choice(_BAKED)
     per_batch, ingr_per = rng.randint(6, 24), rng.randint(2, 6)
@@ -167,10 +403,11 @@ def _t_recipe(rng: random.Random) -> tuple[str, list[str], int]:
     steps = [f"{a} needs {want} / {per_batch} = {batches} batches.",
              f"That uses {batches} * {ingr_per} = {needed} {ingr}.",
              f"{a} needs {needed} - {has} = {more} more {ingr}."]
-    return q, steps, more
+    return q, steps, more, _gold(steps, ("/", [_q(want), _q(per_batch)]), ("*", [_s(1), _q(ingr_per)]),
+                                 ("-", [_s(2), _q(has)]))
 
 
-def _t_ages(rng: random.Random) -> tuple[str, list[str], int]:
+def _t_ages(rng: random.Random) -> _TemplateOut:
     a, b, c = _pick_names(rng, 3)
     x = rng.randint(4, 30)
     y = rng.randint(2, 20)
@@ -190,10 +427,12 @@ def _t_ages(rng: random.Random) -> tuple[str, list[str], int]:
              f"Their ages now add up to {x} + {bx} + {cx} = {now} years.",
              f"In {n} years each is {n} years older, which adds 3 * {n} = {later} years.",
              f"The sum will be {now} + {later} = {total} years."]
-    return q, steps, total
+    return q, steps, total, _gold(steps, ("+", [_q(x), _q(y)]), ("/", [_s(1), _k(2, "half")]),
+                                  ("++", [_q(x), _s(1), _s(2)]), ("*", [_k(3, "count"), _q(n)]),
+                                  ("+", [_s(3), _s(4)]))
 
 
-def _t_discount(rng: random.Random) -> tuple[str, list[str], int]:
+def _t_discount(rng: random.Random) -> _TemplateOut:
     a = _pick_names(rng, 1)[0]
     _, things = rng.choice(_ITEMS)
     pct = rng.choice([10, 20, 25, 50])
@@ -208,10 +447,11 @@ def _t_discount(rng: random.Random) -> tuple[str, list[str], int]:
     steps = [f"The discount is {price} * {pct} / 100 = {off} dollars.",
              f"Each costs {price} - {off} = {new} dollars in the sale.",
              f"{qty} of them cost {new} * {qty} = {total} dollars."]
-    return q, steps, total
+    return q, steps, total, _gold(steps, ("*/", [_q(price), _q(pct), _k(100, "percent")]), ("-", [_q(price), _s(1)]),
+                                  ("*", [_s(2), _q(qty)]))
 
 
-def _t_one_step(rng: random.Random) -> tuple[str, list[str], int]:
+def _t_one_step(rng: random.Random) -> _TemplateOut:
     """Warm-up problems: one operation (small models get some right, so a demo has both right and wrong)."""
     a = _pick_names(rng, 1)[0]
     _, items = rng.choice(_ITEMS)
@@ -219,18 +459,21 @@ def _t_one_step(rng: random.Random) -> tuple[str, list[str], int]:
     if kind == 0:
         x, y = rng.randint(2, 30), rng.randint(2, 30)
         q = f"{a} has {x} {items} and gets {y} more. How many {items} does {a} have now?"
-        return q, [f"{a} has {x} + {y} = {x + y} {items}."], x + y
+        steps = [f"{a} has {x} + {y} = {x + y} {items}."]
+        return q, steps, x + y, _gold(steps, ("+", [_q(x), _q(y)]))
     if kind == 1:
         x = rng.randint(10, 40)
         y = rng.randint(1, x - 1)
         q = f"{a} has {x} {items} and gives away {y}. How many {items} does {a} have left?"
-        return q, [f"{a} has {x} - {y} = {x - y} {items} left."], x - y
+        steps = [f"{a} has {x} - {y} = {x - y} {items} left."]
+        return q, steps, x - y, _gold(steps, ("-", [_q(x), _q(y)]))
     x, y = rng.randint(2, 9), rng.randint(2, 9)
     q = f"{a} has {x} boxes with {y} {items} in each box. How many {items} does {a} have?"
-    return q, [f"{a} has {x} * {y} = {x * y} {items}."], x * y
+    steps = [f"{a} has {x} * {y} = {x * y} {items}."]
+    return q, steps, x * y, _gold(steps, ("*", [_q(x), _q(y)]))
 
 
-_TEMPLATES: list[Callable[[random.Random], tuple[str, list[str], int]]] = [
+_TEMPLATES: list[Callable[[random.Random], _TemplateOut]] = [
     _t_shopping, _t_sharing, _t_rates, _t_savings, _t_comparison, _t_travel, _t_recipe, _t_ages, _t_discount,
     _t_one_step]
 
@@ -247,7 +490,7 @@ def builtin_problems(count: int, seed: int, split: str = "train", max_steps: Opt
         for attempt in range(1000):
             rng = random.Random(f"errata-builtin:{seed}:{index}:{attempt}")
             template = _TEMPLATES[rng.randrange(len(_TEMPLATES))]
-            question, steps, answer = template(rng)
+            question, steps, answer, gold = template(rng)
             if question not in seen and (max_steps is None or len(steps) <= max_steps):
                 break
         else:  # pragma: no cover - the space of problems is far larger than any count we use
@@ -267,5 +510,6 @@ def builtin_problems(count: int, seed: int, split: str = "train", max_steps: Opt
             "env": None,
             "env_config_json": None,
             "parent_ids": [],
+            "gold_steps_json": gold_steps_to_json(gold),
         })
     return rows

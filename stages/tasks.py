@@ -1,7 +1,11 @@
 """Task sources: where problems come from.
 
 - `builtin_problems(count, seed)` (stages/arithmetic.py): seeded arithmetic word problems with gold solutions.
-- `load_problems(config)`: dispatch on `TaskSourceConfig.kind`: builtin, jsonl, parquet, hf (`datasets`).
+- `load_problems(config)`: dispatch on `TaskSourceConfig.kind`: builtin, jsonl, parquet, hf (`datasets`), env.
+- `env_problems(spec, split, count, seed)`: the tasks of an agent environment (the recipe's `env:` section) as
+  problems rows: `question` is the task instruction, `env` the env kind, `env_config_json` the env spec and the
+  task (stages/envs/spec.py); the reference fields are empty (an env checks success itself).
+  (`version`, a published dataset version as input, is read by pipelines/inputs.py: it needs the catalog.)
 
 Files are GSM8K-style (`question`, `answer` ending in `#### N`) or MATH-style (`problem`, `solution` ending in a
 `\\boxed{}`, optional `answer`); fields are auto-detected or named in the config. Input is validated in full
@@ -12,14 +16,44 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Iterable, Iterator, Literal, Optional
+
+from pydantic import Field
 
 from schemas.errors import InputError
 from schemas.rows import make_id
 from stages.answers import reference_answer_from_solution
 from stages.arithmetic import BUILTIN_SOURCE, builtin_problems
+from stages.options import Options
 
-__all__ = ["builtin_problems", "load_problems", "problems_from_records", "BUILTIN_SOURCE"]
+__all__ = ["builtin_problems", "load_problems", "problems_from_records", "BUILTIN_SOURCE", "TaskSourceConfig"]
+
+
+class TaskSourceConfig(Options):
+    kind: Literal["builtin", "jsonl", "parquet", "hf", "version", "env"] = Field(
+        "builtin", description="builtin: seeded arithmetic word problems; jsonl/parquet: GSM8K/MATH-style file; "
+                               "hf: a `datasets` dataset (local path, or hub id when online); version: rows of a "
+                               "published errata version (with their problems); env: the tasks of the recipe's "
+                               "agent environment (`env:` section)")
+    path: Optional[str] = Field(None, description="file path (jsonl/parquet) or dataset path/hub id (hf)")
+    split: str = Field("train", description="split name recorded on problems (and loaded, for hf and env)")
+    count: int = Field(64, ge=1, description="builtin/env: how many problems (tasks) to make")
+    seed: int = Field(0, description="builtin/env: generator seed (same seed, same problems; env: 0 = the "
+                                     "split's first tasks, else tasks drawn by it)")
+    max_steps: Optional[int] = Field(None, ge=1, description="builtin: only problems whose gold solution has at "
+                                                             "most this many steps (1 = one-operation warm-ups)")
+    question_field: Optional[str] = Field(None, description="field holding the question; auto: question|problem")
+    answer_field: Optional[str] = Field(
+        None, description="field holding the final answer or a solution ending in '#### N' / \\boxed{}; "
+                          "auto: answer")
+    solution_field: Optional[str] = Field(None, description="field holding the worked solution; auto: "
+                                                            "solution, else the answer field")
+    id_field: Optional[str] = Field(None, description="field holding a source id; default: line/row number")
+    ref: Optional[str] = Field(None, description="version: DATASET (latest) or DATASET@N to read from")
+    table: str = Field("problems", description="version: the table whose rows feed the recipe (their problems "
+                                               "come along)")
+    where: Optional[str] = Field(None, description="version: a read-only SQL condition on that table's rows, "
+                                                   "e.g. \"is_correct = false\"")
 
 # ---------------------------------------------------------------------------------------------------------------
 # File and dataset sources
@@ -233,9 +267,29 @@ def _load_hf(config, limit: Optional[int]) -> list[dict]:
     return problems_from_records(records, config, source=source, path=path, where="row", limit=limit)
 
 
-def load_problems(config, limit: Optional[int] = None) -> list[dict]:
-    """Problems of a task source (`TaskSourceConfig`), at most `limit`. Raises InputError on bad input."""
+def env_problems(spec, split: str, count: int, seed: int = 0) -> list[dict]:
+    """`count` tasks of `split` of the env `spec` (an EnvSpec) as problems rows. ConfigError on a bad env spec."""
+    from stages.envs.spec import task_record
+    d = spec.as_dict()
+    source = f"env:{spec.kind}" + (f":{spec.class_path}" if spec.class_path else "")
+    out = []
+    for i, task in enumerate(spec.tasks(split, count, seed)):
+        record = task_record(d, task)
+        out.append({"problem_id": make_id(record, prefix="p-"), "source": source, "split": task.split,
+                    "source_index": i, "question": task.instruction, "reference_solution": None,
+                    "reference_answer": "", "env": spec.kind, "env_config_json": record, "parent_ids": []})
+    return out
+
+
+def load_problems(config, limit: Optional[int] = None, env=None) -> list[dict]:
+    """Problems of a task source (`TaskSourceConfig`), at most `limit`; `env` (an EnvSpec) for kind env.
+    Raises InputError on bad input."""
     kind = config.kind
+    if kind == "env":
+        if env is None:
+            raise InputError("tasks.kind=env needs the recipe's `env:` section", field="env")
+        n = config.count if limit is None else min(config.count, limit)
+        return env_problems(env, config.split, n, config.seed)
     if kind == "builtin":
         n = config.count if limit is None else min(config.count, limit)
         return builtin_problems(n, config.seed, config.split, config.max_steps)

@@ -1,11 +1,13 @@
-"""Verify stage: parse each completion's final answer and check it against the reference with math-verify.
+"""Verify stage: parse each attempt's final answer and check it against its problem's reference with math-verify.
 
-Row outcomes (output columns final_answer, answer_parse_ok, is_correct, reward, verifier):
+A MapStage over `attempts` that also reads `problems` (for the reference answer). Row outcomes (columns
+final_answer, answer_parse_ok, is_correct, reward, verifier):
 - an answer was found (`stages.answers.extract_answer`) and checked: answer_parse_ok=True, is_correct True/False,
   reward 1.0/0.0, verifier='math_verify';
-- no answer found: final_answer=None, answer_parse_ok=False, is_correct=None, reward=None, verifier=None.
+- no answer found: final_answer=None, answer_parse_ok=False, is_correct=None, reward=None (verifier is set on every
+  row this stage looked at, so `verifier IS NULL` means "not verified yet").
   Unparseable never silently counts as wrong: the filter stage drops these with reason `no_answer`;
-- the check ran past `VerifyConfig.timeout_s`: an error row, reason `checker_timeout` (the row is kept as data);
+- the check ran past `VerifyConfig.timeout_s`: an `errors` record, reason `checker_timeout` (the row is kept as data);
   the check raised: reason `checker_error`; the checker process died: reason `checker_crashed`;
   no reference answer on the row: reason `no_reference`.
 
@@ -29,9 +31,11 @@ import threading
 import weakref
 from typing import Any, Callable, Optional
 
-from schemas.errors import RowError
+from pydantic import Field
+
 from stages.answers import extract_answer, normalize_number
-from stages.base import Stage, StageStats, mark_error
+from stages.base import Failed, MapStage, StageStats
+from stages.options import Options
 
 __all__ = ["VerifyStage", "math_verify_check", "CheckWorker"]
 
@@ -200,18 +204,27 @@ class CheckWorker:
 _REASONS = {"timeout": "checker_timeout", "error": "checker_error", "crashed": "checker_crashed"}
 
 
-class VerifyStage(Stage):
+class VerifyConfig(Options):
+    timeout_s: float = Field(5.0, gt=0, description="per-check timeout; a check over it becomes an error row "
+                                                     "(reason checker_timeout)")
+    only_unverified: bool = Field(False, description="check only rows no verifier has looked at yet (a second "
+                                                     "verify after a stage that added rows)")
+
+
+class VerifyStage(MapStage):
     """Checks final answers against reference answers; see the module doc for the row outcomes."""
 
-    name = "verify"
-    input_columns = ("completion", "reference_answer")
-    output_columns = ("final_answer", "answer_parse_ok", "is_correct", "reward", "verifier")
+    kind = "verify"
+    description = "parse each final answer and check it against the reference (math-verify, per-check timeout)"
+    config_class = VerifyConfig
+    table = "attempts"
+    reads = {"attempts": ("attempt_id", "problem_id", "completion"), "problems": ("problem_id", "reference_answer")}
+    text_column = "completion"
 
-    def __init__(self, config=None, check_fn: Optional[CheckFn] = None, verifier_name: str = "math_verify"):
-        if config is None:
-            from pipelines.config import VerifyConfig  # config models only; no Ray/Prefect
-            config = VerifyConfig()
-        self.config = config
+    def __init__(self, config=None, name=None, context=None, check_fn: Optional[CheckFn] = None,
+                 verifier_name: str = "math_verify"):
+        from stages.base import StageContext
+        super().__init__(config, name, context or StageContext())
         self.check_fn = check_fn or math_verify_check
         self.verifier_name = verifier_name
         self._worker: Optional[CheckWorker] = None
@@ -225,7 +238,7 @@ class VerifyStage(Stage):
     def worker(self) -> Optional[CheckWorker]:
         return self._worker
 
-    def setup(self) -> None:
+    def setup(self, engines=None) -> None:
         if self._worker is None:
             w = CheckWorker(self.check_fn)
             w.start()
@@ -243,39 +256,43 @@ class VerifyStage(Stage):
         except Exception:  # pragma: no cover
             mv = None
         fn = self.check_fn
-        return {"verifier": self.verifier_name, "math_verify_version": mv, "timeout_s": self.config.timeout_s,
-                "check": f"{fn.__module__}.{getattr(fn, '__qualname__', repr(fn))}"}
+        return {**super().describe(), "verifier": self.verifier_name, "math_verify_version": mv,
+                "timeout_s": self.config.timeout_s, "check": f"{fn.__module__}.{getattr(fn, '__qualname__', repr(fn))}"}
 
-    def process_live(self, rows: list[dict], stats: StageStats) -> list[dict]:
-        out: list[dict] = []
+    def check_answers(self, items: list[tuple[int, str, str]]) -> dict[int, tuple[str, Any]]:
+        """Run (index, answer, reference) checks in the worker process; index -> (kind, value)."""
+        if self._worker is None:
+            self.setup()
+        return self._worker.run(items, self.config.timeout_s)
+
+    def process(self, rows, tables, stats: StageStats, shard):
+        refs = {p["problem_id"]: p.get("reference_answer") for p in tables.get("problems", [])}
+        out: list[dict | Failed] = []
         items: list[tuple[int, str, str]] = []
         for i, row in enumerate(rows):
+            if self.config.only_unverified and row.get("verifier"):
+                stats.count("already_verified")
+                out.append(row)
+                continue
             r = dict(row)
-            ref = r.get("reference_answer")
+            ref = refs.get(r.get("problem_id"))
             ref = str(ref).strip() if ref is not None else ""
             if not ref:
-                out.append(mark_error(r, self.name, RowError("no_reference", "the row has no reference answer")))
-                stats.error("no_reference")
+                out.append(Failed("no_reference", "the row's problem has no reference answer"))
                 continue
-            ans = extract_answer(r.get("completion") or "")
-            if ans is None:
-                r.update(final_answer=None, answer_parse_ok=False, is_correct=None, reward=None, verifier=None)
-            else:
-                r.update(final_answer=str(ans), answer_parse_ok=True, is_correct=None, reward=None,
-                         verifier=None)
+            ans = extract_answer(r.get(self.text_column) or "")
+            r.update(final_answer=None if ans is None else str(ans), answer_parse_ok=ans is not None,
+                     is_correct=None, reward=None, verifier=self.verifier_name)
+            if ans is not None:
                 items.append((i, str(ans), ref))
             out.append(r)
         if items:
-            if self._worker is None:
-                self.setup()
-            results = self._worker.run(items, self.config.timeout_s)
+            results = self.check_answers(items)
             for i, answer, ref in items:
                 kind, value = results[i]
                 if kind == "ok":
                     out[i].update(is_correct=value, reward=1.0 if value else 0.0, verifier=self.verifier_name)
                 else:
-                    reason = _REASONS.get(kind, "checker_error")
                     raw = json.dumps({"final_answer": answer, "reference_answer": ref})
-                    out[i] = mark_error(out[i], self.name, RowError(reason, str(value), raw=raw))
-                    stats.error(reason)
+                    out[i] = Failed(_REASONS.get(kind, "checker_error"), str(value), raw_input=raw)
         return out

@@ -1,6 +1,5 @@
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -42,13 +41,18 @@ def fake_recipe(tmp_path, data_root):
 
     def make(n: int = 6, runner: str = "local", script: str = "mixed", **over):
         f = write_gsm8k_style(tmp_path / "tasks.jsonl", n)
-        d = {"dataset": over.pop("dataset", "fake"), "method": "sample_verify",
+        d = {"dataset": over.pop("dataset", "fake"), "method": over.pop("method", "sample_verify"),
              "tasks": {"kind": "jsonl", "path": str(f)},
-             "engine": {"kind": "fake", "fake_script": script},
-             "sampling": {"n": over.pop("n_samples", 2), "max_tokens": 64},
-             "execution": {"runner": runner, "shard_size": over.pop("shard_size", 2)},
+             "engines": {"student": {"kind": "fake", "fake_script": script}},
+             "generate": {"n": over.pop("n_samples", 2), "max_tokens": 64},
+             "execution": {"runner": runner, "shard_size": over.pop("shard_size", 2),
+                           "shards_in_flight": over.pop("shards_in_flight", 1)},
              "storage": {"root": str(data_root)}}
-        d.update(over)
+        for k, v in over.items():
+            if isinstance(v, dict) and isinstance(d.get(k), dict):
+                d[k] = {**d[k], **v}
+            else:
+                d[k] = v
         return validate_recipe(d)
     return make
 

@@ -1,17 +1,14 @@
-"""LLM engines behind one async interface (see base.py). `make_engine` imports each kind lazily, so importing
-stages never imports vllm, torch or httpx."""
+"""LLM engines behind one async interface (base.py), hosted once per build (host.py). `make_engine` imports each kind
+lazily, so importing stages never imports vllm, torch or httpx."""
 from __future__ import annotations
-
-from typing import Any
 
 from stages.engines.base import (Completion, Engine, GenerationRequest, GenerationResult,  # noqa: F401
                                  SamplingParams)
+from stages.engines.config import ENGINE_KINDS, EngineConfig  # noqa: F401
 from schemas.errors import ConfigError
 
-ENGINE_KINDS = ("vllm", "openai", "transformers", "fake")
 
-
-def make_engine(config: Any, models_dir: str = "data/models") -> Engine:
+def make_engine(config: EngineConfig, models_dir: str = "data/models") -> Engine:
     """Build (not start) the engine an EngineConfig names. Call `await engine.start()` before generating."""
     kind = config.kind
     if kind == "vllm":

@@ -6,8 +6,9 @@ stages pickle into Ray actors.
 """
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Awaitable, Callable, Optional
 
 
 @dataclass
@@ -51,6 +52,22 @@ class GenerationResult:
         return self.error_reason is None
 
 
+OnResult = Callable[[int, "GenerationResult"], None]
+
+
+async def gather_reporting(coros: list[Awaitable["GenerationResult"]],
+                           on_result: Optional[OnResult] = None) -> list["GenerationResult"]:
+    """asyncio.gather that calls `on_result(index, result)` as each request finishes (progress in sequences)."""
+    if on_result is None:
+        return list(await asyncio.gather(*coros))
+
+    async def tracked(i: int, c: Awaitable[GenerationResult]) -> GenerationResult:
+        r = await c
+        on_result(i, r)
+        return r
+    return list(await asyncio.gather(*(tracked(i, c) for i, c in enumerate(coros))))
+
+
 class Engine:
     """Base class of engines. Subclasses implement start, generate, close."""
 
@@ -66,11 +83,17 @@ class Engine:
     async def start(self) -> None:
         """Load the model / open the client. Raises TransientEngineError when a retry may help."""
 
-    async def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+    async def generate(self, requests: list[GenerationRequest],
+                       on_result: Optional[OnResult] = None) -> list[GenerationResult]:
+        """Results in request order; `on_result(i, result)` is called as each request finishes."""
         raise NotImplementedError
 
     async def close(self) -> None:
         """Release the model / client."""
+
+    def live_stats(self) -> dict[str, Any]:
+        """Counters the engine keeps while it runs (vLLM: tokens generated so far, prefix-cache hits)."""
+        return {}
 
     def describe(self) -> dict[str, Any]:
         return {"engine": self.kind, "model": self.model_name}

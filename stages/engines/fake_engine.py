@@ -9,6 +9,7 @@ Built-in scripts read the gold answer from a marker in the prompt, `[gold=<answe
 - `mixed`: `echo_answer` for even sample indexes, `wrong` for odd ones.
 - `no_answer`: step lines and no final answer line.
 - `truncated`: a cut-off text with finish_reason "length".
+- `reviewer`: `mixed`, but answers self-check prompts with a verdict and retry prompts with a correct solution.
 A marker `[fail=<reason>]` in the prompt makes that request fail with error_reason <reason> (tests of error rows).
 A prompt of more whitespace-separated words than config.max_model_len fails with "prompt_too_long", like vLLM.
 Token counts are word counts.
@@ -18,7 +19,7 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, Optional, Union
 
-from stages.engines.base import Completion, Engine, GenerationRequest, GenerationResult
+from stages.engines.base import Completion, Engine, GenerationRequest, GenerationResult, OnResult
 from schemas.errors import ConfigError
 
 GOLD_RE = re.compile(r"\[gold=([^\]]*)\]")
@@ -86,7 +87,22 @@ def script_truncated(req: GenerationRequest, i: int) -> Completion:
     return Completion(text=text, finish_reason="length", completion_tokens=len(text.split()))
 
 
+def script_reviewer(req: GenerationRequest, i: int) -> str:
+    """`mixed` for solving prompts; for a review prompt ("Verdict: correct"/"incorrect" asked), a verdict that is
+    right when the reviewed solution's last line carries the gold answer; for a retry prompt (a review is given),
+    a correct solution. Drives the self_correct method in tests."""
+    text = request_text(req)
+    g = gold_of(req)
+    if "Review of the first solution" in text:
+        return script_echo_answer(req, i)
+    if "Verdict: correct" in text and "Verdict: incorrect" in text:
+        ok = g is not None and f"The answer is: {g}\n" in text + "\n"
+        return f"I recomputed each step.\nVerdict: {'correct' if ok else 'incorrect'}"
+    return script_mixed(req, i)
+
+
 SCRIPTS: dict[str, ScriptFn] = {
+    "reviewer": script_reviewer,
     "echo_answer": script_echo_answer,
     "wrong": script_wrong,
     "mixed": script_mixed,
@@ -150,10 +166,19 @@ class FakeEngine(Engine):
             res.error_reason, res.error_message = e.reason, str(e)
         return res
 
-    async def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+    async def generate(self, requests: list[GenerationRequest],
+                       on_result: Optional[OnResult] = None) -> list[GenerationResult]:
         self.generate_calls += 1
         self.requests.extend(requests)
-        return [self._one(r) for r in requests]
+        delay = float(getattr(self.config, "fake_delay_s", 0.0) or 0.0)
+        if delay:
+            import asyncio
+            await asyncio.sleep(delay)
+        out = [self._one(r) for r in requests]
+        for i, r in enumerate(out):
+            if on_result is not None:
+                on_result(i, r)
+        return out
 
     def describe(self) -> dict[str, Any]:
         return {"engine": self.kind, "model": self.model_name, "script": self.script_name}

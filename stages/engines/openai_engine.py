@@ -2,7 +2,8 @@
 
 - `/chat/completions` for chat messages, `/completions` for a raw prompt; n samples in one call.
 - At most `max_concurrency` requests in flight (asyncio.Semaphore); all requests of a batch are submitted at once.
-- Retries only on named transient failures: httpx.TimeoutException, httpx.ConnectError, HTTP 429/500/502/503/504,
+- Retries only on named transient failures: timeouts, network errors (connect/read/write: refused, reset), a
+  server that disconnects mid-response (httpx.RemoteProtocolError), HTTP 429/500/502/503/504,
   with exponential backoff plus jitter (a numeric Retry-After is honoured, capped), up to `max_retries` retries.
   After that the request comes back as an error result with reason `transient_exhausted`; the batch goes on.
 - Any other 4xx/5xx is an error result for that request alone (reason `http_<status>`), never a raise.
@@ -17,7 +18,8 @@ import os
 import random
 from typing import Any, Optional
 
-from stages.engines.base import Completion, Engine, GenerationRequest, GenerationResult
+from stages.engines.base import (Completion, Engine, GenerationRequest, GenerationResult, OnResult,
+                                 gather_reporting)
 from schemas.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -103,7 +105,9 @@ class OpenAIEngine(Engine):
 
         try:
             resp = await self._client.post(path, json=body)
-        except (httpx.TimeoutException, httpx.ConnectError) as e:
+        except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as e:
+            # timeouts, refused/reset connections, and a server that went away mid-response
+            # ("Server disconnected without sending a response"): all worth a retry with backoff
             raise _Transient(f"{type(e).__name__}: {e}") from None
         if resp.status_code in TRANSIENT_STATUS:
             ra = resp.headers.get("retry-after")
@@ -156,7 +160,8 @@ class OpenAIEngine(Engine):
             res.error_message = f"{type(e).__name__}: {e}; body: {resp.text[:500]}"
         return res
 
-    async def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+    async def generate(self, requests: list[GenerationRequest],
+                       on_result: Optional[OnResult] = None) -> list[GenerationResult]:
         if self._client is None:
             await self.start()
-        return list(await asyncio.gather(*(self._one(r) for r in requests)))
+        return await gather_reporting([self._one(r) for r in requests], on_result)

@@ -7,12 +7,17 @@ through the tokenizer's chat template. Slow on CPU; meant for correctness, not t
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from typing import Any, Optional
 
-from stages.engines.base import Completion, Engine, GenerationRequest, GenerationResult, SamplingParams
+from stages.engines.base import (Completion, Engine, GenerationRequest, GenerationResult, OnResult,
+                                 SamplingParams)
+from stages.engines.hardware import choose_dtype, detect_device
 from stages.engines.model_prep import model_label, resolve_model
 from schemas.errors import EngineError
+
+log = logging.getLogger(__name__)
 
 
 class TransformersEngine(Engine):
@@ -25,6 +30,8 @@ class TransformersEngine(Engine):
         self._model = None
         self._tok = None
         self._lock = threading.Lock()
+        self.device = None
+        self.dtype_choice = None
 
     @property
     def model_name(self) -> str:
@@ -44,10 +51,14 @@ class TransformersEngine(Engine):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.model_path = resolve_model(self.config.model, self.models_dir)
+        self.device = detect_device(allow_gpu=False)   # this engine runs on the CPU
+        self.dtype_choice = choose_dtype(self.config.dtype, self.device)
+        if self.dtype_choice.warning:
+            log.warning(self.dtype_choice.warning)
         try:
             tok = AutoTokenizer.from_pretrained(self.model_path)
             model = AutoModelForCausalLM.from_pretrained(self.model_path,
-                                                         dtype=getattr(torch, self.config.dtype, torch.float32))
+                                                         dtype=getattr(torch, self.dtype_choice.dtype))
         except OSError as e:
             raise EngineError(f"transformers engine cannot load '{self.model_path}': {e}") from e
         tok.padding_side = "left"
@@ -66,8 +77,12 @@ class TransformersEngine(Engine):
         self._tok = None
 
     def describe(self) -> dict[str, Any]:
-        return {"engine": self.kind, "model": self.model_name, "dtype": self.config.dtype,
-                "max_model_len": self.config.max_model_len, "batch_size": self.config.max_num_seqs}
+        d = {"engine": self.kind, "model": self.model_name, "dtype": self.config.dtype,
+             "max_model_len": self.config.max_model_len, "batch_size": self.config.max_num_seqs}
+        if self.dtype_choice is not None:
+            d.update(dtype=self.dtype_choice.dtype, dtype_requested=self.dtype_choice.requested,
+                     dtype_reason=self.dtype_choice.reason, device=self.device.as_dict())
+        return d
 
     def _text(self, req: GenerationRequest) -> str:
         if req.messages is not None:
@@ -137,7 +152,12 @@ class TransformersEngine(Engine):
                                     requests[chunk[0]].sampling, [results[k] for k in chunk])
         return results
 
-    async def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+    async def generate(self, requests: list[GenerationRequest],
+                       on_result: Optional[OnResult] = None) -> list[GenerationResult]:
         if self._model is None:
             await self.start()
-        return await asyncio.to_thread(self._generate_sync, requests)
+        out = await asyncio.to_thread(self._generate_sync, requests)
+        for i, r in enumerate(out):
+            if on_result is not None:
+                on_result(i, r)
+        return out

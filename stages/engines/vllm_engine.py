@@ -9,18 +9,60 @@
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import uuid
 from pathlib import Path
 from typing import Any, Optional
 
-from stages.engines.base import Completion, Engine, GenerationRequest, GenerationResult
+from stages.engines.base import (Completion, Engine, GenerationRequest, GenerationResult, OnResult,
+                                 gather_reporting)
+from stages.engines.hardware import choose_dtype, default_memory_utilization, detect_device
 from stages.engines.model_prep import model_label, resolve_model
 from schemas.errors import EngineError, TransientEngineError
 
 log = logging.getLogger(__name__)
+
+
+class LiveStats:
+    """Counters fed by vLLM every engine step (a custom stat logger): tokens generated so far (so progress shows
+    tokens/s before whole requests finish) and prefix-cache queries/hits (the hit rate the manifest reports)."""
+
+    def __init__(self) -> None:
+        self.generation_tokens = 0
+        self.prompt_tokens = 0
+        self.prefix_queries = 0
+        self.prefix_hits = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        rate = self.prefix_hits / self.prefix_queries if self.prefix_queries else None
+        return {"generation_tokens": self.generation_tokens, "prompt_tokens": self.prompt_tokens,
+                "prefix_cache_queries": self.prefix_queries, "prefix_cache_hits": self.prefix_hits,
+                "prefix_cache_hit_rate": round(rate, 4) if rate is not None else None}
+
+    def factory(self):
+        """A vLLM StatLoggerFactory writing into this object."""
+        from vllm.v1.metrics.loggers import StatLoggerBase
+
+        live = self
+
+        class _Counter(StatLoggerBase):
+            def __init__(self, vllm_config, engine_index: int = 0):
+                pass
+
+            def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx: int = 0):
+                if iteration_stats is not None:
+                    live.generation_tokens += int(getattr(iteration_stats, "num_generation_tokens", 0) or 0)
+                    live.prompt_tokens += int(getattr(iteration_stats, "num_prompt_tokens", 0) or 0)
+                pc = getattr(scheduler_stats, "prefix_cache_stats", None) if scheduler_stats is not None else None
+                if pc is not None:
+                    live.prefix_queries += int(getattr(pc, "queries", 0) or 0)
+                    live.prefix_hits += int(getattr(pc, "hits", 0) or 0)
+
+            def log_engine_initialized(self):
+                pass
+
+        return lambda vllm_config, engine_index=0: _Counter(vllm_config, engine_index)
 
 
 class VLLMEngine(Engine):
@@ -33,6 +75,10 @@ class VLLMEngine(Engine):
         self._llm = None
         self._tokenizer = None
         self._max_len: int = config.max_model_len
+        self.device = None          # hardware.Device, known after start()
+        self.dtype_choice = None    # hardware.DtypeChoice, known after start()
+        self.memory_utilization: Optional[float] = None
+        self.live = LiveStats()
 
     @property
     def model_name(self) -> str:
@@ -41,7 +87,11 @@ class VLLMEngine(Engine):
     def __getstate__(self) -> dict:
         d = dict(self.__dict__)
         d["_llm"], d["_tokenizer"] = None, None
+        d["live"] = LiveStats()
         return d
+
+    def live_stats(self) -> dict[str, Any]:
+        return self.live.as_dict()
 
     async def start(self) -> None:
         if self._llm is not None:
@@ -56,14 +106,22 @@ class VLLMEngine(Engine):
         from vllm.v1.engine.async_llm import AsyncLLM
 
         c = self.config
-        args = AsyncEngineArgs(model=self.model_path, dtype=c.dtype, max_model_len=c.max_model_len,
-                               max_num_seqs=c.max_num_seqs, gpu_memory_utilization=c.gpu_memory_utilization,
+        self.device = detect_device()
+        self.dtype_choice = choose_dtype(c.dtype, self.device)
+        if self.dtype_choice.warning:
+            log.warning(self.dtype_choice.warning)
+        self.memory_utilization = (c.gpu_memory_utilization if c.gpu_memory_utilization is not None
+                                   else default_memory_utilization(self.dtype_choice.dtype, self.device))
+        args = AsyncEngineArgs(model=self.model_path, dtype=self.dtype_choice.dtype, max_model_len=c.max_model_len,
+                               max_num_seqs=c.max_num_seqs, gpu_memory_utilization=self.memory_utilization,
                                enforce_eager=c.enforce_eager, enable_prefix_caching=c.enable_prefix_caching,
                                seed=c.seed, disable_log_stats=True)
         try:
             # LLM_CLASS: the offline-batch scheduler defaults (on CPU max_num_batched_tokens 4096, not the 2048
             # an unnamed context gets), i.e. exactly what vllm.LLM uses; it measurably matters for throughput.
-            self._llm = AsyncLLM.from_engine_args(args, usage_context=UsageContext.LLM_CLASS)
+            loggers = [] if os.environ.get("ERRATA_NO_LIVE_STATS") else [self.live.factory()]
+            self._llm = AsyncLLM.from_engine_args(args, usage_context=UsageContext.LLM_CLASS,
+                                                  stat_loggers=loggers or None)
         except (ValueError, RuntimeError, OSError) as e:
             # e.g. not enough free memory for the requested KV cache: may pass once another engine exits
             raise TransientEngineError(f"vLLM engine failed to start for {self.model_path}: {e}") from e
@@ -78,9 +136,17 @@ class VLLMEngine(Engine):
 
     def describe(self) -> dict[str, Any]:
         c = self.config
-        return {"engine": self.kind, "model": self.model_name, "dtype": c.dtype, "max_model_len": c.max_model_len,
-                "max_num_seqs": c.max_num_seqs, "enforce_eager": c.enforce_eager,
-                "enable_prefix_caching": c.enable_prefix_caching, "seed": c.seed}
+        d = {"engine": self.kind, "model": self.model_name, "dtype": c.dtype, "max_model_len": c.max_model_len,
+             "max_num_seqs": c.max_num_seqs, "enforce_eager": c.enforce_eager,
+             "enable_prefix_caching": c.enable_prefix_caching, "seed": c.seed}
+        if self.dtype_choice is not None:   # resolved where the engine runs
+            d.update(dtype=self.dtype_choice.dtype, dtype_requested=self.dtype_choice.requested,
+                     dtype_reason=self.dtype_choice.reason, gpu_memory_utilization=self.memory_utilization,
+                     device=self.device.as_dict())
+            if self.dtype_choice.warning:
+                d["dtype_warning"] = self.dtype_choice.warning
+        d["prefix_cache"] = {k: v for k, v in self.live.as_dict().items() if k.startswith("prefix")}
+        return d
 
     # ---- requests
 
@@ -154,7 +220,8 @@ class VLLMEngine(Engine):
                 token_ids=list(o.token_ids) if req.return_token_ids else None))
         return res
 
-    async def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+    async def generate(self, requests: list[GenerationRequest],
+                       on_result: Optional[OnResult] = None) -> list[GenerationResult]:
         if self._llm is None:
             await self.start()
         if not requests:
@@ -162,5 +229,5 @@ class VLLMEngine(Engine):
         ids = self._token_ids(requests)
         fits = [k for k, i in enumerate(ids) if len(i) < self._max_len]
         rendered = dict(zip(fits, self._engine_inputs([ids[k] for k in fits])))
-        return list(await asyncio.gather(*(self._one(r, ids[k], rendered.get(k))
-                                           for k, r in enumerate(requests))))
+        return await gather_reporting([self._one(r, ids[k], rendered.get(k)) for k, r in enumerate(requests)],
+                                      on_result)

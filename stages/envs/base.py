@@ -7,6 +7,8 @@
     env.valid_actions()                     # list[str] where the env knows them, else None
     state = env.snapshot(); env.restore(state)   # only where `can_snapshot` is True; else callers replay
     env.describe()                          # what the manifest records (name, version, settings)
+    env.tasks(split, count, seed)           # list[EnvTask] a recipe can run (where the env has a task list)
+    env.gold_plan(task)                     # [(thought, action), ...] that solves the task (where the env knows one)
     env.close()
 
 Rules:
@@ -14,6 +16,7 @@ Rules:
   info["invalid"] = True).
 - A failure of the environment itself (a JVM crash, a timeout) raises EnvFailure; the caller turns it into an
   error row for that episode and goes on. A new `reset` after EnvFailure must work (the env restarts what died).
+- A terminal step (done True) sets info["success"] (bool): did the agent solve the task.
 - Determinism: given the same task (task_id + seed) and the same actions, `reset` + `step`s give the same
   observations, so replaying actions from reset is an exact substitute for `restore` (used when an env cannot
   snapshot).
@@ -24,6 +27,10 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from schemas.errors import ErrataError
+
+# What a caller sends when the model's text held no parseable action: no env accepts it, so the env answers with
+# its own "invalid action" observation and the episode goes on (never a guessed action).
+INVALID_ACTION = "(no parseable action)"
 
 
 class EnvFailure(ErrataError):
@@ -71,5 +78,23 @@ class Env:
     def describe(self) -> dict[str, Any]:
         return {"env": self.name}
 
+    def tasks(self, split: str, count: int, seed: int = 0) -> list[EnvTask]:
+        """`count` tasks of `split`; the same arguments give the same tasks (ids included)."""
+        raise NotImplementedError(f"{self.name} has no task list")
+
+    def gold_plan(self, task: EnvTask) -> list[tuple[str, str]]:
+        """(thought, action) pairs that solve `task` from reset. May reset the env."""
+        raise NotImplementedError(f"{self.name} has no gold plan")
+
     def close(self) -> None:
         """Release what setup acquired."""
+
+
+def replay(env: Env, task: EnvTask, actions: list[str]) -> tuple[str, float, bool, dict[str, Any]]:
+    """Reset to `task` and step `actions`: the state `restore` would give, for envs that cannot snapshot.
+    Returns the last (observation, reward, done, info); with no actions, the reset's observation and info."""
+    obs, info = env.reset(task)
+    reward, done = 0.0, False
+    for a in actions:
+        obs, reward, done, info = env.step(a)
+    return obs, reward, done, info

@@ -21,7 +21,7 @@ def demo_env(tmp_path_factory):
 def demo_build(demo_env):
     root, env = demo_env
     # one-operation warm-ups and 8 samples each: SmolLM2-135M gets ~9% of those right, so both exports have rows
-    p = errata("build", "demo", "--limit", "8", "--set", "sampling.n=8", "--set", "tasks.max_steps=1",
+    p = errata("build", "demo", "--limit", "8", "--set", "generate.n=8", "--set", "tasks.max_steps=1",
                "--set", "execution.shard_size=4", "--no-progress", env=env)
     return root, env, p.stdout
 
@@ -38,6 +38,8 @@ def test_build_publishes_a_version_with_counts(demo_build):
     assert gen["in"] == 8 and gen["out"] + gen["errors"] * 8 == 64
     assert man["tokens"]["completion"] > 0
     assert man["models"]["generate"]["engine"] == "vllm"
+    (eng,) = man["engines"].values()
+    assert eng["starts"] == 1 and eng["dtype"] in ("float32", "bfloat16") and eng["dtype_reason"]
     assert "example: errata sql" in out
 
 

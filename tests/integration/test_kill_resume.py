@@ -1,5 +1,4 @@
 """kill -9 a real build mid-run, rerun: no row lost, none duplicated, and no partial version ever visible."""
-import json
 import os
 import re
 import signal
@@ -12,20 +11,20 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pipelines.storage import Store
+from pipelines.catalog import Catalog
 from tests.conftest import MODELS_DIR, REPO
 
 pytestmark = pytest.mark.integration
 
 N, SAMPLES, SHARD = 24, 2, 2
-ARGS = ["build", "demo", "--limit", str(N), "--set", f"sampling.n={SAMPLES}", "--set", "sampling.max_tokens=96",
+ARGS = ["build", "demo", "--limit", str(N), "--set", f"generate.n={SAMPLES}", "--set", "generate.max_tokens=96",
         "--set", f"execution.shard_size={SHARD}", "--no-progress"]
 
 
 def _markers(root: Path) -> int:
-    """Shards with finished work: written (`_SUCCESS`) or through at least one stage (`after-<stage>.pkl`)."""
+    """Shards with finished work: through at least one stage (a stage's `_SUCCESS` checkpoint marker)."""
     return sum(1 for d in (root / "staging").glob("demo/*/shards/*")
-               if (d / "_SUCCESS").exists() or any(d.glob("after-*.pkl")))
+               if any(p.parent.name != "input" for p in d.glob("*/_SUCCESS")))
 
 
 def _kill_tree(pid: int) -> None:
@@ -48,7 +47,7 @@ def test_kill_9_then_rerun(tmp_path, mode):
     root = tmp_path / "data"
     env = dict(os.environ, ERRATA_DATA=str(root), ERRATA_MODELS=str(MODELS_DIR))
     exe = str(Path(sys.executable).parent / "errata")
-    store = Store(str(root))
+    store = Catalog(str(root))
     seen_partial, stop = [], threading.Event()
 
     def watch():  # a reader polling all along: any version it can see must be complete and intact

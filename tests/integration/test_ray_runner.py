@@ -2,44 +2,52 @@
 import pytest
 
 from pipelines.build import build
-from pipelines.storage import Store
+from pipelines.catalog import Catalog
 
 pytestmark = pytest.mark.integration
 
 SAME = ("attempt_id", "problem_id", "sample_index", "completion", "final_answer", "is_correct", "drop_reason")
+TIMES = ("seconds", "t_start", "t_end", "wall_seconds", "tokens_per_s")
+
+
+def strip(stages):
+    return {k: {c: v for c, v in d.items() if c not in TIMES} for k, d in stages.items()}
 
 
 def test_ray_and_local_runners_agree(fake_recipe, data_root):
     local = build(fake_recipe(n=6, n_samples=3, shard_size=2, runner="local"), progress=False).manifest
     on_ray = build(fake_recipe(n=6, n_samples=3, shard_size=2, runner="ray"), progress=False).manifest
-    store = Store(str(data_root))
+    store = Catalog(str(data_root))
     rows = {}
     for m in (local, on_ray):
         t = store.read_table(m, "attempts").to_pylist()
         rows[m.version] = sorted(tuple(r[c] for c in SAME) for r in t)
     assert len(rows[1]) == 18 and rows[1] == rows[2]
-    strip = lambda s: {k: {c: v for c, v in d.items() if c != "seconds"} for k, d in s.items()}
     assert strip(local.stages) == strip(on_ray.stages)
     assert {t: e.rows for t, e in local.tables.items()} == {t: e.rows for t, e in on_ray.tables.items()}
 
 
 def test_stage_by_stage_on_ray_matches_local(fake_recipe, data_root):
-    """The Prefect flow's path (one Ray Data run per stage, checkpoints between) on real local Ray."""
+    """The Prefect flow's path (one Ray Data run per stage, checkpoints between) on real local Ray: Ray and the
+    engine actor are started once for the whole build and are gone after it."""
     import ray
 
     import pipelines.build as pb
     local = build(fake_recipe(n=6, n_samples=3, shard_size=2, runner="local"), progress=False).manifest
     cfg = fake_recipe(n=6, n_samples=3, shard_size=2, runner="ray")
     plan = pb.plan_build(cfg, log=lambda s: None)
-    out = [pb.run_stage(plan, name, progress=False, log=lambda s: None) for name in pb.stage_names(cfg)]
-    assert not ray.is_initialized()  # each stage's run started its own local Ray and stopped it
-    staged = pb.publish(plan, pb.write_shards(plan))
-    assert [o["shards_run"] for o in out] == [3, 3, 3]
-    store = Store(str(data_root))
+    with pb.BuildSession(plan, progress=False) as session:
+        out = [pb.run_stage(session, name, log=lambda s: None) for name in pb.stage_names(cfg)]
+        assert ray.is_initialized() and session.engines.running() == []   # no LLM stage left: engine stopped
+        engines = session.describe_engines()
+    assert not ray.is_initialized()
+    staged = pb.publish(plan, engines)
+    assert [o["shards_run"] for o in out] == [3, 3, 3, 3]
+    assert [e["starts"] for e in staged.engines.values()] == [1]
+    store = Catalog(str(data_root))
     rows = [sorted(tuple(r[c] for c in SAME) for r in store.read_table(m, "attempts").to_pylist())
             for m in (local, staged)]
     assert len(rows[0]) == 18 and rows[0] == rows[1]
-    strip = lambda s: {k: {c: v for c, v in d.items() if c != "seconds"} for k, d in s.items()}
     assert strip(local.stages) == strip(staged.stages)
 
 
@@ -78,9 +86,9 @@ def test_build_on_a_ray_cluster_by_address(fake_recipe, data_root):
         cfg = fake_recipe(n=4, n_samples=2, shard_size=2, runner="ray")
         code = main(["build", "demo", "--no-prefect", "--no-progress", "--ray-address", f"127.0.0.1:{port}",
                      "--set", "tasks.kind=jsonl", "--set", f"tasks.path={cfg.tasks.path}", "--set",
-                     "engine.kind=fake", "--set", "sampling.n=2"])
+                     "engines.student.kind=fake", "--set", "generate.n=2"])
         assert code == 0
-        m = Store(str(data_root)).manifest("demo")
+        m = Catalog(str(data_root)).manifest("demo")
         assert m.tables["attempts"].rows == 8 and m.recipe["execution"]["ray_address"] == f"127.0.0.1:{port}"
     finally:
         os.environ.pop("RAY_AUTH_MODE", None)
@@ -91,3 +99,59 @@ def test_build_on_a_ray_cluster_by_address(fake_recipe, data_root):
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait(timeout=30)
+
+
+def test_engine_actor_killed_mid_use_is_restarted_and_the_call_resubmitted(data_root):
+    """kill -9 of the process holding an engine: Ray restarts the actor, the client resubmits, nothing is lost."""
+    import os
+    import signal
+
+    import ray
+
+    from pipelines.engines import RayEngines
+    from pipelines.runner import start_ray
+    from stages.engines.base import GenerationRequest, SamplingParams
+    from stages.engines.config import EngineConfig
+    started = start_ray(None, 2)
+    try:
+        engines = RayEngines({"student": EngineConfig(kind="fake", fake_script="echo_answer")}, "unused", "t-kill")
+        engines.start(["student"])
+        client = engines.refs().client("student")
+        reqs = [GenerationRequest(prompt=f"q {i} [gold={i}]", sampling=SamplingParams(n=2), request_id=str(i))
+                for i in range(5)]
+        first = client.generate(reqs, tag="generate", shard=0)
+        pid = ray.get(engines.actors[engines.role_keys["student"]][0].pid.remote())
+        os.kill(pid, signal.SIGKILL)
+        again = client.generate(reqs, tag="generate", shard=1)       # resubmitted once the actor is back
+        assert [r.completions[0].text for r in again] == [r.completions[0].text for r in first]
+        new_pid = ray.get(engines.actors[engines.role_keys["student"]][0].pid.remote())
+        assert new_pid != pid
+        d = engines.describe()
+        assert list(d.values())[0]["starts"] == 1      # the restarted actor started its engine again, once
+        engines.stop()
+        assert engines.running() == []
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def test_one_engine_actor_per_distinct_model_on_ray(tmp_path, data_root):
+    """Three LLM roles, two with the same settings: two engine actors, each started once, in a streaming build."""
+    from pipelines.config import validate_recipe
+    from pipelines.methods import Method, StageSpec, register_method
+    from stages.generate import GenerateStage
+    from tests.conftest import write_gsm8k_style
+    from tests.check_stage import CheckStage
+    register_method(Method("test_three_llm", "generate twice and check",
+                           (StageSpec("generate", GenerateStage), StageSpec("generate2", GenerateStage),
+                            StageSpec("check", CheckStage)), roles=("student", "teacher", "twin")))
+    f = write_gsm8k_style(tmp_path / "t.jsonl", 4)
+    same = {"kind": "fake", "fake_script": "mixed"}
+    cfg = validate_recipe({"dataset": "three", "method": "test_three_llm", "tasks": {"kind": "jsonl", "path": str(f)},
+                           "engines": {"student": same, "twin": same, "teacher": {"kind": "fake"}},
+                           "generate": {"n": 2}, "generate2": {"n": 1, "role": "twin"},
+                           "execution": {"runner": "ray", "shard_size": 2}, "storage": {"root": str(data_root)}})
+    m = build(cfg, progress=False).manifest
+    assert sorted(tuple(e["roles"]) for e in m.engines.values()) == [("student", "twin"), ("teacher",)]
+    assert all(e["starts"] == 1 for e in m.engines.values())
+    assert m.stages["generate2"]["out"] == 4 and m.stages["check"]["in"] == 4

@@ -3,7 +3,7 @@ import asyncio
 
 import pytest
 
-from pipelines.config import EngineConfig
+from stages.engines.config import EngineConfig
 from stages.engines import make_engine
 from stages.engines.base import GenerationRequest, SamplingParams
 from tests.conftest import MODELS_DIR

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import EngineConfig, GenerateConfig, SamplingConfig
+from stages.engines.config import EngineConfig
 from stages.engines.base import GenerationRequest, SamplingParams
 
 pytestmark = pytest.mark.integration
@@ -29,8 +29,8 @@ def engine(embedded_model):
     from stages.engines import make_engine
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     loop = asyncio.new_event_loop()
-    eng = make_engine(EngineConfig(kind="vllm", max_model_len=MAX_LEN, enforce_eager=True,
-                                   gpu_memory_utilization=0.15), str(REPO / "data" / "models"))
+    eng = make_engine(EngineConfig(kind="vllm", max_model_len=MAX_LEN, enforce_eager=True),
+                      str(REPO / "data" / "models"))
     loop.run_until_complete(eng.start())
     yield eng, loop
     loop.run_until_complete(eng.close())
@@ -80,17 +80,25 @@ def test_generate_stage_on_vllm(engine, embedded_model):
     """The stage drives its own engine; run after the module engine exists so only one loads at a time."""
     eng, loop = engine
     loop.run_until_complete(eng.close())          # free the module engine: one vLLM engine at a time
-    from stages.generate import GenerateStage
-    st = GenerateStage(EngineConfig(kind="vllm", max_model_len=MAX_LEN), SamplingConfig(n=2, max_tokens=64),
-                       GenerateConfig(), models_dir=str(REPO / "data" / "models"), run_id="it")
-    st.setup()
+    from stages.generate import GenerateConfig, GenerateStage
+    from stages.engines.host import LocalEngines
+    from tests.helpers import context
+    st = GenerateStage(GenerateConfig(n=2, max_tokens=64),
+                       context=context("it", student=EngineConfig(kind="vllm", max_model_len=MAX_LEN)))
+    engines = LocalEngines(dict(st.context.engines), str(REPO / "data" / "models"))
+    st.setup(engines)
     try:
         probs = [{"problem_id": f"p{i}", "question": f"Tom has {i + 2} apples and buys {i + 5} more. How many?",
                   "reference_answer": str(2 * i + 7), "reference_solution": None, "source": "test"}
                  for i in range(3)]
-        out, stats = st.process(probs)
+        res = st.run({"problems": probs})
+        described = engines.describe()
     finally:
         st.teardown()
+        engines.stop()
+    out, stats = res.tables["attempts"], res.stats
+    (eng,) = described.values()
+    assert eng["starts"] == 1 and eng["dtype"] in ("float32", "bfloat16") and "->" in eng["dtype_reason"]
     assert len(out) == 6 and stats.rows_out == 6 and stats.errors == 0
     assert stats.completion_tokens == sum(r["completion_tokens"] for r in out) > 0
     assert all(r["completion"].strip() and r["steps"] and r["model"] == "embedded:SmolLM2-135M-Instruct"

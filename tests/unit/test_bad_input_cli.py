@@ -12,7 +12,7 @@ def _build(tmp_path, data_root, capsys, lines=None, path=None, extra=()):
         path = tmp_path / "in.jsonl"
         path.write_text("\n".join(lines) + "\n")
     code = main(["build", "demo", "--set", "tasks.kind=jsonl", "--set", f"tasks.path={path}",
-                 "--set", "engine.kind=fake", "--runner", "local", "--no-progress", *extra])
+                 "--set", "engines.student.kind=fake", "--runner", "local", "--no-progress", *extra])
     err = capsys.readouterr().err
     assert code == 2, err
     assert not (data_root / "datasets").exists() and not (data_root / "staging").exists()
@@ -43,8 +43,8 @@ def test_wrong_type(tmp_path, data_root, capsys):
 
 
 def test_unknown_set_key(tmp_path, data_root, capsys):
-    code = main(["build", "demo", "--set", "sampling.nn=3"])
-    assert code == 2 and "unknown key 'sampling.nn'" in capsys.readouterr().err
+    code = main(["build", "demo", "--set", "generate.nn=3"])
+    assert code == 2 and "unknown key 'generate.nn'" in capsys.readouterr().err
 
 
 def test_unreachable_ray_cluster_fails_fast(tmp_path, data_root, capsys):
@@ -56,7 +56,7 @@ def test_unreachable_ray_cluster_fails_fast(tmp_path, data_root, capsys):
     path = tmp_path / "in.jsonl"
     path.write_text("\n".join(lines) + "\n")
     code = main(["build", "demo", "--no-prefect", "--set", "tasks.kind=jsonl", "--set", f"tasks.path={path}",
-                 "--set", "engine.kind=fake", "--ray-address", f"127.0.0.1:{port}", "--no-progress"])
+                 "--set", "engines.student.kind=fake", "--ray-address", f"127.0.0.1:{port}", "--no-progress"])
     assert code == 2 and f"cannot reach the Ray cluster at 127.0.0.1:{port}" in capsys.readouterr().err
     assert not (data_root / "datasets").exists()
 
@@ -69,8 +69,8 @@ def test_unusable_engine_model_fails_before_anything_is_written(what, tmp_path, 
     model = {"empty_dir": str(tmp_path / "empty"), "missing_dir": str(tmp_path / "nope" / "model"),
              "file": str(tmp_path / "weights.bin"), "uncached_hub_id": "errata-tests/no-such-model"}[what]
     err = _build(tmp_path, data_root, capsys, lines=[GOOD],
-                 extra=["--set", "engine.kind=vllm", "--set", f"engine.model={model}"])
-    assert "engine.model" in err and model in err
+                 extra=["--set", "engines.student.kind=vllm", "--set", f"engines.student.model={model}"])
+    assert "engines.student.model" in err and model in err
     expect = {"empty_dir": "no config.json", "missing_dir": "no such directory", "file": "is a file",
               "uncached_hub_id": "HF_HUB_OFFLINE"}[what]
     assert expect in err
@@ -86,12 +86,17 @@ def test_cli_prints_errata_errors_without_prefect_tracebacks(tmp_path):
     env = dict(os.environ, ERRATA_DATA=str(tmp_path / "data"), PREFECT_HOME=str(tmp_path / "prefect"))
     env.pop("PREFECT_API_URL", None)
     p = subprocess.run([sys.executable, "-m", "flows.cli", "build", "demo", "--runner", "local", "--no-progress",
-                        "--set", f"engine.model={tmp_path / 'empty'}"],
+                        "--set", f"engines.student.model={tmp_path / 'empty'}"],
                        env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 2, p.stderr
     assert "Traceback" not in p.stderr, p.stderr
-    assert p.stderr.count("has no config.json") >= 2  # Prefect's task/flow log lines, and errata's error line
-    assert [ln for ln in p.stderr.splitlines() if ln.startswith("error: engine.model:")], p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert lines[0].startswith("building demo") and "full log:" in lines[0], p.stderr
+    assert [ln for ln in lines if ln.startswith("error: engines.student.model:")], p.stderr
+    log = next(ln.split("full log: ", 1)[1] for ln in lines if ln.startswith("full log: "))
+    assert "run the same command again" in p.stderr and len(lines) <= 6, p.stderr   # quiet: errata's lines only
+    text = open(log).read()
+    assert "has no config.json" in text and "Prefect" in text    # the libraries' records went to the log file
     assert not (tmp_path / "data" / "datasets").exists() and not (tmp_path / "data" / "staging").exists()
 
 

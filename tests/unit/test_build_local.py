@@ -1,13 +1,32 @@
-"""The build spine on the scripted fake engine, in process: problems -> attempts -> version, resume, errors."""
+"""The build on the scripted fake engine, in process: problems -> stages -> version; resume; errors; the recipe
+contract (registered tables, checked chains, roles sharing engines, versions as inputs, global stages)."""
+from __future__ import annotations
+
+import json
 import os
+from dataclasses import dataclass
+from typing import Optional
 
 import pytest
 
 import pipelines.build as build_mod
 from pipelines.build import build, plan_build, run_build
-from pipelines.storage import Store
-from schemas.errors import InputError
-from stages.base import Stage
+from pipelines.chain import check_chain
+from pipelines.config import validate_recipe
+from pipelines.methods import Method, StageSpec, _METHODS, get_method, register_method
+from schemas.errors import ConfigError, InputError
+from schemas.rows import Lineage
+from schemas.tables import TableSpec, register_table
+from stages.base import MapStage, StageContext
+from stages.generate import GenerateStage
+from stages.verify import VerifyStage
+from tests.check_stage import CheckStage
+from tests.conftest import write_gsm8k_style
+
+
+def catalog(data_root):
+    from pipelines.catalog import Catalog
+    return Catalog(str(data_root))
 
 
 def test_build_publishes_counts_and_lineage(fake_recipe, data_root):
@@ -19,57 +38,75 @@ def test_build_publishes_counts_and_lineage(fake_recipe, data_root):
     assert m.tables["attempts"].rows == 12 and m.tables["errors"].rows == 0
     assert m.stages["generate"]["in"] == 6 and m.stages["generate"]["out"] == 12
     assert m.stages["verify"]["in"] == 12 and m.stages["filter"]["out"] <= 12
+    assert list(m.stages) == ["generate", "verify", "filter", "dedup"]
     assert m.shards == {"total": 2, "resumed": 0}
     assert m.recipe_hash == cfg.config_hash() and m.code_version
-    store = Store(str(data_root))
-    att = store.read_table(m, "attempts").to_pylist()
+    (eng,) = m.engines.values()
+    assert eng["roles"] == ["student"] and eng["starts"] == 1 and eng["kind"] == "fake"
+    assert m.models["generate"]["role"] == "student" and m.inputs["kind"] == "jsonl"
+    cat = catalog(data_root)
+    att = cat.read_table(m, "attempts").to_pylist()
     # mixed script: even samples right, odd samples wrong
     assert {a["sample_index"]: a["is_correct"] for a in att} == {0: True, 1: False}
-    probs = {p["problem_id"] for p in store.read_table(m, "problems").to_pylist()}
+    probs = {p["problem_id"] for p in cat.read_table(m, "problems").to_pylist()}
     for a in att:
         assert a["run_id"] == m.run_id and a["method"] == "sample_verify" and a["created_at"] is not None
         assert a["parent_ids"] == [a["problem_id"]] and a["problem_id"] in probs
     assert len({a["attempt_id"] for a in att}) == 12
     # a second build is a new version; the first is untouched
     m2 = build(cfg, progress=False).manifest
-    assert m2.version == 2 and store.verify_version(m) == []
+    assert m2.version == 2 and cat.verify_version(m) == []
 
 
-class Crash(Stage):
+class Crash(MapStage):
     """Raises on one shard, like a process dying mid-build."""
-    name = "crash"
+    kind = "crash"
+    table = "attempts"
+    reads = {"attempts": ("problem_id",)}
+    on: Optional[str] = None
 
-    def __init__(self, on_shard_of: str):
-        self.on = on_shard_of
-
-    def process(self, rows):
-        if any(r.get("problem_id") == self.on for r in rows):
+    def process(self, rows, tables, stats, shard):
+        if any(r.get("problem_id") == Crash.on for r in rows):
             raise RuntimeError("simulated crash")
-        return super().process(rows)
-
-    def process_live(self, rows, stats):
         return rows
 
 
-def test_crash_publishes_nothing_and_rerun_resumes(fake_recipe, data_root, monkeypatch):
-    cfg = fake_recipe(n=6, n_samples=2, shard_size=2)
+def _with_extra_stage(name: str, stage: type, after: str | None = None):
+    base = get_method("sample_verify")
+    stages = list(base.stages)
+    at = len(stages) if after is None else [s.name for s in stages].index(after) + 1
+    stages.insert(at, StageSpec(name, stage))
+    return register_method(Method(f"sv_{name}", "test", tuple(stages), exports=base.exports))
+
+
+@pytest.fixture
+def methods_restored():
+    saved = dict(_METHODS)
+    yield
+    _METHODS.clear()
+    _METHODS.update(saved)
+
+
+def test_crash_publishes_nothing_and_rerun_resumes(fake_recipe, data_root, methods_restored):
+    _with_extra_stage("crash", Crash, after="verify")
+    cfg = fake_recipe(n=6, n_samples=2, shard_size=2, method="sv_crash")
     plan = plan_build(cfg, log=lambda s: None)
-    third = plan.shards[2][1][0]["problem_id"]
-    real = build_mod.make_stages
-    monkeypatch.setattr(build_mod, "make_stages", lambda *a, **k: real(*a, **k) + [Crash(third)])
+    Crash.on = plan.staging.read_table(2, "problems", []).to_pylist()[0]["problem_id"]
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_build(plan, progress=False)
-    store = Store(str(data_root))
-    assert store.versions("fake") == []
-    assert [store.shard_done("fake", plan.build_key, i) for i in range(3)] == [True, True, False]
-    monkeypatch.setattr(build_mod, "make_stages", real)
+    assert catalog(data_root).versions("fake") == []
+    st = plan.staging
+    assert [st.done(i, "crash") for i in range(3)] == [True, True, False]
+    assert st.done(2, "verify"), "the stages before the crash keep their checkpoint"
+    Crash.on = None
     logs = []
     plan2 = plan_build(cfg, log=logs.append)
-    assert plan2.resumed and plan2.run_id == plan.run_id and len(plan2.pending) == 1
+    assert plan2.resumed and plan2.run_id == plan.run_id and plan2.pending("crash") == [2]
     r = run_build(plan2, progress=False)
-    assert r.manifest.shards == {"total": 3, "resumed": 2} and r.resumed_shards == 2
-    att = store.read_table(r.manifest, "attempts").to_pylist()
+    assert r.manifest.shards == {"total": 3, "resumed": 3} and r.resumed_shards == 3
+    att = catalog(data_root).read_table(r.manifest, "attempts").to_pylist()
     assert len(att) == 12 and len({a["attempt_id"] for a in att}) == 12
+    assert r.manifest.stages["generate"]["in"] == 6      # stats of every shard, also the resumed ones
     assert any("resuming" in s for s in logs)
 
 
@@ -82,9 +119,9 @@ def test_failed_rows_become_error_records(fake_recipe, data_root, tmp_path):
     m = build(cfg, progress=False).manifest
     assert m.tables["errors"].rows == 1 and m.tables["attempts"].rows == 6
     assert m.stages["generate"]["errors"] == 1
-    err = Store(str(data_root)).read_table(m, "errors").to_pylist()[0]
-    assert err["stage"] == "generate" and err["reason"] == "prompt_too_long" and err["problem_id"]
-    assert "plus" in err["raw_input"]
+    err = catalog(data_root).read_table(m, "errors").to_pylist()[0]
+    assert err["stage"] == "generate" and err["reason"] == "prompt_too_long" and err["table"] == "problems"
+    assert err["row_id"] == err["problem_id"] and "plus" in err["raw_input"]
 
 
 def test_bad_input_fails_before_anything_is_written(fake_recipe, data_root, tmp_path):
@@ -99,24 +136,27 @@ def test_bad_input_fails_before_anything_is_written(fake_recipe, data_root, tmp_
     assert not os.path.exists(data_root / "datasets") and not os.path.exists(data_root / "staging")
 
 
-def test_ray_runner_gives_the_engine_stage_the_engine_resources(fake_recipe):
+def test_ray_runner_gives_llm_stages_light_concurrent_actors(fake_recipe):
     from pipelines.runner import RayRunner
     cfg = fake_recipe(n=2)
-    stages = build_mod.make_stages(cfg, "run-x", "/tmp/models")
-    r = RayRunner(engine_actors=2, engine_cpus=1.0, engine_gpus=1.0, cpu_stage_concurrency=1)
+    stages = get_method(cfg.method).make_stages(cfg)
+    r = RayRunner(shards_in_flight=4, cpu_stage_concurrency=1)
     got = {s.name: r.resources(s) for s in stages}
-    assert got["generate"] == {"actors": 2, "num_cpus": 1.0, "num_gpus": 1.0}
-    assert got["verify"] == got["filter"] == {"actors": 1, "num_cpus": 0.25, "num_gpus": 0}
+    assert got["generate"] == {"actors": 4, "num_cpus": 0.05}    # they wait on the shared engine
+    assert got["verify"] == got["filter"] == {"actors": 1, "num_cpus": 0.25}
 
 
+# --- stage by stage (the Prefect flow's shape) --------------------------------------------------------------
 def _stage_by_stage(plan):
-    for name in build_mod.stage_names(plan.config):
-        build_mod.run_stage(plan, name, progress=False, log=lambda s: None)
-    return build_mod.publish(plan, build_mod.write_shards(plan))
+    with build_mod.BuildSession(plan, progress=False) as session:
+        for name in build_mod.stage_names(plan.config):
+            build_mod.run_stage(session, name, log=lambda s: None)
+        engines = session.describe_engines()
+    return build_mod.publish(plan, engines)
 
 
-def _rows(store, m, table, key):
-    rows = store.read_table(m, table).to_pylist()
+def _rows(cat, m, table, key):
+    rows = cat.read_table(m, table).to_pylist()
     for r in rows:
         r.pop("created_at", None), r.pop("run_id", None)
     return sorted(rows, key=lambda r: r[key])
@@ -128,54 +168,312 @@ def test_stage_by_stage_gives_the_same_version_as_streaming(fake_recipe, data_ro
     text = lines.read_text().splitlines()
     text[3] = text[3].replace("[gold=", "[fail=prompt_too_long] [gold=")
     lines.write_text("\n".join(text) + "\n")
-    store = Store(str(data_root))
+    cat = catalog(data_root)
     streamed = build(cfg, progress=False).manifest
     plan = plan_build(cfg, log=lambda s: None)
     staged = _stage_by_stage(plan)
     assert (streamed.version, staged.version) == (1, 2)
     for table, key in (("problems", "problem_id"), ("attempts", "attempt_id"), ("errors", "error_id")):
-        assert _rows(store, streamed, table, key) == _rows(store, staged, table, key), table
+        assert _rows(cat, streamed, table, key) == _rows(cat, staged, table, key), table
     assert staged.tables["errors"].rows == 1
-    for name in ("generate", "verify", "filter"):
+    for name in ("generate", "verify", "filter", "dedup"):
         a, b = dict(streamed.stages[name]), dict(staged.stages[name])
-        a.pop("seconds"), b.pop("seconds")
+        for k in ("seconds", "t_start", "t_end", "wall_seconds", "tokens_per_s"):
+            a.pop(k, None), b.pop(k, None)
         assert a == b, name
-    assert not os.path.exists(store.staging_dir("fake", plan.build_key))  # checkpoints went with staging
+    assert [e["starts"] for e in staged.engines.values()] == [1]
+    assert not os.path.exists(plan.staging.dir)  # checkpoints went with staging
 
 
 def test_stage_by_stage_checkpoints_skip_finished_shards(fake_recipe, data_root, monkeypatch):
     import pipelines.runner as runner
     cfg = fake_recipe(n=6, n_samples=2, shard_size=2)
     plan = plan_build(cfg, log=lambda s: None)
-    store = plan.store
-    real = runner.run_stages_on_shard
+    st = plan.staging
+    real = runner.run_stage_on_shard
     calls = []
 
-    def crash_on_third(stages, rows):
-        calls.append(stages[0].name)
-        if stages[0].name == "verify" and calls.count("verify") == 3:
+    def crash_on_third(stage, staging, shard_id, *a, **k):
+        if not staging.done(shard_id, stage.name):
+            calls.append(stage.name)
+        if stage.name == "verify" and calls.count("verify") == 3:
             raise RuntimeError("killed")
-        return real(stages, rows)
-    monkeypatch.setattr(runner, "run_stages_on_shard", crash_on_third)
-    build_mod.run_stage(plan, "generate", progress=False, log=lambda s: None)
-    with pytest.raises(RuntimeError, match="killed"):
-        build_mod.run_stage(plan, "verify", progress=False, log=lambda s: None)
-    names = build_mod.stage_names(cfg)
-    assert [store.last_checkpoint("fake", plan.build_key, s, names) for s in range(3)] == [1, 1, 0]
-    # the previous stage's checkpoint is replaced, not kept beside the new one
-    assert not os.path.exists(store.checkpoint_path("fake", plan.build_key, 0, "generate"))
-    with pytest.raises(Exception, match="not been through every stage"):
-        build_mod.write_shards(plan)
+        return real(stage, staging, shard_id, *a, **k)
+    monkeypatch.setattr(runner, "run_stage_on_shard", crash_on_third)
+    with build_mod.BuildSession(plan, progress=False) as session:
+        build_mod.run_stage(session, "generate", log=lambda s: None)
+        with pytest.raises(RuntimeError, match="killed"):
+            build_mod.run_stage(session, "verify", log=lambda s: None)
+        names = build_mod.stage_names(cfg)
+        assert [st.last_done(s, names) for s in range(3)] == [1, 1, 0]
+        with pytest.raises(Exception, match="have not been through stage 'verify'"):
+            build_mod.run_stage(session, "filter", log=lambda s: None)
 
     logs = []
     plan2 = plan_build(cfg, log=lambda s: None)
-    out = build_mod.run_stage(plan2, "generate", progress=False, log=logs.append)
-    assert (out["shards_run"], out["shards_skipped"]) == (0, 3)
-    out = build_mod.run_stage(plan2, "verify", progress=False, log=logs.append)
-    assert (out["shards_run"], out["shards_skipped"]) == (1, 2) and out["stats"]["in"] == 4
-    build_mod.run_stage(plan2, "filter", progress=False, log=logs.append)
-    assert calls == ["generate"] * 3 + ["verify"] * 4 + ["filter"] * 3
-    m = build_mod.publish(plan2, build_mod.write_shards(plan2))
-    assert m.tables["attempts"].rows == 12 == len(set(store.read_table(m, "attempts").column("attempt_id").to_pylist()))
+    with build_mod.BuildSession(plan2, progress=False) as session:
+        out = build_mod.run_stage(session, "generate", log=logs.append)
+        assert (out["shards_run"], out["shards_skipped"]) == (0, 3)
+        out = build_mod.run_stage(session, "verify", log=logs.append)
+        assert (out["shards_run"], out["shards_skipped"]) == (1, 2) and out["stats"]["in"] == 4
+        build_mod.run_stage(session, "filter", log=logs.append)
+        build_mod.run_stage(session, "dedup", log=logs.append)
+        engines = session.describe_engines()
+    assert calls == ["generate"] * 3 + ["verify"] * 4 + ["filter"] * 3   # dedup is global: not per shard
+    m = build_mod.publish(plan2, engines)
+    att = catalog(data_root).read_table(m, "attempts").column("attempt_id").to_pylist()
+    assert m.tables["attempts"].rows == 12 == len(set(att))
     assert m.stages["verify"]["in"] == 12 and m.stages["generate"]["out"] == 12
     assert any("generate: 0 shard(s) run, 3 already done" in s for s in logs)
+
+
+# --- the recipe contract ---------------------------------------------------------------------------------------
+def _two_role_method():
+    return register_method(Method("test_two_roles", "generate, verify, teacher check",
+                                  (StageSpec("generate", GenerateStage), StageSpec("verify", VerifyStage),
+                                   StageSpec("check", CheckStage)), roles=("student", "teacher")))
+
+
+def test_two_role_recipe_writes_three_tables_with_lineage(tmp_path, data_root, methods_restored):
+    _two_role_method()
+    f = write_gsm8k_style(tmp_path / "t.jsonl", 4)
+    cfg = validate_recipe({"dataset": "two", "method": "test_two_roles", "tasks": {"kind": "jsonl", "path": str(f)},
+                           "engines": {"student": {"kind": "fake", "fake_script": "mixed"},
+                                       "teacher": {"kind": "fake", "fake_script": "echo_answer"}},
+                           "generate": {"n": 2}, "execution": {"runner": "local", "shard_size": 2},
+                           "storage": {"root": str(data_root)}})
+    m = build(cfg, progress=False).manifest
+    assert {t: e.rows for t, e in m.tables.items()} == {"problems": 4, "attempts": 8, "test_checks": 8, "errors": 0}
+    assert len(m.engines) == 2 and sorted(r for e in m.engines.values() for r in e["roles"]) == ["student", "teacher"]
+    assert all(e["starts"] == 1 for e in m.engines.values())
+    cat = catalog(data_root)
+    checks = cat.read_table(m, "test_checks").to_pylist()
+    atts = {a["attempt_id"]: a for a in cat.read_table(m, "attempts").to_pylist()}
+    for c in checks:
+        a = atts[c["attempt_id"]]
+        assert c["parent_ids"] == [a["attempt_id"]] and a["parent_ids"] == [a["problem_id"]]
+        assert c["judge_model"] == "fake:echo_answer" and c["run_id"] == m.run_id
+    from pipelines.sql import connect, fetch
+    _, rows = fetch(connect(cat), "SELECT count(*) FROM two.test_checks c JOIN two.attempts a USING (attempt_id) "
+                                  "JOIN two.problems p ON p.problem_id = a.problem_id")
+    assert rows == [(8,)]
+
+
+def test_roles_with_the_same_settings_share_one_engine(tmp_path, data_root, methods_restored):
+    _two_role_method()
+    f = write_gsm8k_style(tmp_path / "t.jsonl", 4)
+    same = {"kind": "fake", "fake_script": "mixed"}
+    cfg = validate_recipe({"dataset": "two", "method": "test_two_roles", "tasks": {"kind": "jsonl", "path": str(f)},
+                           "engines": {"student": same, "teacher": same}, "generate": {"n": 2},
+                           "execution": {"runner": "local", "shard_size": 2}, "storage": {"root": str(data_root)}})
+    m = build(cfg, progress=False).manifest
+    (eng,) = m.engines.values()
+    assert eng["roles"] == ["student", "teacher"] and eng["starts"] == 1
+
+
+class _Stub(MapStage):
+    kind = "stub"
+    table = "attempts"
+
+    def process(self, rows, tables, stats, shard):
+        return rows
+
+
+def _stub(name, reads=None, writes=None):
+    st = _Stub(name=name, context=StageContext())
+    st.reads = reads or {}
+    st.writes = writes or ()
+    return st
+
+
+def test_chain_check_names_stage_table_and_column():
+    gen = _stub("gen", {"problems": ("question",)}, ("attempts",))
+    with pytest.raises(ConfigError, match="stage 'judge' .* reads table 'test_checks', which no earlier stage"):
+        check_chain([gen, _stub("judge", {"test_checks": ("check_id",)})], ["problems"])
+    with pytest.raises(ConfigError, match="stage 'gen' .* needs column 'questoin' of table 'problems', which "
+                                          "Problem does not have"):
+        check_chain([_stub("gen", {"problems": ("questoin",)}, ("attempts",))], ["problems"])
+    # reading what only a later stage writes is a cycle in a linear recipe
+    with pytest.raises(ConfigError, match="stage 'a' .* reads table 'test_checks', which only the later stage 'b'"):
+        check_chain([_stub("a", {"test_checks": ()}, ("attempts",)), _stub("b", {}, ("test_checks",))],
+                    ["problems"])
+    with pytest.raises(ConfigError, match="writes unknown table 'nope'"):
+        check_chain([_stub("a", {}, ("nope",))], ["problems"])
+    check_chain([gen, _stub("v", {"attempts": ("completion",)}, ("attempts",))], ["problems"])
+
+
+def test_a_recipe_with_a_broken_chain_fails_before_anything_is_written(fake_recipe, data_root, methods_restored):
+    class ReadsChecks(_Stub):
+        kind = "reads_checks"
+        reads = {"test_checks": ("says_correct",)}
+    _with_extra_stage("broken", ReadsChecks, after="generate")
+    with pytest.raises(ConfigError, match="stage 'broken'.*test_checks"):
+        build(fake_recipe(n=2, method="sv_broken"), progress=False)
+    assert not os.path.exists(data_root / "staging")
+
+
+def test_a_published_version_feeds_a_recipe_with_a_where_clause(fake_recipe, data_root, methods_restored):
+    first = build(fake_recipe(n=4, n_samples=2, shard_size=2), progress=False).manifest
+    # the wrong attempts of fake@1 (odd samples) feed a recipe that checks them with a teacher
+    register_method(Method("test_check_only", "teacher check of given attempts",
+                           (StageSpec("check", CheckStage),), roles=("teacher",)))
+    cfg = validate_recipe({"dataset": "checked", "method": "test_check_only",
+                           "tasks": {"kind": "version", "ref": "fake@1", "table": "attempts",
+                                     "where": "is_correct = false AND drop_reason IS NULL"},
+                           "engines": {"teacher": {"kind": "fake"}},
+                           "execution": {"runner": "local", "shard_size": 3}, "storage": {"root": str(data_root)}})
+    m = build(cfg, progress=False).manifest
+    assert m.parents == ["fake@1"] and m.inputs["ref"] == "fake@1" and m.inputs["rows"] == 4
+    assert m.tables["attempts"].rows == 4 and m.tables["problems"].rows == 4 and m.tables["test_checks"].rows == 4
+    cat = catalog(data_root)
+    old = {a["attempt_id"] for a in cat.read_table(first, "attempts").to_pylist() if a["is_correct"] is False}
+    assert {c["attempt_id"] for c in cat.read_table(m, "test_checks").to_pylist()} == old
+    from pipelines.sql import connect, fetch
+    _, rows = fetch(connect(cat), "SELECT count(*) FROM checked.test_checks c JOIN fake_v1.attempts a "
+                                  "USING (attempt_id) WHERE NOT a.is_correct")
+    assert rows == [(4,)]
+    _, rows = fetch(connect(cat), "SELECT parents FROM errata_versions WHERE dataset = 'checked'")
+    assert json.loads(rows[0][0]) == ["fake@1"]
+    for where, msg in (("is_corect = false", "tasks.where: .*is_corect"), ("1=1; DROP TABLE x", "read-only"),
+                       ("is_correct = false AND sample_index > 99", "no problems")):
+        bad = cfg.model_copy(deep=True)
+        bad.tasks.where = where
+        with pytest.raises((ConfigError, InputError), match=msg):
+            plan_build(bad, log=lambda s: None)
+
+
+def test_global_stage_runs_between_per_shard_stages_in_both_modes(tmp_path, data_root):
+    rows = [{"question": "What is 1 plus 1? [gold=2]", "answer": "#### 2"},
+            {"question": "What is 2 plus 2? [gold=4]", "answer": "#### 4"},
+            {"question": "what is 1 plus  1? [gold=2]", "answer": "#### 2"}]     # repeats the first
+    f = tmp_path / "dup.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    cfg = validate_recipe({"dataset": "dup", "tasks": {"kind": "jsonl", "path": str(f)},
+                           "engines": {"student": {"kind": "fake", "fake_script": "echo_answer"}},
+                           "generate": {"n": 2}, "execution": {"runner": "local", "shard_size": 1},
+                           "storage": {"root": str(data_root)}})
+    m = build(cfg, progress=False).manifest
+    assert m.stages["dedup"] == {**m.stages["dedup"], "in": 6, "out": 4, "dropped_duplicate_problem": 2}
+    att = catalog(data_root).read_table(m, "attempts").to_pylist()
+    assert sorted(a["drop_reason"] or "" for a in att) == ["", "", "", "", "duplicate_problem",
+                                                           "duplicate_problem"]
+    staged = _stage_by_stage(plan_build(cfg, log=lambda s: None))
+    assert staged.stages["dedup"]["dropped_duplicate_problem"] == 2
+
+
+def test_self_correct_method_reviews_and_retries_wrong_attempts_with_one_engine(fake_recipe, data_root):
+    from stages.self_check import parse_verdict
+    cfg = fake_recipe(n=4, n_samples=2, shard_size=2, script="reviewer", method="self_correct",
+                      verify_retry={"only_unverified": True})
+    m = build(cfg, progress=False).manifest
+    # mixed: sample 1 of each problem is wrong -> reviewed "incorrect" -> retried once -> correct
+    assert m.stages["generate"]["out"] == 8 and m.stages["self_check"]["out"] == 8
+    assert m.stages["self_check"]["counts"] == {"parse_ok": 8}
+    assert m.stages["retry"]["in"] == 8 and m.stages["retry"]["out"] == 4        # 4 retries appended
+    assert m.stages["verify_retry"]["in"] == 12 and m.stages["verify_retry"]["counts"] == {"already_verified": 8}
+    assert m.tables["attempts"].rows == 12
+    (eng,) = m.engines.values()
+    assert eng["starts"] == 1       # three LLM stages, one engine
+    cat = catalog(data_root)
+    att = cat.read_table(m, "attempts").to_pylist()
+    retries = [a for a in att if a["sample_index"] >= 1000]
+    assert len(retries) == 4 and all(a["is_correct"] for a in retries)
+    judgements = {j["target_id"]: j for j in cat.read_table(m, "judgements").to_pylist()}
+    originals = {a["attempt_id"]: a for a in att if a["sample_index"] < 1000}
+    for j in judgements.values():   # the review agrees with the verifier here
+        assert j["verdict"] == ("correct" if originals[j["target_id"]]["is_correct"] else "incorrect")
+    for r in retries:
+        wrong, judgement = r["parent_ids"]
+        assert originals[wrong]["is_correct"] is False and judgement == judgements[wrong]["judgement_id"]
+    assert parse_verdict("ok\n**Verdict:** Incorrect") == ("incorrect", None)
+    assert parse_verdict("looks good to me")[0] is None
+
+
+def test_progress_lines_count_sequences_shards_tokens_and_eta():
+    from pipelines.progress import ProgressMonitor, aggregate, status_line
+    per = {"k1": {"planned_requests": 4, "planned_sequences": 16, "done_requests": 2, "done_sequences": 8,
+                  "failed_requests": 0, "prompt_tokens": 100, "completion_tokens": 800, "shards": [0],
+                  "first_submit": 100.0, "last_done": 110.0}}
+    a = aggregate(per)
+    ln = status_line("generate", a, shards_pending=4, now=120.0)
+    assert ln["total"] == 64 and not ln["exact"] and ln["done"] == 8          # 1 of 4 shards seen: extrapolated
+    assert ln["text"] == "generate: 8/~64 sequences, 1/4 shards, 40 tok/s, ETA 2m20s"
+    ln = status_line("generate", a, shards_pending=1, now=120.0, live_tps=123.4)
+    assert ln["total"] == 16 and ln["exact"] and "123 tok/s" in ln["text"]
+
+    class Plan:
+        shard_ids = [0, 1]
+
+        def pending(self, tag):
+            return [0, 1]
+
+    class Engines:
+        n = 0
+
+        def progress(self):
+            Engines.n += 1
+            return {"generate": per, "__engine__": {"k1": {"generation_tokens": 500 * Engines.n, "at": 10.0 * Engines.n}}}
+    import io
+    out = io.StringIO()
+    mon = ProgressMonitor(Engines(), Plan(), stream=out, log_every=0)
+    mon.render(Engines().progress())
+    lines = mon.render(Engines().progress())
+    assert lines[0]["tokens_per_s"] == 50.0            # 500 tokens in 10 s, counted by the engine every step
+    assert "generate: 8/~32 sequences, 1/2 shards, 50 tok/s" in out.getvalue()
+
+
+# --- build-scope tables: measured over every shard, read by every shard ----------------------------------------
+@dataclass
+class Share(Lineage):
+    """A test build-scope table: the share of correct attempts over the whole build."""
+    share_id: str = ""
+    correct: int = 0
+    total: int = 0
+
+
+register_table(TableSpec("test_shares", Share, "share_id", scope="build", description="test only"))
+
+
+def _measure_method():
+    from stages.base import GlobalStage
+
+    class Measure(GlobalStage):
+        kind = "measure"
+        build_tables = ("test_shares",)
+        reads = {"attempts": ("is_correct",)}
+
+        def summarize(self, tables, stats):
+            att = tables["attempts"]
+            stats.count("measured", len(att))
+            return {"test_shares": [{"share_id": "all", "correct": sum(1 for a in att if a["is_correct"]),
+                                     "total": len(att), **self.lineage([])}]}
+
+    class UseShare(MapStage):
+        kind = "use_share"
+        table = "attempts"
+        reads = {"attempts": ("attempt_id",), "test_shares": ("correct", "total")}
+
+        def process(self, rows, tables, stats, shard):
+            (s,) = tables["test_shares"]
+            stats.count(f"saw_{s['correct']}_of_{s['total']}", len(rows))
+            return rows
+
+    return register_method(Method("test_measure", "measure then use", (
+        StageSpec("generate", GenerateStage), StageSpec("verify", VerifyStage), StageSpec("measure", Measure),
+        StageSpec("use", UseShare))))
+
+
+@pytest.mark.parametrize("mode", ["streaming", "stage_by_stage"])
+def test_a_build_scope_table_is_measured_once_and_read_by_every_shard(fake_recipe, data_root, methods_restored,
+                                                                      mode):
+    _measure_method()
+    cfg = fake_recipe(n=6, n_samples=2, shard_size=2, method="test_measure")
+    if mode == "streaming":
+        m = build(cfg, progress=False).manifest
+    else:
+        m = _stage_by_stage(plan_build(cfg, log=lambda s: None))
+    assert m.tables["test_shares"].rows == 1 and [f.path for f in m.tables["test_shares"].files] == \
+        ["test_shares/part-build.parquet"]
+    assert m.stages["measure"]["counts"] == {"measured": 12}
+    assert m.stages["use"]["counts"] == {"saw_6_of_12": 12}      # every shard read the whole build's numbers
+    assert catalog(data_root).read_table(m, "test_shares").to_pylist()[0]["total"] == 12

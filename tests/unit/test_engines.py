@@ -208,7 +208,8 @@ def test_real_embedded_model_dir_when_prepared():
 
 class ScriptedServer:
     """A local OpenAI-compatible server. `plan[key]` is a list of (status, body) served in order for requests whose
-    content (chat) or prompt (completions) contains `key`; the last entry repeats. Records every request."""
+    content (chat) or prompt (completions) contains `key`; the last entry repeats; status 0 closes the connection
+    without a response (a server killed mid-request). Records every request."""
 
     def __init__(self, delay: float = 0.0):
         self.plan: dict[str, list[tuple[int, dict | str]]] = {}
@@ -240,6 +241,9 @@ class ScriptedServer:
                 raw = payload if isinstance(payload, str) else json.dumps(payload)
                 with outer.lock:
                     outer.in_flight -= 1
+                if status == 0:       # the server goes away mid-request: no response at all
+                    self.close_connection = True
+                    return
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
@@ -341,6 +345,15 @@ def test_openai_transient_5xx_family_all_retried(server, monkeypatch):
     assert all(r.ok for r in res) and e.retries == 4
     for code in (500, 502, 503, 504):
         assert len(server.hits_for(f"c{code}")) == 2
+
+
+def test_openai_server_disconnect_is_retried(server, monkeypatch):
+    """'Server disconnected without sending a response' (a vLLM server killed mid-build) is retried like a 5xx."""
+    server.plan["drop"] = [(0, None), (0, None), (200, None)]
+    e = openai_engine(server.url, monkeypatch)
+    [r] = asyncio.run(_gen(e, [GenerationRequest(messages=[{"role": "user", "content": "drop me"}])]))
+    assert r.ok and r.completions[0].text == "reply 0 to drop me"
+    assert len(server.hits_for("drop")) == 3 and e.retries == 2
 
 
 def test_openai_timeout_is_transient(monkeypatch):

@@ -1,23 +1,24 @@
-"""stages.filter.FilterStage: every drop has a reason, counted; kept rows have drop_reason None."""
-from pipelines.config import FilterConfig
+"""stages.filter: every drop has a reason, counted; kept rows have drop_reason None; the global dedup."""
+
 from stages.base import is_live
-from stages.filter import FilterStage, normalize_completion
+from stages.filter import AttemptFilter, DuplicateProblems, FilterConfig, normalize_text
 
 
 def _row(pid, text, finish="stop", parsed=True, **kw):
-    return {"problem_id": pid, "completion": text, "finish_reason": finish, "answer_parse_ok": parsed, **kw}
+    return {"attempt_id": f"a-{pid}-{text}-{finish}-{parsed}", "problem_id": pid, "completion": text,
+            "finish_reason": finish, "answer_parse_ok": parsed, "drop_reason": None, **kw}
 
 
 def _run(rows, **cfg):
-    stage = FilterStage(FilterConfig(**cfg))
-    stage.setup()
-    return stage.process(rows)
+    res = AttemptFilter(FilterConfig(**cfg)).run({"attempts": rows})
+    assert res.errors == []
+    return res.tables["attempts"], res.stats
 
 
 def test_reasons_and_counts():
     rows = [
         _row("p1", "The answer is 4."),                    # kept
-        _row("p1", "the  answer is 4.\n"),                 # duplicate of the first (whitespace/case)
+        _row("p1", "the  answer is 4.\n"),                # duplicate of the first (whitespace/case)
         _row("p1", "The answer is 5.", finish="length"),   # truncated
         _row("p1", "no idea", parsed=False),               # no_answer
         _row("p2", "The answer is 4."),                    # same text, other problem: kept
@@ -53,22 +54,32 @@ def test_switches_off():
     assert stats.as_dict()["out"] == 3 and not stats.dropped
 
 
-def test_failed_and_already_dropped_rows_pass_through():
-    failed = _row("p1", "x", error_stage="verify", error_reason="checker_timeout")
-    dropped = _row("p1", "y", drop_reason="truncated")
-    rows = [failed, dropped, _row("p1", "x")]
+def test_already_dropped_rows_pass_through_untouched():
+    dropped = _row("p1", "y", drop_reason="duplicate_problem")
+    rows = [dropped, _row("p1", "x")]
     out, stats = _run(rows)
-    assert out[0] is failed and out[1] is dropped
-    assert out[2]["drop_reason"] is None and is_live(out[2])
+    assert out[0] is dropped
+    assert out[1]["drop_reason"] is None and is_live(out[1])
     assert stats.as_dict()["in"] == 1 and stats.as_dict()["out"] == 1
 
 
-def test_missing_input_column_is_a_clear_error():
-    import pytest
-    with pytest.raises(KeyError, match="answer_parse_ok"):
-        _run([{"problem_id": "p", "completion": "x", "finish_reason": "stop"}])
+def test_normalize_text():
+    assert normalize_text("  A\n\tb  ") == "a b"
+    assert normalize_text(None) == ""
 
 
-def test_normalize_completion():
-    assert normalize_completion("  A\n\tb  ") == "a b"
-    assert normalize_completion(None) == ""
+def test_global_dedup_drops_the_attempts_of_repeated_questions_across_shards():
+    st = DuplicateProblems()
+    problems = [{"problem_id": "p1", "question": "What is 2+2?", "source_index": 1, "__shard": 0},
+                {"problem_id": "p2", "question": "what is  2+2?", "source_index": 7, "__shard": 3},
+                {"problem_id": "p3", "question": "Other", "source_index": 2, "__shard": 3}]
+    attempts = [{"attempt_id": f"a{i}-{p}", "problem_id": p, "drop_reason": None, "__shard": 0}
+                for p in ("p1", "p2", "p3") for i in range(2)]
+    attempts[5]["drop_reason"] = "truncated"      # already dropped: not decided again
+    drops = st.decide({"problems": problems, "attempts": attempts})
+    assert drops == {"a0-p2": "duplicate_problem", "a1-p2": "duplicate_problem"}
+    res = st.apply([dict(a) for a in attempts if a["problem_id"] != "p1"], drops)
+    assert [r["drop_reason"] for r in res.tables["attempts"]] == ["duplicate_problem", "duplicate_problem", None,
+                                                                   "truncated"]
+    assert res.stats.dropped == {"duplicate_problem": 2} and res.stats.rows_in == 3 and res.stats.rows_out == 1
+    assert st.reads["attempts"] == ("attempt_id", "drop_reason", "problem_id")

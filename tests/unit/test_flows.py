@@ -12,6 +12,7 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 import pyarrow.parquet as pq  # noqa: E402
 import pytest  # noqa: E402
 
+from pipelines.catalog import Catalog  # noqa: E402
 from schemas.errors import ConfigError, TransientEngineError  # noqa: E402
 
 
@@ -35,29 +36,28 @@ def _task_runs(flow_run_id):
 def test_build_flow_publishes_and_records_the_run(fake_recipe, data_root):
     from flows.build import build_flow_run
     from flows.runs import list_runs, show_run
-    from pipelines.storage import Store
     cfg = fake_recipe(n=6)
     result = build_flow_run(cfg, progress=False, recipe="fake-recipe")
     m = result.manifest
     assert (m.dataset, m.version) == ("fake", 1)
     assert m.tables["attempts"].rows == 12 and m.tables["problems"].rows == 6
-    assert Store(str(data_root)).versions("fake") == [1] and result.root == str(data_root)
+    assert Catalog(str(data_root)).versions("fake") == [1] and result.root == str(data_root)
 
     run = next(r for r in list_runs(limit=10) if r.version == "fake@1")
     assert run.state == "Completed" and run.recipe == "fake-recipe" and run.flow == "errata-build"
     assert run.seconds is not None and run.error is None
     info = show_run(run.id[:8])  # a prefix is enough
     assert {"dataset:fake", "recipe:fake-recipe", "version:fake@1"} <= set(info.tags)
-    assert [t["name"].rsplit("-", 1)[0] for t in info.tasks] == ["plan", "generate", "verify", "filter",
-                                                                  "write_shards", "publish"]
+    assert [t["name"].rsplit("-", 1)[0] for t in info.tasks] == ["plan", "generate", "verify", "filter", "dedup",
+                                                                  "publish"]
     assert all(t["state"] == "Completed" for t in info.tasks)
     md = next(a for a in info.artifacts if a["key"] == "build-fake")["data"]
     assert "# fake@1" in md and "| attempts | 12 |" in md and "| generate | 6 | 12 |" in md
+    assert "| engine | roles |" in md and "| student |" in md
 
 
 def test_failed_build_fails_the_flow_run_with_the_reason_and_publishes_nothing(fake_recipe, data_root, tmp_path):
     from flows.build import build_flow
-    from pipelines.storage import Store
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "1+1? [gold=2]", "answer": "#### 2"}\nnot json at all\n')
     cfg = fake_recipe(n=2).model_copy(deep=True)
@@ -66,27 +66,27 @@ def test_failed_build_fails_the_flow_run_with_the_reason_and_publishes_nothing(f
     state = build_flow(config=data, return_state=True)
     assert state.is_failed()
     assert "InputError" in state.message and "bad.jsonl:2" in state.message
-    assert Store(str(data_root)).versions("fake") == []
+    assert Catalog(str(data_root)).versions("fake") == []
 
 
 def _stage_calls(monkeypatch, fail=None):
-    """Record (stage, first problem id) for every stage run on a shard; `fail(calls)` may raise."""
+    """Record (stage, shard id) for every (shard, stage) step that really runs; `fail(calls)` may raise."""
     import pipelines.runner as runner
-    real = runner.run_stages_on_shard
+    real = runner.run_stage_on_shard
     calls = []
 
-    def recording(stages, rows):
-        calls.append((stages[0].name, rows[0]["problem_id"]))
-        if fail is not None:
-            fail(calls)
-        return real(stages, rows)
-    monkeypatch.setattr(runner, "run_stages_on_shard", recording)
+    def recording(stage, staging, shard_id, *a, **k):
+        if not staging.done(shard_id, stage.name):
+            calls.append((stage.name, shard_id))
+            if fail is not None:
+                fail(calls)
+        return real(stage, staging, shard_id, *a, **k)
+    monkeypatch.setattr(runner, "run_stage_on_shard", recording)
     return calls
 
 
 def test_stage_bug_is_not_retried_and_publishes_nothing(fake_recipe, data_root, monkeypatch):
     from flows.build import build_flow
-    from pipelines.storage import Store
 
     def bug(calls):
         if calls[-1][0] == "verify":
@@ -98,12 +98,11 @@ def test_stage_bug_is_not_retried_and_publishes_nothing(fake_recipe, data_root, 
     tasks = _task_runs(state.state_details.flow_run_id)
     assert tasks["generate"]["state"] == "Completed" and tasks["verify"]["state"] == "Failed"
     assert tasks["verify"]["attempts"] == 1 and "filter" not in tasks and "publish" not in tasks
-    assert Store(str(data_root)).versions("fake") == []
+    assert Catalog(str(data_root)).versions("fake") == []
 
 
 def test_transient_failure_is_retried_without_duplicating_rows(fake_recipe, data_root, monkeypatch):
     import flows.build as fb
-    from pipelines.storage import Store
 
     def flaky(calls):
         gen = [c for c in calls if c[0] == "generate"]
@@ -119,7 +118,7 @@ def test_transient_failure_is_retried_without_duplicating_rows(fake_recipe, data
     assert [c[0] for c in calls].count("verify") == 3 and [c[0] for c in calls].count("filter") == 3
     tasks = _task_runs(state.state_details.flow_run_id)
     assert tasks["generate"]["attempts"] == 2 and tasks["verify"]["attempts"] == 1
-    store = Store(str(data_root))
+    store = Catalog(str(data_root))
     m = store.manifest("fake")
     ids = _attempt_ids(store, m)
     assert len(ids) == len(set(ids)) == 12 == m.tables["attempts"].rows
@@ -129,7 +128,6 @@ def test_transient_failure_is_retried_without_duplicating_rows(fake_recipe, data
 
 def test_rerun_after_a_failed_stage_reuses_the_stages_before_it(fake_recipe, data_root, monkeypatch):
     from flows.build import build_flow
-    from pipelines.storage import Store
     broken = {"on": True}
 
     def bug(calls):
@@ -147,7 +145,7 @@ def test_rerun_after_a_failed_stage_reuses_the_stages_before_it(fake_recipe, dat
     tasks = _task_runs(second.state_details.flow_run_id)
     assert tasks["generate"]["state"] == "Cached" and tasks["verify"]["state"] == "Cached"
     assert tasks["filter"]["state"] == "Completed"
-    store = Store(str(data_root))
+    store = Catalog(str(data_root))
     m = store.manifest("fake")
     assert m.tables["attempts"].rows == len(set(_attempt_ids(store, m))) == 8
     assert m.stages["verify"]["in"] == 8 and m.stages["filter"]["in"] == 8
@@ -156,15 +154,14 @@ def test_rerun_after_a_failed_stage_reuses_the_stages_before_it(fake_recipe, dat
 def test_rerun_after_a_failed_publish_reuses_the_cached_stages(fake_recipe, data_root, monkeypatch):
     import flows.build as fb
     import pipelines.build as pb
-    from pipelines.storage import Store
     real_publish = pb.publish
     calls = _stage_calls(monkeypatch)
     monkeypatch.setattr(pb, "publish", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full (test)")))
     cfg = fake_recipe(n=4, shard_size=2).model_dump(mode="json")
     first = fb.build_flow(config=cfg, return_state=True)
     assert first.is_failed() and "disk full" in first.message
-    assert Store(str(data_root)).versions("fake") == []
-    assert len(calls) == 6  # 3 stages x 2 shards
+    assert Catalog(str(data_root)).versions("fake") == []
+    assert len(calls) == 6  # 3 per-shard stages x 2 shards (dedup is global)
 
     monkeypatch.setattr(pb, "publish", real_publish)
     second = fb.build_flow(config=cfg, return_state=True)
@@ -172,7 +169,7 @@ def test_rerun_after_a_failed_publish_reuses_the_cached_stages(fake_recipe, data
     assert len(calls) == 6  # nothing recomputed
     tasks = _task_runs(second.state_details.flow_run_id)
     assert [tasks[s]["state"] for s in ("generate", "verify", "filter")] == ["Cached"] * 3
-    store = Store(str(data_root))
+    store = Catalog(str(data_root))
     m = store.manifest("fake")
     assert m.version == 1 and len(set(_attempt_ids(store, m))) == 8 == m.tables["attempts"].rows
 
@@ -236,8 +233,8 @@ def _deployments():
     (dict(name="s1", recipe="demo", cron="0 3 * *"), "invalid cron"),
     (dict(name="s1", recipe="demo", cron="0 3 * * *", every="6h"), "exactly one"),
     (dict(name="s1", recipe="nosuch", every="6h"), "unknown recipe 'nosuch'"),
-    (dict(name="s1", recipe="demo", set=["sampling.bogus=3"], every="6h"), "unknown key 'sampling.bogus'"),
-    (dict(name="s1", recipe="demo", set=["sampling.n=zero"], every="6h"), "sampling.n"),
+    (dict(name="s1", recipe="demo", set=["generate.bogus=3"], every="6h"), "unknown key 'generate.bogus'"),
+    (dict(name="s1", recipe="demo", set=["generate.n=zero"], every="6h"), "generate.n"),
     (dict(name="s1", recipe="demo", every="soon"), "invalid interval"),
     (dict(name="s1", kind="export", ref="demo", format="dpo", every="1d"), "--out"),
     (dict(name="Bad Name", recipe="demo", every="6h"), "name"),

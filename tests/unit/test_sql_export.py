@@ -6,9 +6,11 @@ import pytest
 
 from flows.cli import main
 from pipelines.build import build
-from pipelines.export import dpo_row, dpo_rows, export, sft_rows
+from pipelines.catalog import Catalog
+from pipelines.export import dpo_attempt_rows, dpo_row, export, sft_attempt_rows
+from pipelines.files import Root
 from pipelines.sql import SQLError, connect, fetch
-from pipelines.storage import Store
+from schemas.errors import ConfigError, StorageError
 
 
 @pytest.fixture
@@ -16,7 +18,7 @@ def two_versions(fake_recipe, data_root):
     cfg = fake_recipe(n=4, n_samples=2, shard_size=2)
     build(cfg, progress=False)
     build(fake_recipe(n=3, n_samples=2, shard_size=2), progress=False)
-    return Store(str(data_root))
+    return Catalog(Root(str(data_root)))
 
 
 def test_latest_and_older_versions_are_addressable(two_versions):
@@ -41,15 +43,15 @@ def test_sql_is_read_only_and_offline(two_versions, tmp_path):
 
 def test_export_row_joins_back_to_problem_and_attempt(two_versions, tmp_path):
     out = tmp_path / "sft"
-    r = export(two_versions, "fake@1", "sft", str(out), jsonl=True)
-    assert r.rows == 4  # mixed script: sample 0 of each problem is correct
+    r = export(two_versions.root, "fake@1", "sft", str(out), jsonl=True)
+    assert r.rows == 4 and r.export == "sft_attempts"  # mixed script: sample 0 of each problem is correct
     t = pq.read_table(out / "train-00000-of-00001.parquet")
     assert t.column_names[:1] == ["messages"]
     row = t.to_pylist()[0]
     assert [m["role"] for m in row["messages"]] == ["user", "assistant"]
     # an export under the data root joins back to its attempt and problem in `errata sql`
-    under = two_versions.path("exports", "sft")
-    export(two_versions, "fake@1", "sft", under)
+    under = two_versions.root.path("exports", "sft")
+    export(two_versions.root, "fake@1", "sft", under)
     cols, got = fetch(connect(two_versions), f"""
         SELECT p.question, a.is_correct, e.messages[2].content = a.completion AS same
         FROM read_parquet('{under}/*.parquet') e
@@ -63,7 +65,7 @@ def test_export_row_joins_back_to_problem_and_attempt(two_versions, tmp_path):
 
 
 def test_dpo_pairs_correct_with_incorrect_of_same_problem(two_versions, tmp_path):
-    r = export(two_versions, "fake", "dpo", str(tmp_path / "dpo"))
+    r = export(two_versions.root, "fake", "dpo", str(tmp_path / "dpo"))
     rows = pq.read_table(tmp_path / "dpo" / "train-00000-of-00001.parquet").to_pylist()
     assert r.rows == 3 and len(rows) == 3
     for row in rows:
@@ -78,8 +80,9 @@ def test_converters_are_pure_and_skip_dropped():
          dict(base, attempt_id="a1", sample_index=1, completion="wrong", is_correct=False, drop_reason=None),
          dict(base, attempt_id="a2", sample_index=2, completion="dup", is_correct=True, drop_reason="duplicate"),
          dict(base, attempt_id="a3", sample_index=3, completion="?", is_correct=None, drop_reason="no_answer")]
-    assert [r["attempt_id"] for r in sft_rows(a, "x@1")] == ["a0"]
-    assert [(r["chosen_attempt_id"], r["rejected_attempt_id"]) for r in dpo_rows(a, "x@1")] == [("a0", "a1")]
+    assert [r["attempt_id"] for r in sft_attempt_rows({"attempts": a}, "x@1", {})] == ["a0"]
+    assert [(r["chosen_id"], r["rejected_id"]) for r in dpo_attempt_rows({"attempts": a}, "x@1", {})] == \
+        [("a0", "a1")]
     with pytest.raises(ValueError):
         dpo_row(a[0], dict(a[1], problem_id="other"), "x@1")
 
@@ -105,7 +108,21 @@ def test_empty_export_is_a_clear_error(fake_recipe, data_root, tmp_path, capsys)
     build(fake_recipe(n=2, n_samples=2, script="wrong"), progress=False)
     assert main(["export", "fake", "--format", "sft", "--out", str(tmp_path / "e")]) == 2
     err = capsys.readouterr().err
-    assert "nothing to export" in err and "0 kept and correct" in err
+    assert "nothing to export" in err and "sft_attempts" in err and "4 attempts" in err
+
+
+def test_export_registry_errors(two_versions, tmp_path):
+    with pytest.raises(ConfigError, match="unknown export format 'csv'.*known: .*dpo"):
+        export(two_versions.root, "fake", "csv", str(tmp_path / "x"))
+    from pipelines.export import ExportSpec, SFT_SCHEMA, register_export, _EXPORTS
+    register_export(ExportSpec("needs_revisions", ("attempts", "revisions"), "test", SFT_SCHEMA,
+                               lambda t, s, o: []))
+    try:
+        with pytest.raises(StorageError, match="reads table 'revisions', which fake@2 does not have"):
+            export(two_versions.root, "fake", "needs_revisions", str(tmp_path / "y"))
+    finally:
+        _EXPORTS.pop("needs_revisions")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
 def test_version_tables_load_with_datasets_even_with_empty_shards(two_versions):

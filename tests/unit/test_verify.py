@@ -5,8 +5,7 @@ import time
 
 import pytest
 
-from pipelines.config import VerifyConfig
-from stages.verify import VerifyStage, math_verify_check
+from stages.verify import VerifyConfig, VerifyStage, math_verify_check
 
 OUT = ("final_answer", "answer_parse_ok", "is_correct", "reward", "verifier")
 
@@ -42,9 +41,29 @@ def stage():
     s.teardown()
 
 
-def _rows(pairs):
-    return [{"attempt_id": f"a{i}", "problem_id": "p", "completion": c, "reference_answer": r}
-            for i, (c, r) in enumerate(pairs)]
+def _tables(pairs):
+    return {"attempts": [{"attempt_id": f"a{i}", "problem_id": f"p{i}", "completion": c}
+                         for i, (c, _) in enumerate(pairs)],
+            "problems": [{"problem_id": f"p{i}", "reference_answer": r} for i, (_, r) in enumerate(pairs)]}
+
+
+def check(stage, pairs_or_tables):
+    """Run the stage; one result per attempt in input order: the verified row, or its error record shaped like
+    {error_reason, error_message, error_raw} (failed rows leave the table for `errors`)."""
+    tables = _tables(pairs_or_tables) if isinstance(pairs_or_tables, list) else pairs_or_tables
+    res = stage.run(tables)
+    rows = {r["attempt_id"]: r for r in res.tables["attempts"]}
+    errs = {e["row_id"]: e for e in res.errors}
+    assert not set(rows) & set(errs)
+    out = []
+    for a in tables["attempts"]:
+        if a["attempt_id"] in errs:
+            e = errs[a["attempt_id"]]
+            assert e["stage"] == "verify" and e["table"] == "attempts"
+            out.append({"error_reason": e["reason"], "error_message": e["message"], "error_raw": e["raw_input"]})
+        else:
+            out.append(rows[a["attempt_id"]])
+    return out, res.stats
 
 
 @pytest.mark.parametrize("completion, reference", [
@@ -63,7 +82,7 @@ def _rows(pairs):
     ("\\boxed{10\\%}", "10"),
 ])
 def test_equivalent_answers_are_correct(stage, completion, reference):
-    out, stats = stage.process(_rows([(completion, reference)]))
+    out, stats = check(stage, ([(completion, reference)]))
     r = out[0]
     assert r["answer_parse_ok"] is True and r["is_correct"] is True, r
     assert r["reward"] == 1.0 and r["verifier"] == "math_verify"
@@ -78,34 +97,35 @@ def test_equivalent_answers_are_correct(stage, completion, reference):
     ("The answer is Eve.", "\\text{Evelyn}"),
 ])
 def test_wrong_answers_are_wrong(stage, completion, reference):
-    out, _ = stage.process(_rows([(completion, reference)]))
+    out, _ = check(stage, ([(completion, reference)]))
     r = out[0]
     assert r["answer_parse_ok"] is True and r["is_correct"] is False and r["reward"] == 0.0, r
     assert r["verifier"] == "math_verify"
 
 
 def test_unparseable_is_unknown_not_wrong(stage):
-    out, stats = stage.process(_rows([("I cannot solve this.", "5"), ("", "5")]))
+    out, stats = check(stage, ([("I cannot solve this.", "5"), ("", "5")]))
     for r in out:
         assert r["final_answer"] is None and r["answer_parse_ok"] is False
         assert r["is_correct"] is None and r["reward"] is None  # not False / 0.0
-        assert not r.get("error_stage")
+        assert "error_reason" not in r
     assert stats.as_dict()["out"] == 2 and stats.as_dict()["errors"] == 0
 
 
-def test_output_columns_and_passthrough(stage):
-    rows = _rows([("The answer is 4", "4")]) + [
-        {"attempt_id": "x", "completion": "The answer is 4", "reference_answer": "4", "error_stage": "generate",
-         "error_reason": "prompt_too_long"}]
-    out, stats = stage.process(rows)
+def test_output_columns_and_dropped_rows_pass_through(stage):
+    tables = _tables([("The answer is 4", "4")])
+    dropped = {"attempt_id": "x", "problem_id": "p0", "completion": "The answer is 4", "drop_reason": "truncated"}
+    tables["attempts"].append(dropped)
+    res = stage.run(tables)
+    out = res.tables["attempts"]
     assert set(OUT) <= set(out[0]) and out[0]["attempt_id"] == "a0"
-    assert out[1] is rows[1]  # failed upstream: untouched
-    assert stats.as_dict()["in"] == 1
+    assert out[1] is dropped  # dropped upstream: untouched, still in the table
+    assert res.stats.as_dict()["in"] == 1
 
 
 def test_missing_reference_is_an_error_row(stage):
-    out, stats = stage.process(_rows([("The answer is 4", ""), ("The answer is 4", "4")]))
-    assert out[0]["error_reason"] == "no_reference" and out[0]["error_stage"] == "verify"
+    out, stats = check(stage, ([("The answer is 4", ""), ("The answer is 4", "4")]))
+    assert out[0]["error_reason"] == "no_reference"
     assert out[1]["is_correct"] is True
     assert stats.as_dict()["error_reasons"] == {"no_reference": 1}
 
@@ -115,14 +135,14 @@ def test_timeout_is_per_check_and_worker_is_rebuilt():
     stage.setup()
     try:
         pid0 = stage.worker.pid
-        rows = _rows([("The answer is 1", "1"), ("The answer is 999", "999"), ("The answer is 0.5", "1/2"),
-                      ("The answer is 4", "5")])
+        rows = [("The answer is 1", "1"), ("The answer is 999", "999"), ("The answer is 0.5", "1/2"),
+                ("The answer is 4", "5")]
         t0 = time.perf_counter()
-        out, stats = stage.process(rows)
+        out, stats = check(stage, rows)
         elapsed = time.perf_counter() - t0
         assert elapsed < 10  # not the 60 s the slow check would take
         assert out[0]["is_correct"] is True
-        assert out[1]["error_stage"] == "verify" and out[1]["error_reason"] == "checker_timeout"
+        assert out[1]["error_reason"] == "checker_timeout"
         assert "1.5 s" in out[1]["error_message"] and "999" in out[1]["error_raw"]
         assert out[2]["is_correct"] is True and out[3]["is_correct"] is False  # the rest still verified
         d = stats.as_dict()
@@ -131,7 +151,7 @@ def test_timeout_is_per_check_and_worker_is_rebuilt():
         assert stage.worker.pid != pid0 and stage.worker.starts == 2
         with pytest.raises(ProcessLookupError):
             os.kill(pid0, 0)
-        out, stats = stage.process(_rows([("The answer is 7", "7")]))
+        out, stats = check(stage, ([("The answer is 7", "7")]))
         assert out[0]["is_correct"] is True and stats.errors == 0
     finally:
         stage.teardown()
@@ -140,7 +160,7 @@ def test_timeout_is_per_check_and_worker_is_rebuilt():
 def test_two_timeouts_in_one_batch():
     stage = VerifyStage(VerifyConfig(timeout_s=1.0), check_fn=slow_check)
     try:
-        out, stats = stage.process(_rows([("#### 999", "1"), ("#### 2", "2"), ("#### 999", "3")]))  # lazy setup
+        out, stats = check(stage, ([("#### 999", "1"), ("#### 2", "2"), ("#### 999", "3")]))  # lazy setup
         assert [r.get("error_reason") for r in out] == ["checker_timeout", None, "checker_timeout"]
         assert out[1]["is_correct"] is True
         assert stage.worker.starts == 3
@@ -151,14 +171,14 @@ def test_two_timeouts_in_one_batch():
 def test_check_error_and_crash_become_error_rows():
     stage = VerifyStage(VerifyConfig(timeout_s=5), check_fn=raising_check)
     try:
-        out, stats = stage.process(_rows([("#### 13", "13"), ("#### 14", "14")]))
+        out, stats = check(stage, ([("#### 13", "13"), ("#### 14", "14")]))
         assert out[0]["error_reason"] == "checker_error" and "unlucky" in out[0]["error_message"]
         assert out[1]["is_correct"] is True
     finally:
         stage.teardown()
     stage = VerifyStage(VerifyConfig(timeout_s=5), check_fn=crashing_check)
     try:
-        out, stats = stage.process(_rows([("#### 1", "1"), ("#### 666", "1"), ("#### 2", "3")]))
+        out, stats = check(stage, ([("#### 1", "1"), ("#### 666", "1"), ("#### 2", "3")]))
         assert [r.get("error_reason") for r in out] == [None, "checker_crashed", None]
         assert out[0]["is_correct"] is True and out[2]["is_correct"] is False
         assert stats.error_reasons == {"checker_crashed": 1}
@@ -194,9 +214,9 @@ def test_per_check_overhead_is_small():
     stage = VerifyStage(VerifyConfig(timeout_s=5), check_fn=trivial_check)
     stage.setup()
     try:
-        rows = _rows([(f"#### {i}", str(i)) for i in range(2000)])
+        rows = [(f"#### {i}", str(i)) for i in range(2000)]
         t0 = time.perf_counter()
-        out, stats = stage.process(rows)
+        out, stats = check(stage, rows)
         rate = len(rows) / (time.perf_counter() - t0)
         assert all(r["is_correct"] for r in out)
         assert rate > 1000, f"{rate:.0f} checks/s"

