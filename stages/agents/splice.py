@@ -1,7 +1,8 @@
 """Agent-R's revision trajectories (and its `good` trajectories) as rows of messages with loss flags.
 
-    row = revision_row(tree, pair, walk, wait_reply="You wait. Nothing happens.")
-    rows = good_rows(tree, alpha=0.5)
+    sp = splice(tree, pair, end=walk_end_node, signal=text, wait_reply="You wait. Nothing happens.")
+    sp.messages, sp.segments, sp.prefix_len, sp.revision_turn_index
+    gd = good_path(tree, leaf)
 
 A revision row's messages, in order (D = divergence depth, E = the depth of the last bad step kept):
 1. the opening (instruction, "OK", first observation): loss False;
@@ -20,20 +21,22 @@ Known limit (METHODS.md §2f): the good branch's observations were produced from
 not from the state after the bad steps; the wait turn papers over that, which is faithful only where the bad
 steps left the state the good branch needs (reversible actions, or mistakes that changed nothing).
 
-A revision signal is drawn from all of `REVISION_SIGNALS` (our own wording) by an RNG seeded with (seed, tree,
-good leaf, bad leaf); the text and its index are on the row. A `good` row is a whole leaf path with value >
-alpha, loss True on every policy turn ("OK" stays False).
+A revision signal is drawn from a configured list (default `REVISION_SIGNALS`, our own wording, 26 of them) by
+an RNG seeded with (seed, pair id) over the whole list (Agent-R drew from only 10 of its 20); the text and its
+index go on the row. A `good` trajectory is a whole leaf path with value > alpha, loss True on every policy
+turn ("OK" stays False).
 
-Every row has the same keys (`ROW_KEYS`), None where a field does not apply to its kind.
+Each message also comes as a segment {text, author, loss}: the instruction and "OK" and the revision turn are
+`template`, policy turns `model`, observations and the wait reply `env`.
 """
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
+from typing import Sequence
 
-from schemas.rows import make_id
-from stages.agents.judge import Walk
 from stages.agents.mcts import Node, Tree
-from stages.agents.pairs import DEFAULT_ALPHA, DEFAULT_BETA, Pair, good_leaves, leaf_value
+from stages.agents.pairs import Pair
 
 # How the model says it has noticed a mistake and is about to change course. Written for errata; every one is
 # used (the choice is over the whole tuple).
@@ -67,89 +70,66 @@ REVISION_SIGNALS: tuple[str, ...] = (
 )
 
 WAIT_ACTION = "wait"
-
-ROW_KEYS = ("row_id", "kind", "tree_id", "task_id", "env", "iteration", "pair_id", "good_leaf_id", "bad_leaf_id",
-            "good_leaf_value", "bad_leaf_value", "value_gap", "alpha", "beta", "divergence_node_id",
-            "divergence_depth", "good_child_id", "bad_child_id", "judge_status", "judge_template",
-            "first_error_depth", "bad_end_node_id", "bad_end_depth", "end_of_trajectory", "judgements",
-            "revision_signal", "revision_signal_index", "wait_reply", "prefix_len", "revision_turn_index",
-            "messages")
+MIN_SIGNALS = 20
 
 
-def choose_signal(key: str, seed: int = 0) -> tuple[int, str]:
+def choose_signal(key: str, seed: int = 0, signals: Sequence[str] = REVISION_SIGNALS) -> tuple[int, str]:
     """(index, text): a revision signal drawn from the whole list by an RNG seeded with (seed, key)."""
-    i = random.Random(f"{seed}:{key}").randrange(len(REVISION_SIGNALS))
-    return i, REVISION_SIGNALS[i]
+    i = random.Random(f"{seed}:{key}").randrange(len(signals))
+    return i, signals[i]
 
 
-def revision_turn(signal: str) -> str:
-    return f"Thought: {signal}\nAction: {WAIT_ACTION}"
+def revision_turn(signal: str, wait_action: str = WAIT_ACTION) -> str:
+    return f"Thought: {signal}\nAction: {wait_action}"
 
 
-def _msg(role: str, content: str, loss: bool) -> dict:
-    return {"role": role, "content": content, "loss": bool(loss)}
+@dataclass
+class Spliced:
+    messages: list[dict]            # {role, content, loss}
+    segments: list[dict]            # {text, author, loss}, one per message
+    prefix_len: int                 # messages of the opening + the shared prefix
+    revision_turn_index: int        # index of the revision turn in messages (None for good paths: -1)
 
 
-def _turns(nodes: list[Node], loss: bool) -> list[dict]:
-    out = []
+def _add(sp: Spliced, role: str, content: str, loss: bool, author: str) -> None:
+    sp.messages.append({"role": role, "content": content, "loss": bool(loss)})
+    sp.segments.append({"text": content, "author": author, "loss": bool(loss)})
+
+
+def _opening(sp: Spliced, tree: Tree) -> None:
+    for k, m in enumerate(tree.opening):
+        _add(sp, m["role"], m["content"], False, "env" if k == 2 else "template")
+
+
+def _turns(sp: Spliced, nodes: Sequence[Node], loss: bool) -> None:
     for n in nodes:
-        out.append(_msg("assistant", n.raw_text, loss))
-        out.append(_msg("user", n.observation, False))
-    return out
+        _add(sp, "assistant", n.raw_text, loss, "model")
+        _add(sp, "user", n.observation, False, "env")
 
 
-def _opening(tree: Tree) -> list[dict]:
-    return [_msg(m["role"], m["content"], False) for m in tree.opening]
-
-
-def _row(tree: Tree, **fields) -> dict:
-    row = dict.fromkeys(ROW_KEYS)
-    row.update(tree_id=tree.tree_id, task_id=tree.task.task_id, env=tree.env_name, iteration=tree.iteration)
-    row.update(fields)
-    return row
-
-
-def revision_row(tree: Tree, pair: Pair, walk: Walk, *, wait_reply: str, alpha: float = DEFAULT_ALPHA,
-                 beta: float = DEFAULT_BETA, signal_seed: int = 0) -> dict:
-    """The revision trajectory of one pair (see the module docstring). `walk` must be usable (a first error, or
-    no error found); `alpha`/`beta` are recorded on the row for the checks."""
-    if not walk.usable:
-        raise ValueError(f"walk status {walk.status!r} gives no splice")
-    end = walk.end
-    bad_path = pair.bad.lineage()
-    good_path = pair.good.lineage()
+def splice(tree: Tree, pair: Pair, end: Node, signal: str, wait_reply: str,
+           wait_action: str = WAIT_ACTION) -> Spliced:
+    """The revision trajectory of `pair` whose bad path is kept through `end` (see the module docstring)."""
+    bad_path, good_path = pair.bad.lineage(), pair.good.lineage()
     d = pair.divergence.depth
-    if bad_path[end.depth] is not end:
-        raise ValueError("the walk's end is not on the pair's bad path")
-    idx, signal = choose_signal(f"{tree.tree_id}:{pair.good.node_id}:{pair.bad.node_id}", signal_seed)
-    messages = _opening(tree) + _turns(good_path[1:d + 1], False)
-    prefix_len = len(messages)
-    messages += _turns(bad_path[d + 1:end.depth + 1], False)
-    revision_at = len(messages)
-    messages += [_msg("assistant", revision_turn(signal), True), _msg("user", wait_reply, False)]
-    messages += _turns(good_path[d + 1:], True)
-    return _row(tree, row_id=make_id(tree.tree_id, pair.good.node_id, pair.bad.node_id, "revision", prefix="r-"),
-                kind="revision", pair_id=pair.pair_id, good_leaf_id=pair.good.node_id, bad_leaf_id=pair.bad.node_id,
-                good_leaf_value=float(pair.good_value), bad_leaf_value=float(pair.bad_value),
-                value_gap=float(pair.gap), alpha=float(alpha), beta=float(beta),
-                divergence_node_id=pair.divergence.node_id, divergence_depth=d,
-                good_child_id=pair.good_child.node_id, bad_child_id=pair.bad_child.node_id,
-                judge_status=walk.status, judge_template=walk.template, first_error_depth=walk.first_error_depth,
-                bad_end_node_id=end.node_id, bad_end_depth=end.depth, end_of_trajectory=walk.end_of_trajectory,
-                judgements=[j.as_row() for j in walk.judgements], revision_signal=signal,
-                revision_signal_index=idx, wait_reply=wait_reply, prefix_len=prefix_len,
-                revision_turn_index=revision_at, messages=messages)
+    if end.depth <= d or end.depth >= len(bad_path) or bad_path[end.depth] is not end:
+        raise ValueError("the splice's end is not a bad step after the divergence on the pair's bad path")
+    sp = Spliced([], [], 0, -1)
+    _opening(sp, tree)
+    _turns(sp, good_path[1:d + 1], False)
+    sp.prefix_len = len(sp.messages)
+    _turns(sp, bad_path[d + 1:end.depth + 1], False)
+    sp.revision_turn_index = len(sp.messages)
+    _add(sp, "assistant", revision_turn(signal, wait_action), True, "template")
+    _add(sp, "user", wait_reply, False, "env")
+    _turns(sp, good_path[d + 1:], True)
+    return sp
 
 
-def good_row(tree: Tree, leaf: Node, alpha: float = DEFAULT_ALPHA) -> dict:
+def good_path(tree: Tree, leaf: Node) -> Spliced:
     """A whole leaf path, loss on every policy turn."""
-    messages = _opening(tree) + _turns(leaf.lineage()[1:], True)
-    return _row(tree, row_id=make_id(tree.tree_id, leaf.node_id, "good", prefix="r-"), kind="good",
-                good_leaf_id=leaf.node_id, good_leaf_value=leaf_value(leaf), alpha=float(alpha), judgements=[],
-                messages=messages)
-
-
-def good_rows(tree: Tree, alpha: float = DEFAULT_ALPHA) -> list[dict]:
-    """Agent-R's `good` data: every leaf path with value/visits > alpha."""
-    return [good_row(tree, leaf, alpha) for leaf in good_leaves(tree, alpha)]
-
+    sp = Spliced([], [], 0, -1)
+    _opening(sp, tree)
+    sp.prefix_len = len(sp.messages)
+    _turns(sp, leaf.lineage()[1:], True)
+    return sp
