@@ -7,7 +7,8 @@
   chat template (pipelines/chat_tokens.py): labels -100 on every token of a loss-false message.
 - `dpo_agent_r` (`--format dpo`): one row per (divergence parent, good child, bad child) of the pairs table:
   `prompt` = the conversation up to the divergence parent (ends with its observation), `chosen` = the good
-  child's turn, `rejected` = the bad child's turn (TRL's conversational preference columns). A child pair seen
+  child's turn, `rejected` = the bad child's turn (TRL's conversational preference columns), from every pair
+  whatever its judge walk gave (the preference needs only the leaf values). A child pair seen
   in both orientations (each child has a leaf better than one of the other's) is left out as contradictory.
 
 Options (`--option KEY=VALUE`): `kind` all (default), revision or good (sft formats); `mix` FILE and `eta` (also

@@ -429,13 +429,11 @@ class JudgeStage(LLMMixin, MapStage):
         for tid, judge in judges.items():
             for k, v in judge.stats.items():
                 stats.count(k, v)
-            for node_id, fut in judge._cache.items():
-                if fut.done() and not fut.exception():
-                    j: Judgement = fut.result()
-                    jid = self.judgement_id(j)
-                    if jid not in seen:
-                        seen.add(jid)
-                        self._judgements.append(self.judgement_row(j, jid, problem_of.get(tid) or "", judge))
+            for j in judge.judged():
+                jid = self.judgement_id(j)
+                if jid not in seen:
+                    seen.add(jid)
+                    self._judgements.append(self.judgement_row(j, jid, problem_of.get(tid) or "", judge))
         stats.count("judgements", len(self._judgements))
         return results
 

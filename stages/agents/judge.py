@@ -155,6 +155,10 @@ class StepJudge:
             self.stats["judge_cache_hits"] += 1
         return await asyncio.shield(fut)
 
+    def judged(self) -> list[Judgement]:
+        """Every judgement made so far (one per node), in the order they were asked for; failed calls left out."""
+        return [f.result() for f in self._cache.values() if f.done() and not f.cancelled() and f.exception() is None]
+
     async def _ask(self, node: Node) -> Judgement:
         prompt = judge_prompt(self.tree, node, self.settings)
         self.stats["judge_calls"] += 1
