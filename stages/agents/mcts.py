@@ -569,9 +569,9 @@ NODE_COLUMNS = ("tree_id", "task_id", "env", "iteration", "seq", "node_id", "nod
 
 
 def tree_rows(tree: Tree) -> list[dict]:
-    """One row per node for the `nodes` table, `seq` numbering them in creation order. A node's turn is `raw_text` (assistant) and
-    `observation` (user); the root's row carries the opening messages as `opening_json`, so `path_messages`
-    can be rebuilt from rows alone (`tree_from_rows`)."""
+    """One row per node for the `nodes` table, `seq` numbering them in creation order. A node's turn is
+    `raw_text` (assistant) and `observation` (user); the root's row carries the opening messages as
+    `opening_json`, so `path_messages` can be rebuilt from rows alone (`tree_from_rows`)."""
     rows = []
     for seq, n in enumerate(tree.nodes):
         rows.append({

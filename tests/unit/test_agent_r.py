@@ -177,7 +177,8 @@ def test_splice_invariants_on_real_trees(built):
         assert [m_["content"] for m_ in msgs[n_open:r["prefix_len"]:2]] == [n.raw_text for n in good_path[1:d + 1]]
         # the bad steps from the divergence child through the judged error, masked
         i = r["revision_turn_index"]
-        assert [m_["content"] for m_ in msgs[r["prefix_len"]:i:2]] == [n.raw_text for n in bad_path[d + 1:end.depth + 1]]
+        bad_turns = [n.raw_text for n in bad_path[d + 1:end.depth + 1]]
+        assert [m_["content"] for m_ in msgs[r["prefix_len"]:i:2]] == bad_turns
         assert not any(m_["loss"] for m_ in msgs[:i])
         # the revision turn comes right after the last masked turn, with loss, then the env's reply to wait
         assert msgs[i] == {"role": "assistant", "content": revision_turn(r["revision_signal"]), "loss": True}
@@ -261,7 +262,8 @@ def test_a_later_round_starts_from_the_previous_version(built, data_root):
     m2 = build(cfg, progress=False).manifest
     assert m2.parents == [m.ref] and m2.models["mcts"]["iteration"] == 1
     trees = Catalog(str(data_root)).read_table(m2, "trees").to_pylist()
-    assert {x["iteration"] for x in trees} == {1} and not {x["tree_id"] for x in trees} & {x["tree_id"] for x in t["trees"]}
+    assert {x["iteration"] for x in trees} == {1}
+    assert not {x["tree_id"] for x in trees} & {x["tree_id"] for x in t["trees"]}
 
 
 # ---- signals ------------------------------------------------------------------------------------------------------
@@ -297,7 +299,8 @@ def test_no_converter_drops_the_loss_flag(built):
     for r in t["revisions"]:
         assert [x["loss"] for x in sft_row(r, "v")["messages"]] == [x["loss"] for x in r["messages"]]
     rows = sft_rows({"revisions": t["revisions"]}, "v", {})
-    assert any(x["loss"] for r in rows for x in r["messages"]) and any(not x["loss"] for r in rows for x in r["messages"])
+    flags = [x["loss"] for r in rows for x in r["messages"]]
+    assert any(flags) and not all(flags)
     traj = {"trajectory_id": "t", "problem_id": "p", "messages": t["revisions"][0]["messages"]}
     assert [x["loss"] for x in sft_trajectory_row(traj, "v")["messages"]] == [x["loss"] for x in traj["messages"]]
     # flipping one flag in the source flips it in the output (the converter reads it, it does not recompute it)
