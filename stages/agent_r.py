@@ -456,7 +456,6 @@ class SpliceConfig(Options):
                                            "draws one from the whole list, recorded with its index")
     signal_seed: int = Field(0, description="seeds the signal draw (with the pair id)")
     wait_action: str = Field(WAIT_ACTION, description="the revision turn's action; the env's reply to it follows")
-    good: bool = Field(True, description="also write good leaves' paths as kind=good rows (full loss)")
 
     @field_validator("signals")
     @classmethod
@@ -478,7 +477,7 @@ class SpliceStage(ExpandStage):
     def describe(self) -> dict[str, Any]:
         c = self.config
         return {**super().describe(), "signals": len(c.signals), "signal_seed": c.signal_seed,
-                "wait_action": c.wait_action, "good": c.good}
+                "wait_action": c.wait_action}
 
     def expand(self, rows, tables, stats: StageStats, shard: ShardInfo):
         trees = trees_from_tables(tables)
@@ -520,9 +519,7 @@ class SpliceStage(ExpandStage):
             return Failed("no_tree", f"tree {row['tree_id']} has no rows")
         base = {"problem_id": row["problem_id"], "env": tree.env_name, "task_id": tree.task.task_id,
                 "iteration": tree.iteration, "tree_id": tree.tree_id, "final_answer": None, "drop_reason": None}
-        if row.get("kind") == "good_leaf":
-            if not c.good:
-                return []
+        if row.get("kind") == "good_leaf":            # pairs.good decides whether there are any
             leaf = tree.node(row["good_leaf_id"])
             sp = good_path(tree, leaf)
             stats.count("rows_good")
