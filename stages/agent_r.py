@@ -351,7 +351,8 @@ class JudgeStage(LLMMixin, MapStage):
     def __init__(self, *a: Any, **k: Any):
         super().__init__(*a, **k)
         self._init_llm()
-        self._judgements: list[dict] = []
+        # judgements made per shard, keyed by shard id: shards of one stage object may run in parallel threads
+        self._judgements: dict[int, list[dict]] = {}
 
     def describe(self) -> dict[str, Any]:
         c = self.config
@@ -359,9 +360,12 @@ class JudgeStage(LLMMixin, MapStage):
                 "environment": c.environment or "from the env", "max_history_steps": c.max_history_steps}
 
     def run(self, tables, shard: ShardInfo = ShardInfo()) -> StageResult:
-        self._judgements = []
-        res = super().run(tables, shard)
-        res.tables["judgements"] = self._judgements
+        self._judgements[shard.shard_id] = []
+        try:
+            res = super().run(tables, shard)
+            res.tables["judgements"] = self._judgements[shard.shard_id]
+        finally:
+            self._judgements.pop(shard.shard_id, None)
         return res
 
     def process(self, rows, tables, stats: StageStats, shard: ShardInfo):
@@ -426,6 +430,7 @@ class JudgeStage(LLMMixin, MapStage):
         if fatal:
             raise fatal[0]
         seen: set[str] = set()
+        made = self._judgements[shard.shard_id]
         for tid, judge in judges.items():
             for k, v in judge.stats.items():
                 stats.count(k, v)
@@ -433,8 +438,8 @@ class JudgeStage(LLMMixin, MapStage):
                 jid = self.judgement_id(j)
                 if jid not in seen:
                     seen.add(jid)
-                    self._judgements.append(self.judgement_row(j, jid, problem_of.get(tid) or "", judge))
-        stats.count("judgements", len(self._judgements))
+                    made.append(self.judgement_row(j, jid, problem_of.get(tid) or "", judge))
+        stats.count("judgements", len(made))
         return results
 
     def judgement_id(self, j: Judgement) -> str:
