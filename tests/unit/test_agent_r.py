@@ -409,3 +409,21 @@ def test_a_splice_is_auditable_in_sql(built, data_root):
     assert len(rows) == len(revisions) > 0
     for _, div_depth, end_depth, good_child_of_div, verdict in rows:
         assert end_depth > div_depth and good_child_of_div and verdict in ("bad", None)
+
+
+@needs_model
+def test_tokenized_export_mixes_general_rows_with_their_assistant_turns_labelled(built, tmp_path):
+    m, t = built
+    general = tmp_path / "general.jsonl"
+    general.write_text("\n".join(json.dumps({"messages": [{"role": "user", "content": f"Name a colour ({k})."},
+                                                          {"role": "assistant", "content": "Blue."}]})
+                                 for k in range(150)) + "\n")
+    rows = sft_tokenized_rows({"revisions": t["revisions"]}, "v",
+                              {"tokenizer": "embedded", "_models_dir": str(MODELS_DIR), "mix": str(general),
+                               "eta": "0.25"})
+    mixed = [r for r in rows if r["kind"] == "general"]
+    assert len(mixed) == general_needed(len(t["revisions"]), 0.25) and len(rows) == len(t["revisions"]) + len(mixed)
+    tok = load_tokenizer(str(embedded_model_dir(MODELS_DIR)))
+    for r in mixed:
+        labelled = [x for x in r["labels"] if x != IGNORE]
+        assert tok.decode(labelled).strip().startswith("Blue.") and "colour" not in tok.decode(labelled)
