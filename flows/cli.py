@@ -215,6 +215,10 @@ def cmd_export(args) -> int:
     options = {"max_pairs_per_problem": args.max_pairs}
     if args.tokenizer:
         options["tokenizer"] = args.tokenizer
+    if args.mix:
+        options["mix"] = args.mix
+    if args.eta is not None:
+        options["eta"] = args.eta
     for o in args.option or []:
         k, sep, v = o.partition("=")
         if not sep:
@@ -309,6 +313,11 @@ def make_parser() -> argparse.ArgumentParser:
     e.add_argument("--tokenizer", metavar="MODEL", help="pre-tokenized exports (sft-tokenized): the tokenizer and "
                                                         "chat template to use (a model directory, hub id or "
                                                         "'embedded'); same as --option tokenizer=MODEL")
+    e.add_argument("--mix", metavar="FILE", help="SFT exports that support it (agent_r): a general chat dataset "
+                                                 "(JSONL/Parquet with `messages`) to mix in; same as --option "
+                                                 "mix=FILE")
+    e.add_argument("--eta", type=float, help="with --mix: the fraction of general rows in the output (default "
+                                             "0.2); same as --option eta=X")
     e.add_argument("--option", action="append", metavar="KEY=VALUE", help="an export's own option (repeatable)")
     e.set_defaults(fn=cmd_export)
 

@@ -130,6 +130,15 @@ def _load_agents() -> None:
                          "n episodes per task, plus the env's gold path on request",
         (StageSpec("rollout", RolloutStage),),
         roles=("policy",), exports={"sft": "sft_trajectories", "sft-tokenized": "sft_tokenized_trajectories"}))
+    import pipelines.agent_r_exports  # noqa: F401  (registers the Agent-R exports)
+    from stages.agent_r import JudgeStage, MCTSStage, PairsStage, SpliceStage
+    register_method(Method(
+        "agent_r", "Agent-R: MCTS per env task with the policy, (good, bad) leaf pairs, the policy judges the bad "
+                   "path's first error, spliced revision trajectories (and good trajectories)",
+        (StageSpec("mcts", MCTSStage), StageSpec("pairs", PairsStage), StageSpec("judge", JudgeStage),
+         StageSpec("splice", SpliceStage)),
+        roles=("policy",), exports={"sft": "sft_agent_r", "sft-tokenized": "sft_tokenized_agent_r",
+                                    "dpo": "dpo_agent_r"}))
 
 
 def stage_of(config: RecipeConfig, name: str, run_id: str = "") -> Optional[Stage]:

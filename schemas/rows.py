@@ -93,9 +93,10 @@ class Judgement(Lineage):
     prompt_template: str = field(default="", metadata={"doc": "prompt template name@version"})
     verdict: Optional[str] = field(default=None, metadata={
         "doc": "what the judge said, parsed: correct / incorrect (whole-solution checks), located / says_correct "
-               "(first-error judges), unparsed"})
+               "(first-error judges), good / bad / uncertain (one agent step, target_table nodes), unparsed"})
     first_error_step: Optional[int] = field(default=None, metadata={
-        "doc": "1-based step the judge names as the first wrong one, against the numbered steps it was shown"})
+        "doc": "1-based step the judge names as the first wrong one, against the numbered steps it was shown "
+               "(agent step judgements: the judged node's depth when the verdict is bad)"})
     error_type: Optional[str] = field(default=None, metadata={"doc": "error-type label the judge chose"})
     type_parse_ok: Optional[bool] = field(default=None, metadata={"doc": "the error type could be parsed"})
     raw_text: str = field(default="", metadata={"doc": "the judge's text as written"})

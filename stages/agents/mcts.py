@@ -469,11 +469,13 @@ async def search_many(tasks: Sequence[EnvTask], env_factory: Callable[[], Env], 
                       parse_action: ParseAction, settings: Optional[MCTSSettings] = None, *, concurrency: int = 8,
                       trim: Optional[Trim] = None, opening: Optional[Opening] = None, iteration: int = 0,
                       executor: Optional[cf.Executor] = None,
-                      on_tree: Optional[Callable[[Tree], None]] = None) -> list[Tree]:
+                      on_tree: Optional[Callable[[Tree], None]] = None,
+                      tree_id: Optional[Callable[[EnvTask], str]] = None) -> list[Tree]:
     """Search every task's tree, `concurrency` trees at a time: each worker owns one env (made by `env_factory`,
     set up once, reused for its tasks, closed at the end), so the trees' policy calls interleave on the engine.
     Returns the trees in task order. A worker whose env cannot be made or set up gives the task it holds an error
-    tree (`env_setup: ...`) and tries a fresh env for its next task. `on_tree` is called as each tree finishes."""
+    tree (`env_setup: ...`) and tries a fresh env for its next task. `on_tree` is called as each tree finishes.
+    `tree_id(task)` names each tree (default: `default_tree_id`)."""
     settings = settings or MCTSSettings()
     if concurrency < 1:
         raise ValueError("concurrency must be >= 1")
@@ -503,7 +505,8 @@ async def search_many(tasks: Sequence[EnvTask], env_factory: Callable[[], Env], 
                     except Exception as e:
                         env = None
                         name = "env"
-                        tree = Tree(tree_id=default_tree_id(task, name, iteration, settings), task=task,
+                        tid = tree_id(task) if tree_id else default_tree_id(task, name, iteration, settings)
+                        tree = Tree(tree_id=tid, task=task,
                                     env_name=name, iteration=iteration, settings=settings.model_dump(),
                                     error=f"env_setup: {_short(e)}")
                         tree.stats["tree_errors"] += 1
@@ -512,7 +515,8 @@ async def search_many(tasks: Sequence[EnvTask], env_factory: Callable[[], Env], 
                             on_tree(tree)
                         continue
                 tree = await search_tree(task, env, policy, parse_action, settings, trim=trim, opening=opening,
-                                         iteration=iteration, executor=executor)
+                                         iteration=iteration, executor=executor,
+                                         tree_id=tree_id(task) if tree_id else None)
                 results[i] = tree
                 if on_tree is not None:
                     on_tree(tree)
@@ -565,9 +569,9 @@ NODE_COLUMNS = ("tree_id", "task_id", "env", "iteration", "seq", "node_id", "nod
 
 
 def tree_rows(tree: Tree) -> list[dict]:
-    """One row per node for the `nodes` table, `seq` numbering them in creation order. A node's turn is `raw_text` (assistant) and
-    `observation` (user); the root's row carries the opening messages as `opening_json`, so `path_messages`
-    can be rebuilt from rows alone (`tree_from_rows`)."""
+    """One row per node for the `nodes` table, `seq` numbering them in creation order. A node's turn is
+    `raw_text` (assistant) and `observation` (user); the root's row carries the opening messages as
+    `opening_json`, so `path_messages` can be rebuilt from rows alone (`tree_from_rows`)."""
     rows = []
     for seq, n in enumerate(tree.nodes):
         rows.append({

@@ -1,0 +1,112 @@
+"""Agent-R tree search throughput on the real embedded model: node expansions/s of the `mcts` stage with N trees
+searched concurrently vs one tree at a time, on the same engine in one run (engine start excluded), and the
+engine's prefix-cache hit rate in each phase. Target (DESIGN.md): >= 10x expansions/s. Writes
+bench/results/mcts.json.
+
+    flock /tmp/errata-model.lock .venv/bin/python bench/mcts.py [--trees 16] [--sequential-trees 2]
+        [--iterations 2] [--children 4] [--max-depth 3] [--max-tokens 48]
+
+Each phase searches its own craft tasks (a generated world, shallow goals), so the one-at-a-time phase does not
+reuse the concurrent phase's cache. An expansion is one policy request of `children` samples.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.envs import _write, machine  # noqa: E402
+
+
+def _prefix(engines) -> dict:
+    (d,) = engines.describe().values()
+    pc = d.get("prefix_cache") or {}
+    return {"queries": pc.get("prefix_cache_queries") or 0, "hits": pc.get("prefix_cache_hits") or 0}
+
+
+def bench(n_trees: int, seq_trees: int, iterations: int, children: int, max_depth: int, max_tokens: int) -> dict:
+    from pipelines.files import Root
+    from stages.agent_r import MCTSConfig, MCTSStage
+    from stages.base import StageContext
+    from stages.engines.base import GenerationRequest, SamplingParams
+    from stages.engines.config import EngineConfig
+    from stages.engines.host import LocalEngines
+    from stages.envs.spec import EnvSpec
+    from stages.tasks import env_problems
+
+    spec = EnvSpec(kind="craft", config={"generate": {"seed": 0, "depth": 3}, "max_goal_depth": 1,
+                                         "distractors": 2})
+    problems = env_problems(spec, "train", n_trees + seq_trees)
+    engine = EngineConfig(kind="vllm", model="embedded")
+    models_dir = os.environ.get("ERRATA_MODELS") or Root(str(REPO / "data")).models_dir
+    engines = LocalEngines({"policy": engine}, models_dir)
+    t0 = time.perf_counter()
+    described = engines.start()
+    start_s = time.perf_counter() - t0
+    engines.client("policy").generate([GenerationRequest(messages=[{"role": "user", "content": "Say hi."}],
+                                                         sampling=SamplingParams(max_tokens=8))])   # warm-up
+    rows = {}
+    try:
+        for label, conc, chunk in (("concurrent", n_trees, problems[:n_trees]),
+                                   ("one_at_a_time", 1, problems[n_trees:])):
+            cfg = MCTSConfig(iterations=iterations, children=children, max_depth=max_depth, max_tokens=max_tokens,
+                             concurrency=conc)
+            st = MCTSStage(cfg, name=f"mcts_{label}", context=StageContext(engines={"policy": engine}))
+            st.setup(engines)
+            before = _prefix(engines)
+            t1 = time.perf_counter()
+            res = st.run({"problems": chunk})
+            secs = time.perf_counter() - t1
+            after = _prefix(engines)
+            c = res.stats.counts
+            q, h = after["queries"] - before["queries"], after["hits"] - before["hits"]
+            rows[label] = {"concurrency": conc, "trees": len(res.tables["trees"]), "errors": len(res.errors),
+                           "nodes": c.get("nodes", 0), "expansions": c.get("expansions", 0),
+                           "policy_samples": c.get("policy_samples", 0), "seconds": round(secs, 1),
+                           "expansions_per_s": round(c.get("expansions", 0) / secs, 3),
+                           "nodes_per_s": round(c.get("nodes", 0) / secs, 3),
+                           "completion_tokens": res.stats.completion_tokens,
+                           "output_tokens_per_s": round(res.stats.completion_tokens / secs, 1),
+                           "prefix_cache_queries": q, "prefix_cache_hits": h,
+                           "prefix_cache_hit_rate": round(h / q, 4) if q else None}
+            print("mcts", label, rows[label], flush=True)
+    finally:
+        engines.stop()
+    (eng,) = described.values()
+    return {"model": engine.label(), "engine": {k: eng.get(k) for k in ("kind", "dtype", "max_num_seqs",
+                                                                       "enable_prefix_caching")},
+            "engine_start_s": round(start_s, 1), "env": spec.as_dict(),
+            "search": {"iterations": iterations, "children": children, "max_depth": max_depth,
+                       "max_tokens": max_tokens}, **rows,
+            "speedup_expansions_per_s": round(rows["concurrent"]["expansions_per_s"]
+                                              / rows["one_at_a_time"]["expansions_per_s"], 2),
+            "target": ">= 10x node expansions/s with N concurrent trees vs one tree at a time, same engine"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--trees", type=int, default=16, help="trees in the concurrent phase (all in flight)")
+    ap.add_argument("--sequential-trees", type=int, default=2, help="trees searched one at a time")
+    ap.add_argument("--iterations", type=int, default=2)
+    ap.add_argument("--children", type=int, default=4)
+    ap.add_argument("--max-depth", type=int, default=3)
+    ap.add_argument("--max-tokens", type=int, default=48)
+    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "mcts.json"))
+    a = ap.parse_args()
+    res = {"benchmark": "Agent-R MCTS node expansions/s: N concurrent trees vs one at a time, one engine",
+           "when": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "machine": machine(),
+           **bench(a.trees, a.sequential_trees, a.iterations, a.children, a.max_depth, a.max_tokens)}
+    res["machine"]["load_average_1m_after"] = round(os.getloadavg()[0], 2)
+    _write(Path(a.out), res)
+    print(json.dumps({k: res[k] for k in ("speedup_expansions_per_s",)}))
+
+
+if __name__ == "__main__":
+    main()
