@@ -25,7 +25,7 @@ import concurrent.futures as cf
 import itertools
 import json
 import os
-from collections import Counter, defaultdict
+from collections import defaultdict
 from typing import Any, Literal, Optional
 
 from pydantic import Field, field_validator
@@ -34,7 +34,7 @@ from schemas.agent_r_rows import NodeRow, PairRow, TreeRow  # noqa: F401  (regis
 from schemas.errors import ConfigError, RowError
 from schemas.revision_rows import Revision  # noqa: F401  (registers revisions)
 from schemas.rows import make_id
-from stages.agents.judge import JudgeSettings, Judgement, StepJudge, Walk, first_error_walk
+from stages.agents.judge import JudgeSettings, Judgement, StepJudge, first_error_walk
 from stages.agents.mcts import (MCTSSettings, Node, Tree, search_many, total_stats, tree_from_rows, tree_rows,
                                 tree_summary)
 from stages.agents.pairs import DEFAULT_ALPHA, DEFAULT_BETA, Pair, PairSettings, good_leaves, make_pairs

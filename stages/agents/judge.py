@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from agent_r_toys import (DriftingLineWorld, LineWorld, RandomWalker, Scripted, SnapLineWorld, line_task,
                           parse_action, turn)
-from stages.agents.mcts import (INVALID_ACTION, MCTSSettings, Node, Tree, env_reply, path_messages, path_to,
+from stages.agents.mcts import (INVALID_ACTION, MCTSSettings, Node, env_reply, path_messages, path_to,
                                 search_many, search_tree, select_child, total_stats, tree_from_rows, tree_rows,
                                 tree_summary, uct)
 
