@@ -119,7 +119,28 @@ def _load_builtin() -> None:
          StageSpec("verify_retry", VerifyStage), StageSpec("filter", AttemptFilter),
          StageSpec("dedup", DuplicateProblems)),
         roles=("student",), exports={"sft": "sft_attempts", "dpo": "dpo_attempts"}))
+    _load_lemma()
     _load_agents()
+
+
+def _load_lemma() -> None:
+    import pipelines.lemma_exports  # noqa: F401  (registers the revision exports)
+    from stages.filter import AttemptFilter
+    from stages.generate import GenerateStage
+    from stages.lemma.stages import (InjectionFilter, InjectStage, JudgeInjectionsStage, JudgeStage, ReviseStage,
+                                     RevisionFilter, TypeWeightsStage, VerifyInjections, VerifyRevisions)
+    from stages.verify import VerifyStage
+    register_method(Method(
+        "lemma", "LEMMA (arXiv 2503.17439): the student samples; a teacher locates and types the first error of "
+                 "each wrong attempt, writes errors of those types (or the rules injector makes labelled ones), "
+                 "and revises them (fix & continue, fresh & restart); every revision verified",
+        (StageSpec("generate", GenerateStage), StageSpec("verify", VerifyStage), StageSpec("filter", AttemptFilter),
+         StageSpec("judge", JudgeStage), StageSpec("type_weights", TypeWeightsStage),
+         StageSpec("injections", InjectStage), StageSpec("verify_injections", VerifyInjections),
+         StageSpec("filter_injections", InjectionFilter), StageSpec("judge_injections", JudgeInjectionsStage),
+         StageSpec("revise", ReviseStage), StageSpec("verify_revisions", VerifyRevisions),
+         StageSpec("filter_revisions", RevisionFilter)),
+        roles=("student", "teacher"), exports={"sft": "sft_revisions", "dpo": "dpo_revisions"}))
 
 
 def _load_agents() -> None:
