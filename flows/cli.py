@@ -215,6 +215,8 @@ def cmd_export(args) -> int:
     options = {"max_pairs_per_problem": args.max_pairs}
     if args.tokenizer:
         options["tokenizer"] = args.tokenizer
+    if getattr(args, "mask_errors", False):
+        options["mask_errors"] = "true"
     for o in args.option or []:
         k, sep, v = o.partition("=")
         if not sep:
@@ -309,6 +311,8 @@ def make_parser() -> argparse.ArgumentParser:
     e.add_argument("--tokenizer", metavar="MODEL", help="pre-tokenized exports (sft-tokenized): the tokenizer and "
                                                         "chat template to use (a model directory, hub id or "
                                                         "'embedded'); same as --option tokenizer=MODEL")
+    e.add_argument("--mask-errors", action="store_true", help="revision exports (sft): loss false on the erroneous "
+                                                               "prefix; same as --option mask_errors=true")
     e.add_argument("--option", action="append", metavar="KEY=VALUE", help="an export's own option (repeatable)")
     e.set_defaults(fn=cmd_export)
 

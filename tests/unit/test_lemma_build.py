@@ -139,3 +139,54 @@ def test_lemma_recipe_defaults_validate():
     assert cfg.engines["student"] == cfg.engines["teacher"]      # one engine for both roles
     with pytest.raises(Exception, match="13"):
         load_recipe("lemma", ["revise.transitions=['a','b']"])
+
+
+# --- exports ---------------------------------------------------------------------------------------------------
+def test_sft_and_dpo_exports_of_revisions(data_root, tmp_path):
+    import pyarrow.parquet as pq
+
+    from pipelines.export import export
+    from schemas.errors import ConfigError
+    f = write_gsm8k_style(tmp_path / "tasks.jsonl", 4)
+    cfg = lemma_recipe(data_root, {"kind": "jsonl", "path": str(f)}, injections={"source": "llm"})
+    m = build(cfg, progress=False).manifest
+    t = tables(data_root, m)
+    kept = {r["revision_id"]: r for r in t["revisions"] if r["drop_reason"] is None}
+    assert kept and all(r["is_correct"] for r in kept.values())
+
+    r = export(str(data_root), m.ref, "sft", str(tmp_path / "sft"))
+    assert r.export == "sft_revisions" and r.rows == len(kept)
+    rows = pq.read_table(r.files[0]).to_pylist()
+    q = {p["problem_id"]: p["question"] for p in t["problems"]}
+    for row in rows:
+        rev = kept[row["revision_id"]]
+        assert row["messages"][0] == {"role": "user", "content": q[row["problem_id"]], "loss": False}
+        assert row["messages"][1]["content"] == rev["text"] and row["messages"][1]["loss"] is True
+        assert all(s["loss"] for s in row["segments"])          # LEMMA: full loss
+        assert row["judgement_id"] == rev["judgement_id"] and row["source_version"] == m.ref
+    masked = pq.read_table(export(str(data_root), m.ref, "sft", str(tmp_path / "sftm"),
+                                  options={"mask_errors": "true"}).files[0]).to_pylist()
+    for row in masked:
+        assert [s["loss"] for s in row["segments"]] == [s["author"] != "model" for s in row["segments"]]
+        assert row["segments"][0]["author"] == "model"
+    with pytest.raises(ConfigError, match="mask_errors"):
+        export(str(data_root), m.ref, "sft", str(tmp_path / "bad"), options={"mask_errors": "maybe"})
+
+    d = export(str(data_root), m.ref, "dpo", str(tmp_path / "dpo"))
+    assert d.export == "dpo_revisions"
+    pairs = pq.read_table(d.files[0]).to_pylist()
+    att = {a["attempt_id"]: a for a in t["attempts"]}
+    inj = {i["injection_id"]: i for i in t["injections"]}
+    assert {p["pair_source"] for p in pairs} == {"revision_vs_self_error", "revision_vs_injected_error"}
+    assert len(pairs) == len(kept)
+    for p in pairs:
+        rev = kept[p["chosen_id"]]
+        assert p["chosen"][0]["content"] == rev["text"]
+        bad = att.get(p["rejected_id"]) or inj[p["rejected_id"]]
+        assert bad["is_correct"] is False and bad["problem_id"] == p["problem_id"] == rev["problem_id"]
+        assert p["rejected"][0]["content"] == (bad.get("completion") or bad.get("solution"))
+    clean = pq.read_table(export(str(data_root), m.ref, "dpo", str(tmp_path / "dpoc"),
+                                 options={"clean_pairs": "true"}).files[0]).to_pylist()
+    extra = [p for p in clean if p["pair_source"] == "correct_attempt_vs_wrong_attempt"]
+    assert len(extra) == 4 and all(att[p["chosen_id"]]["is_correct"] and not att[p["rejected_id"]]["is_correct"]
+                                   for p in extra)
