@@ -190,3 +190,34 @@ def test_sft_and_dpo_exports_of_revisions(data_root, tmp_path):
     extra = [p for p in clean if p["pair_source"] == "correct_attempt_vs_wrong_attempt"]
     assert len(extra) == 4 and all(att[p["chosen_id"]]["is_correct"] and not att[p["rejected_id"]]["is_correct"]
                                    for p in extra)
+
+
+# --- type weights ------------------------------------------------------------------------------------------------
+def test_type_weights_measured_uniform_explicit():
+    from stages.base import StageStats
+    from stages.lemma.stages import TypeWeightsConfig, TypeWeightsStage
+    js = ([{"target_table": "attempts", "verdict": "located", "error_type": "calculation_error"}] * 3
+          + [{"target_table": "attempts", "verdict": "located", "error_type": "missing_step"}]
+          + [{"target_table": "attempts", "verdict": "unparsed", "error_type": "missing_step"}] * 5      # not located
+          + [{"target_table": "injections", "verdict": "located", "error_type": "counting_error"}] * 5)  # not student
+
+    def weights(**cfg):
+        st = StageStats()
+        rows = TypeWeightsStage(TypeWeightsConfig(**cfg)).summarize({"judgements": js}, st)["error_type_weights"]
+        return {r["error_type"]: r["weight"] for r in rows}, {r["error_type"]: r["count"] for r in rows}, st
+
+    w, n, st = weights(mode="measured", prior=0.0)
+    assert w["calculation_error"] == pytest.approx(0.75) and w["missing_step"] == pytest.approx(0.25)
+    assert w["counting_error"] == 0 and n["calculation_error"] == 3 and st.counts["measured_missing_step"] == 1
+    w, _, _ = weights(mode="measured", prior=1.0)
+    assert w["calculation_error"] == pytest.approx(4 / 10) and w["counting_error"] == pytest.approx(1 / 10)
+    w, _, _ = weights(mode="uniform")
+    assert len(w) == 6 and all(v == pytest.approx(1 / 6) for v in w.values())
+    w, _, _ = weights(mode="explicit", weights={"counting_error": 3, "missing_step": 1})
+    assert w["counting_error"] == pytest.approx(0.75) and w["calculation_error"] == 0
+    with pytest.raises(ValueError, match="explicit"):
+        weights(mode="explicit", weights={})
+    with pytest.raises(ValueError, match="unknown error type"):
+        TypeWeightsConfig(types=["not_a_type"])
+    w, _, st = weights(mode="measured", prior=0.0, types=["counting_error"])   # nothing measured: uniform, said so
+    assert w == {"counting_error": 1.0} and st.counts["fallback_uniform"] == 1
