@@ -11,7 +11,7 @@ from pipelines.catalog import Catalog
 from stages.lemma.revisions import mentions_forbidden
 from stages.lemma.stages import judge_accuracy
 from stages.lemma.taxonomy import TRANSITION_PHRASES, check_transition_after
-from tests.conftest import MODELS_DIR, errata
+from tests.conftest import MODELS_DIR, REPO, errata
 
 pytestmark = pytest.mark.integration
 
@@ -22,7 +22,8 @@ SMALL = ["--set", "tasks.count=3", "--set", "tasks.max_steps=2", "--set", "gener
 
 
 def _env(root):
-    return dict(os.environ, ERRATA_DATA=str(root), ERRATA_MODELS=str(MODELS_DIR))
+    # PYTHONPATH: the CLI runs this checkout's code even when the venv's editable install points elsewhere
+    return dict(os.environ, ERRATA_DATA=str(root), ERRATA_MODELS=str(MODELS_DIR), PYTHONPATH=str(REPO))
 
 
 def _tables(root, dataset):
