@@ -656,3 +656,17 @@ class RevisionFilter(FilterStage):
             else:
                 out.append(None)
         return out
+
+
+TEACHER_STAGES = ("judge", "injections", "judge_injections", "revise")
+
+
+def lemma_yield(stages: dict[str, dict]) -> dict[str, int]:
+    """The yield per stage of a lemma build, from its manifest's `stages`: wrong attempts -> judged -> located ->
+    revision requests -> passed the checks -> kept (verified correct; rules revisions included)."""
+    g = lambda name, key: stages.get(name, {}).get(key, 0)                       # noqa: E731
+    c = lambda name, key: stages.get(name, {}).get("counts", {}).get(key, 0)     # noqa: E731
+    return {"wrong_attempts": g("judge", "in") - c("judge", "not_wrong"), "judged": g("judge", "out"),
+            "located": c("judge", "located"), "injections_kept": g("filter_injections", "out"),
+            "revision_requests": g("revise", "out"), "revisions_passed_checks": c("revise", "check_ok"),
+            "rules_revisions": c("injections", "rules_revisions"), "kept": g("filter_revisions", "out")}

@@ -14,7 +14,7 @@ from pipelines.build import build
 from pipelines.catalog import Catalog
 from pipelines.config import validate_recipe
 from stages.lemma.revisions import FORBIDDEN_PHRASES
-from stages.lemma.stages import judge_accuracy
+from stages.lemma.stages import judge_accuracy, lemma_yield
 from stages.lemma.taxonomy import TRANSITION_PHRASES, check_transition_after
 from tests.conftest import write_gsm8k_style
 
