@@ -128,7 +128,8 @@ def _load_lemma() -> None:
     from stages.filter import AttemptFilter
     from stages.generate import GenerateStage
     from stages.lemma.stages import (InjectionFilter, InjectStage, JudgeInjectionsStage, JudgeStage, ReviseStage,
-                                     RevisionFilter, TypeWeightsStage, VerifyInjections, VerifyRevisions)
+                                     RevisionFilter, SmoothStage, TypeWeightsStage, VerifyInjections,
+                                     VerifyRevisions, VerifySmoothed)
     from stages.verify import VerifyStage
     register_method(Method(
         "lemma", "LEMMA (arXiv 2503.17439): the student samples; a teacher locates and types the first error of "
@@ -139,7 +140,8 @@ def _load_lemma() -> None:
          StageSpec("injections", InjectStage), StageSpec("verify_injections", VerifyInjections),
          StageSpec("filter_injections", InjectionFilter), StageSpec("judge_injections", JudgeInjectionsStage),
          StageSpec("revise", ReviseStage), StageSpec("verify_revisions", VerifyRevisions),
-         StageSpec("filter_revisions", RevisionFilter)),
+         StageSpec("filter_revisions", RevisionFilter), StageSpec("smooth", SmoothStage),
+         StageSpec("verify_smoothed", VerifySmoothed), StageSpec("filter_smoothed", RevisionFilter)),
         roles=("student", "teacher"), exports={"sft": "sft_revisions", "dpo": "dpo_revisions"}))
 
 

@@ -90,6 +90,9 @@ class Revision(Lineage):
     restart_reference: Optional[str] = field(default=None, metadata={
         "doc": "fresh_restart: student_sample (one of the student's own correct samples) or reference_solution"})
     restart_attempt_id: Optional[str] = field(default=None, metadata={"doc": "fresh_restart: the correct sample"})
+    smoothed_from: Optional[str] = field(default=None, metadata={
+        "doc": "a smoothed variant: the kept revision it rewrites (its prefix is then no longer verbatim); null for "
+               "an original revision"})
     segments: list[Segment] = field(default_factory=list, metadata={"doc": "the revision as {text, author, loss}"})
     text: str = field(default="", metadata={"doc": "the revision text (segments joined)"})
     model: str = field(default="", metadata={"doc": "who wrote the continuation: a teacher model or rules:arithmetic"})

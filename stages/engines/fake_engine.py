@@ -15,7 +15,8 @@ Built-in scripts read the gold answer from a marker in the prompt, `[gold=<answe
   question carries `[judge=correct]`, an unparseable reply with `[judge=garbage]`); the injector writes a solution
   whose answer is gold + 1 with an <explanation>; fix/restart prompts get the prefix copied, the asked transition
   and a continuation ending in the gold answer read from the reference in the prompt (`[revise=forbidden]` makes
-  it mention "the previous attempt", `[revise=noprefix]` makes it skip the prefix copy).
+  it mention "the previous attempt", `[revise=noprefix]` makes it skip the prefix copy); the smoothing prompt
+  gets the revision back behind an opening phrase.
 A marker `[fail=<reason>]` in the prompt makes that request fail with error_reason <reason> (tests of error rows).
 A prompt of more whitespace-separated words than config.max_model_len fails with "prompt_too_long", like vLLM.
 Token counts are word counts.
@@ -121,6 +122,9 @@ def _gold_in(text: str) -> Optional[str]:
 def script_lemma(req: GenerationRequest, i: int) -> str:
     """See the module doc: LEMMA's judge, injector and reviser, scripted."""
     text = request_text(req)
+    if "in which the writer notices a mistake and corrects it" in text:
+        body = text.split("Solution:\n", 1)[-1].split("\n\nRewrite it with these rules:", 1)[0]
+        return "So, let me think it through. " + body
     if "Find the first step of the student's solution that is wrong" in text:
         if "[judge=correct]" in text:
             return "Verdict: correct"
