@@ -750,3 +750,13 @@ def lemma_yield(stages: dict[str, dict]) -> dict[str, int]:
             "rules_revisions": c("injections", "rules_revisions"), "kept": g("filter_revisions", "out"),
             "smoothed_kept": g("filter_smoothed", "out") - g("filter_revisions", "out")
             if "filter_smoothed" in stages else 0}
+
+
+def lemma_summary(stages: dict[str, dict]) -> dict[str, Any]:
+    """What `errata build` prints after a lemma build: the yield per stage and the judge's accuracy on the rules
+    labels (both stored in the manifest's stage stats)."""
+    acc = judge_accuracy(stages.get("judge_injections", {}))
+    fmt = lambda x: "n/a" if x is None else f"{x:.2f}"       # noqa: E731
+    return {"yield": " -> ".join(f"{k} {v}" for k, v in lemma_yield(stages).items()),
+            "judge on rules labels": f"{acc['labelled']} labelled, exact {fmt(acc['exact'])}, "
+                                     f"within 1 step {fmt(acc['within_1'])}"}

@@ -262,3 +262,16 @@ def test_smoothing_pass_keeps_the_answer(data_root):
     assert m.stages["verify_smoothed"]["counts"]["already_verified"] == len(revs) - len(smoothed) - sum(
         1 for r in revs if r["drop_reason"] and not r["smoothed_from"])
     assert lemma_yield(m.stages)["smoothed_kept"] == len(smoothed)
+
+
+def test_build_summary_prints_the_yield(data_root, capsys):
+    from flows.cli import print_build_summary
+    cfg = lemma_recipe(data_root, {"kind": "builtin", "count": 3, "seed": 0, "max_steps": 3},
+                       injections={"source": "rules"})
+    r = build(cfg, progress=False)
+    capsys.readouterr()
+    print_build_summary(r)
+    text = capsys.readouterr().out
+    y = lemma_yield(r.manifest.stages)
+    assert f"yield: wrong_attempts {y['wrong_attempts']} -> judged {y['judged']}" in text
+    assert f"kept {y['kept']}" in text and "judge on rules labels: " in text and "labelled, exact" in text
