@@ -107,6 +107,14 @@ def print_build_summary(result, log_file: str | None = None) -> None:
               f"({c.get('wall_seconds', c.get('seconds', 0)):.1f} s)", file=o)
     if m.tokens:
         print("tokens:  " + "  ".join(f"{k}={v}" for k, v in m.tokens.items()), file=o)
+    try:
+        from pipelines.methods import get_method
+        summary = get_method(m.method).summary
+    except Exception:
+        summary = None
+    if summary is not None:
+        for k, v in summary(m.stages).items():
+            print(f"{k}: {v}", file=o)
     if log_file:
         print(f"log:     {log_file}", file=o)
     if "attempts" in m.tables:
@@ -219,6 +227,8 @@ def cmd_export(args) -> int:
         options["mix"] = args.mix
     if args.eta is not None:
         options["eta"] = args.eta
+    if getattr(args, "mask_errors", False):
+        options["mask_errors"] = "true"
     for o in args.option or []:
         k, sep, v = o.partition("=")
         if not sep:
@@ -318,6 +328,8 @@ def make_parser() -> argparse.ArgumentParser:
                                                  "mix=FILE")
     e.add_argument("--eta", type=float, help="with --mix: the fraction of general rows in the output (default "
                                              "0.2); same as --option eta=X")
+    e.add_argument("--mask-errors", action="store_true", help="revision exports (sft): loss false on the erroneous "
+                                                               "prefix; same as --option mask_errors=true")
     e.add_argument("--option", action="append", metavar="KEY=VALUE", help="an export's own option (repeatable)")
     e.set_defaults(fn=cmd_export)
 

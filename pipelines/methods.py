@@ -8,7 +8,7 @@ Adding a method is adding a `register_method(Method(...))`; the runner, storage 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 from pydantic import Field, create_model
 
@@ -31,6 +31,8 @@ class Method:
     roles: tuple[str, ...] = ("student",)
     inputs: tuple[str, ...] = ("problems",)          # tables a task source provides
     exports: dict[str, str] = field(default_factory=dict)   # --format alias -> registered export name
+    # manifest `stages` -> named figures the build summary prints (e.g. LEMMA's yield per stage); None: nothing
+    summary: Optional[Callable[[dict], dict]] = None
 
     def recipe_model(self) -> type[RecipeConfig]:
         return _recipe_model(self)
@@ -119,7 +121,31 @@ def _load_builtin() -> None:
          StageSpec("verify_retry", VerifyStage), StageSpec("filter", AttemptFilter),
          StageSpec("dedup", DuplicateProblems)),
         roles=("student",), exports={"sft": "sft_attempts", "dpo": "dpo_attempts"}))
+    _load_lemma()
     _load_agents()
+
+
+def _load_lemma() -> None:
+    import pipelines.lemma_exports  # noqa: F401  (registers the revision exports)
+    from stages.filter import AttemptFilter
+    from stages.generate import GenerateStage
+    from stages.lemma.stages import (InjectionFilter, InjectStage, JudgeInjectionsStage, JudgeStage, ReviseStage,
+                                     RevisionFilter, SmoothStage, TypeWeightsStage, VerifyInjections,
+                                     VerifyRevisions, VerifySmoothed, lemma_summary)
+    from stages.verify import VerifyStage
+    register_method(Method(
+        "lemma", "LEMMA (arXiv 2503.17439): the student samples; a teacher locates and types the first error of "
+                 "each wrong attempt, writes errors of those types (or the rules injector makes labelled ones), "
+                 "and revises them (fix & continue, fresh & restart); every revision verified",
+        (StageSpec("generate", GenerateStage), StageSpec("verify", VerifyStage), StageSpec("filter", AttemptFilter),
+         StageSpec("judge", JudgeStage), StageSpec("type_weights", TypeWeightsStage),
+         StageSpec("injections", InjectStage), StageSpec("verify_injections", VerifyInjections),
+         StageSpec("filter_injections", InjectionFilter), StageSpec("judge_injections", JudgeInjectionsStage),
+         StageSpec("revise", ReviseStage), StageSpec("verify_revisions", VerifyRevisions),
+         StageSpec("filter_revisions", RevisionFilter), StageSpec("smooth", SmoothStage),
+         StageSpec("verify_smoothed", VerifySmoothed), StageSpec("filter_smoothed", RevisionFilter)),
+        roles=("student", "teacher"), exports={"sft": "sft_revisions", "dpo": "dpo_revisions"},
+        summary=lemma_summary))
 
 
 def _load_agents() -> None:

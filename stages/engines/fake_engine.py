@@ -10,6 +10,13 @@ Built-in scripts read the gold answer from a marker in the prompt, `[gold=<answe
 - `no_answer`: step lines and no final answer line.
 - `truncated`: a cut-off text with finish_reason "length".
 - `reviewer`: `mixed`, but answers self-check prompts with a verdict and retry prompts with a correct solution.
+- `lemma`: `mixed` for solving prompts; plays LEMMA's teacher on its prompts (stages/prompts/lemma_*.txt): the
+  judge names step 2 (or the last step) as the first wrong one, a calculation_error ("Verdict: correct" when the
+  question carries `[judge=correct]`, an unparseable reply with `[judge=garbage]`); the injector writes a solution
+  whose answer is gold + 1 with an <explanation>; fix/restart prompts get the prefix copied, the asked transition
+  and a continuation ending in the gold answer read from the reference in the prompt (`[revise=forbidden]` makes
+  it mention "the previous attempt", `[revise=noprefix]` makes it skip the prefix copy); the smoothing prompt
+  gets the revision back behind an opening phrase.
 A marker `[fail=<reason>]` in the prompt makes that request fail with error_reason <reason> (tests of error rows).
 A prompt of more whitespace-separated words than config.max_model_len fails with "prompt_too_long", like vLLM.
 Token counts are word counts.
@@ -101,7 +108,48 @@ def script_reviewer(req: GenerationRequest, i: int) -> str:
     return script_mixed(req, i)
 
 
+_REF_GOLD = re.compile(r"####\s*([^\s]+)|The answer is:?\s*([^\s]+)")
+
+
+def _gold_in(text: str) -> Optional[str]:
+    g = GOLD_RE.search(text)
+    if g:
+        return g.group(1).strip()
+    found = list(_REF_GOLD.finditer(text))
+    return (found[-1].group(1) or found[-1].group(2)).rstrip(".") if found else None
+
+
+def script_lemma(req: GenerationRequest, i: int) -> str:
+    """See the module doc: LEMMA's judge, injector and reviser, scripted."""
+    text = request_text(req)
+    if "in which the writer notices a mistake and corrects it" in text:
+        body = text.split("Solution:\n", 1)[-1].split("\n\nRewrite it with these rules:", 1)[0]
+        return "So, let me think it through. " + body
+    if "Find the first step of the student's solution that is wrong" in text:
+        if "[judge=correct]" in text:
+            return "Verdict: correct"
+        if "[judge=garbage]" in text:
+            return "I cannot tell."
+        n = len(re.findall(r"^Step \d+:", text, re.MULTILINE))
+        return (f"Verdict: incorrect\nFirst wrong step: {min(2, max(1, n))}\nError type: calculation_error\n"
+                f"Reason: the arithmetic is off.")
+    if "Play a careless student" in text:
+        ref = text.split("Correct solution", 1)[-1].split("Mistake to make", 1)[0]
+        return (f"First I add the numbers wrongly.\nThen I carry that on.\nThe answer is: {_wrong(_gold_in(ref))}"
+                f"\n<explanation>The first step adds wrongly.</explanation>")
+    if "Solution so far (the last step is wrong):" in text:
+        head, rest = text.split("Solution so far (the last step is wrong):\n", 1)
+        prefix = rest.split("\n\nWrite, in this order:", 1)[0]
+        transition = re.search(r"This sentence, exactly: (.*)", rest).group(1).strip()
+        gold = _gold_in(head.split("Problem:", 1)[-1])
+        note = " Unlike the previous attempt," if "[revise=forbidden]" in text else ""
+        start = "" if "[revise=noprefix]" in text else prefix + "\n"
+        return f"{start}{transition}{note} The step should be redone.\nThe answer is: {gold}"
+    return script_mixed(req, i)
+
+
 SCRIPTS: dict[str, ScriptFn] = {
+    "lemma": script_lemma,
     "reviewer": script_reviewer,
     "echo_answer": script_echo_answer,
     "wrong": script_wrong,
