@@ -107,14 +107,8 @@ def print_build_summary(result, log_file: str | None = None) -> None:
               f"({c.get('wall_seconds', c.get('seconds', 0)):.1f} s)", file=o)
     if m.tokens:
         print("tokens:  " + "  ".join(f"{k}={v}" for k, v in m.tokens.items()), file=o)
-    try:
-        from pipelines.methods import get_method
-        summary = get_method(m.method).summary
-    except Exception:
-        summary = None
-    if summary is not None:
-        for k, v in summary(m.stages).items():
-            print(f"{k}: {v}", file=o)
+    for k, v in m.summary.items():
+        print(f"{k}: {v}", file=o)
     if log_file:
         print(f"log:     {log_file}", file=o)
     if "attempts" in m.tables:

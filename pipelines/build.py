@@ -325,6 +325,12 @@ def merged_stats(plan: BuildPlan, names: list[str], shard_ids: Optional[list[int
     return out
 
 
+def method_summary(method: str, stats: dict[str, dict]) -> dict[str, Any]:
+    """The method's own figures from the merged stage stats (its `summary` hook); {} when it has none."""
+    summary = get_method(method).summary
+    return dict(summary(stats)) if summary is not None else {}
+
+
 def publish(plan: BuildPlan, engines: Optional[dict] = None) -> Manifest:
     cfg = plan.config
     stages = plan.make_stages()
@@ -346,7 +352,8 @@ def publish(plan: BuildPlan, engines: Optional[dict] = None) -> Manifest:
         engines=engines or {}, prompt_templates=templates, stages=stats, tokens=tokens, inputs=plan.inputs,
         timings={"build_seconds": round(time.time() - plan.started, 3),
                  **{f"{k}_seconds": v.get("wall_seconds", v.get("seconds", 0.0)) for k, v in stats.items()}},
-        shards={"total": len(plan.shard_ids), "resumed": plan.resumed_shards})
+        shards={"total": len(plan.shard_ids), "resumed": plan.resumed_shards},
+        summary=method_summary(cfg.method, stats))
     shard_steps = [s.name for s in stages if not s.is_global or s.table]
     return publish_version(plan.staging, plan.catalog, plan.shard_ids, shard_steps,
                            [t for t in tables if t != ERRORS], fields, names)

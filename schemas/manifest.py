@@ -38,6 +38,10 @@ class Manifest(BaseModel):
     stages: dict[str, dict[str, Any]] = Field(default_factory=dict,
                                               description="per-stage in/out/dropped_<reason>/errors/seconds, "
                                                           "tokens and tokens/s for LLM stages")
+    summary: dict[str, Any] = Field(default_factory=dict,
+                                    description="the method's own figures, as the build summary prints them (LEMMA: "
+                                                "yield per stage, judge accuracy on the rules labels, error-type "
+                                                "histograms); computed from `stages`")
     inputs: dict[str, Any] = Field(default_factory=dict, description="the task source: kind, path or version, "
                                                                      "filter")
     tokens: dict[str, int] = Field(default_factory=dict, description="prompt/completion tokens in total")

@@ -431,8 +431,15 @@ class InjectionFilter(FilterStage):
     description = "keep an injection only when its answer is verified wrong (answer_correct, no_answer, ...)"
     config_class = InjectionFilterConfig
     table = "injections"
-    reads = {"injections": ("injection_id", "parse_ok", "parse_error", "finish_reason", "answer_parse_ok",
-                            "is_correct")}
+    reads = {"injections": ("injection_id", "source", "error_type", "parse_ok", "parse_error", "finish_reason",
+                            "answer_parse_ok", "is_correct")}
+
+    def process(self, rows, tables, stats, shard):
+        out = super().process(rows, tables, stats, shard)
+        for r in out:       # the injected-type histogram of the kept data (vs type_weights' measured_<type>)
+            if r.get("drop_reason") is None:
+                stats.count(f"kept_{r.get('source')}_{r.get('error_type') or 'unknown'}")
+        return out
 
     def drop_reasons(self, rows, tables):
         c = self.config
@@ -753,6 +760,17 @@ def lemma_yield(stages: dict[str, dict]) -> dict[str, int]:
             if "filter_smoothed" in stages else 0}
 
 
+def type_histograms(stages: dict[str, dict]) -> dict[str, dict[str, int]]:
+    """The error types of the kept injections (per source) beside the student's measured distribution (located
+    judgements of its attempts), from a lemma build's manifest `stages`."""
+    def pick(name: str, prefix: str) -> dict[str, int]:
+        counts = stages.get(name, {}).get("counts", {})
+        return {k[len(prefix):]: v for k, v in sorted(counts.items()) if k.startswith(prefix)}
+    return {"measured_student": pick("type_weights", "measured_"),
+            "kept_llm_injections": pick("filter_injections", "kept_llm_"),
+            "kept_rules_injections": pick("filter_injections", "kept_rules_")}
+
+
 def lemma_summary(stages: dict[str, dict]) -> dict[str, Any]:
     """What `errata build` prints after a lemma build: the yield per stage and the judge's accuracy on the rules
     labels (both stored in the manifest's stage stats)."""
@@ -760,4 +778,6 @@ def lemma_summary(stages: dict[str, dict]) -> dict[str, Any]:
     fmt = lambda x: "n/a" if x is None else f"{x:.2f}"       # noqa: E731
     return {"yield": " -> ".join(f"{k} {v}" for k, v in lemma_yield(stages).items()),
             "judge on rules labels": f"{acc['labelled']} labelled, exact {fmt(acc['exact'])}, "
-                                     f"within 1 step {fmt(acc['within_1'])}"}
+                                     f"within 1 step {fmt(acc['within_1'])}",
+            **{f"error types, {k.replace('_', ' ')}": ", ".join(f"{t} {n}" for t, n in h.items()) or "none"
+               for k, h in type_histograms(stages).items()}}

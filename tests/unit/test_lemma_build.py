@@ -7,6 +7,7 @@ verified wrong; rules injections carry the first step whose value differs from g
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 
@@ -14,7 +15,7 @@ from pipelines.build import build
 from pipelines.catalog import Catalog
 from pipelines.config import validate_recipe
 from stages.lemma.revisions import FORBIDDEN_PHRASES
-from stages.lemma.stages import judge_accuracy, lemma_yield
+from stages.lemma.stages import judge_accuracy, lemma_yield, type_histograms
 from stages.lemma.taxonomy import TRANSITION_PHRASES, check_transition_after
 from tests.conftest import write_gsm8k_style
 
@@ -275,3 +276,11 @@ def test_build_summary_prints_the_yield(data_root, capsys):
     y = lemma_yield(r.manifest.stages)
     assert f"yield: wrong_attempts {y['wrong_attempts']} -> judged {y['judged']}" in text
     assert f"kept {y['kept']}" in text and "judge on rules labels: " in text and "labelled, exact" in text
+    # the same figures are stored in the manifest, with the kept injections' error types beside the measured ones
+    assert r.manifest.summary["yield"] == " -> ".join(f"{k} {v}" for k, v in y.items())
+    kept = Counter(i["error_type"] for i in tables(data_root, r.manifest)["injections"]
+                   if i["drop_reason"] is None and i["source"] == "rules")
+    assert kept and type_histograms(r.manifest.stages)["kept_rules_injections"] == dict(sorted(kept.items()))
+    line = r.manifest.summary["error types, kept rules injections"]
+    assert line == ", ".join(f"{t} {n}" for t, n in sorted(kept.items()))
+    assert f"error types, kept rules injections: {line}" in text
