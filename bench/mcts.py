@@ -7,7 +7,9 @@ bench/results/mcts.json.
         [--iterations 2] [--children 4] [--max-depth 3] [--max-tokens 48]
 
 Each phase searches its own craft tasks (a generated world, shallow goals), so the one-at-a-time phase does not
-reuse the concurrent phase's cache. An expansion is one policy request of `children` samples.
+reuse the concurrent phase's cache. An expansion is one policy request of `children` samples. A last phase
+measures the ceiling batching gives on this machine (`engine_ceiling`): the engine's output tokens/s for one
+request of `children` samples at a time vs `trees` such requests at once, no search.
 """
 from __future__ import annotations
 
@@ -29,6 +31,34 @@ def _prefix(engines) -> dict:
     (d,) = engines.describe().values()
     pc = d.get("prefix_cache") or {}
     return {"queries": pc.get("prefix_cache_queries") or 0, "hits": pc.get("prefix_cache_hits") or 0}
+
+
+def ceiling(client, n_trees: int, children: int, max_tokens: int, rounds: int = 3) -> dict:
+    """What batching alone can give on this machine: the engine's output tokens/s for one request of `children`
+    samples at a time (one tree's expansion) vs `n_trees` such requests at once (every tree expanding together),
+    same prompts, no env and no search. The search's speedup cannot exceed this ratio by much."""
+    from stages.engines.base import GenerationRequest, SamplingParams
+
+    def req(i: int) -> GenerationRequest:
+        return GenerationRequest(messages=[{"role": "user", "content": f"Task {i}: list the steps to craft a "
+                                                                       f"wooden pickaxe, one per line."}],
+                                 sampling=SamplingParams(temperature=1.0, max_tokens=max_tokens, n=children),
+                                 request_id=f"c{i}")
+
+    def tokens(results) -> int:
+        return sum(c.completion_tokens for r in results for c in r.completions)
+
+    out = {}
+    for label, batches in (("one_request_at_a_time", [[req(i)] for i in range(rounds)]),
+                           ("n_trees_requests_at_once", [[req(100 + i) for i in range(n_trees)]])):
+        t = time.perf_counter()
+        toks = sum(tokens(client.generate(b)) for b in batches)
+        secs = time.perf_counter() - t
+        out[label] = {"requests": sum(len(b) for b in batches), "completion_tokens": toks, "seconds": round(secs, 1),
+                      "output_tokens_per_s": round(toks / secs, 1)}
+    out["ratio"] = round(out["n_trees_requests_at_once"]["output_tokens_per_s"]
+                         / out["one_request_at_a_time"]["output_tokens_per_s"], 2)
+    return out
 
 
 def bench(n_trees: int, seq_trees: int, iterations: int, children: int, max_depth: int, max_tokens: int) -> dict:
@@ -77,6 +107,8 @@ def bench(n_trees: int, seq_trees: int, iterations: int, children: int, max_dept
                            "prefix_cache_queries": q, "prefix_cache_hits": h,
                            "prefix_cache_hit_rate": round(h / q, 4) if q else None}
             print("mcts", label, rows[label], flush=True)
+        rows["engine_ceiling"] = ceiling(engines.client("policy"), n_trees, children, max_tokens)
+        print("mcts engine_ceiling", rows["engine_ceiling"], flush=True)
     finally:
         engines.stop()
     (eng,) = described.values()
@@ -87,6 +119,8 @@ def bench(n_trees: int, seq_trees: int, iterations: int, children: int, max_dept
                        "max_tokens": max_tokens}, **rows,
             "speedup_expansions_per_s": round(rows["concurrent"]["expansions_per_s"]
                                               / rows["one_at_a_time"]["expansions_per_s"], 2),
+            "speedup_output_tokens_per_s": round(rows["concurrent"]["output_tokens_per_s"]
+                                                 / rows["one_at_a_time"]["output_tokens_per_s"], 2),
             "target": ">= 10x node expansions/s with N concurrent trees vs one tree at a time, same engine"}
 
 
@@ -105,7 +139,8 @@ def main() -> None:
            **bench(a.trees, a.sequential_trees, a.iterations, a.children, a.max_depth, a.max_tokens)}
     res["machine"]["load_average_1m_after"] = round(os.getloadavg()[0], 2)
     _write(Path(a.out), res)
-    print(json.dumps({k: res[k] for k in ("speedup_expansions_per_s",)}))
+    print(json.dumps({"speedup_expansions_per_s": res["speedup_expansions_per_s"],
+                      "engine_ceiling_ratio": res["engine_ceiling"]["ratio"]}))
 
 
 if __name__ == "__main__":
