@@ -43,10 +43,30 @@ def message_spans(messages: list[dict], render: Callable[[list[dict]], str]) -> 
     return full, spans
 
 
+def segment_loss(content: str, segments: list[dict]) -> Callable[[int], bool]:
+    """loss(offset in the message) from the message's segments [{text, loss}], whose texts joined must be its
+    content; an offset past the content (the end-of-turn token) takes the last segment's loss."""
+    if "".join(sg["text"] for sg in segments) != content or not segments:
+        raise ConfigError("a message's segments, joined, are not its content: cannot place their loss flags")
+    ends, at = [], 0
+    for sg in segments:
+        at += len(sg["text"])
+        ends.append(at)
+
+    def loss(offset: int) -> bool:
+        for end, sg in zip(ends, segments):
+            if offset < end:
+                return bool(sg["loss"])
+        return bool(segments[-1]["loss"])
+    return loss
+
+
 def tokenize_conversation(messages: list[dict], tokenizer: Any) -> dict[str, list[int]]:
     """input_ids, labels (the token id where its message has loss, else -100) and completion_mask (1 where a
     label is set) of a conversation of {role, content, loss} messages, rendered with the tokenizer's chat
-    template."""
+    template. A message may instead carry `segments` [{text, loss}] (joined: its content): then each of its
+    tokens takes the loss of the segment its first character lies in (part of one turn masked, e.g. LEMMA's
+    erroneous prefix)."""
     if not getattr(tokenizer, "is_fast", False):
         raise ConfigError("pre-tokenized exports need a fast tokenizer (character offsets per token)")
 
@@ -57,12 +77,15 @@ def tokenize_conversation(messages: list[dict], tokenizer: Any) -> dict[str, lis
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
     labels = [IGNORE] * len(ids)
+    by_segment = {k: segment_loss(m["content"], m["segments"]) for k, m in enumerate(messages)
+                  if m.get("segments")}
     k = 0
     for i, (s, e) in enumerate(offsets):
         while k < len(spans) and s >= spans[k][1]:
             k += 1
-        if k < len(spans) and spans[k][0] <= s < spans[k][1] and messages[k].get("loss"):
-            labels[i] = ids[i]
+        if k < len(spans) and spans[k][0] <= s < spans[k][1]:
+            if by_segment[k](s - spans[k][0]) if k in by_segment else messages[k].get("loss"):
+                labels[i] = ids[i]
     return {"input_ids": ids, "labels": labels, "completion_mask": [int(x != IGNORE) for x in labels]}
 
 

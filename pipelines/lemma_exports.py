@@ -4,7 +4,12 @@
   [user: the question, assistant: the revision text] with a per-message `loss` flag, and `segments`
   [{text, author, loss}] as stored. LEMMA trains on the whole revision, erroneous prefix included (loss true on
   every segment). `--option mask_errors=true` sets loss false on the erroneous prefix (author ``model``) in
-  `segments` (the assistant message keeps loss true: it is one message; train on `segments` to mask).
+  `segments` (the assistant message keeps loss true: it is one message; train on `segments`, or use
+  `sft-tokenized`, to mask).
+- `sft_tokenized_revisions` (`--format sft-tokenized --tokenizer MODEL`): the same rows pre-tokenized with the
+  chat template (pipelines/chat_tokens.py): `input_ids`, `labels`, `completion_mask`; each token of the assistant
+  turn takes the loss of its segment, so with `mask_errors` the erroneous prefix has label -100 and the
+  transition, fix and continuation keep theirs; the question has none.
 - `dpo_revisions` (`--format dpo`): chosen = a kept revision, rejected = the wrong text it revises (the student's
   wrong attempt, or the injected solution), `pair_source` revision_vs_self_error / revision_vs_injected_error.
   `--option clean_pairs=true` adds correct_attempt_vs_wrong_attempt pairs (a clean correct attempt vs a wrong one
@@ -20,6 +25,8 @@ from typing import Any
 import pyarrow as pa
 
 import schemas.lemma_rows  # noqa: F401  (the tables these exports read)
+from pipelines.agent_exports import _tokenizer_of
+from pipelines.chat_tokens import tokenize_conversation, tokenizer_facts
 from pipelines.export import MESSAGES, ExportSpec, register_export
 from schemas.errors import ConfigError
 
@@ -30,6 +37,8 @@ _IDS = [("revision_id", pa.string()), ("strategy", pa.string()), ("error_source"
         ("judgement_id", pa.string()), ("attempt_id", pa.string()), ("injection_id", pa.string()),
         ("source_version", pa.string())]
 SFT_REV_SCHEMA = pa.schema([("messages", MESSAGES_LOSS), ("segments", SEGMENTS), *_IDS])
+SFT_TOKENIZED_REV_SCHEMA = pa.schema([("input_ids", pa.list_(pa.int64())), ("labels", pa.list_(pa.int64())),
+                                      ("completion_mask", pa.list_(pa.int64())), *_IDS])
 DPO_REV_SCHEMA = pa.schema([("prompt", MESSAGES), ("chosen", MESSAGES), ("rejected", MESSAGES),
                             ("pair_source", pa.string()), ("problem_id", pa.string()), ("chosen_id", pa.string()),
                             ("rejected_id", pa.string()), ("revision_id", pa.string()),
@@ -71,6 +80,21 @@ def sft_revision_rows(tables: dict[str, list[dict]], source: str, options: dict[
     mask = _flag(options, "mask_errors")
     q = {p["problem_id"]: p["question"] for p in tables["problems"]}
     return [sft_revision_row(r, q[r["problem_id"]], source, mask) for r in kept_revisions(tables["revisions"])]
+
+
+def sft_tokenized_revision_rows(tables: dict[str, list[dict]], source: str, options: dict[str, Any]) -> list[dict]:
+    _, tok = _tokenizer_of(options)
+    out = []
+    for r in sft_revision_rows(tables, source, options):
+        user, assistant = r["messages"]
+        conv = [user, {**assistant, "segments": r["segments"]}]
+        out.append({**tokenize_conversation(conv, tok), **{k: r[k] for k, _ in _IDS}})
+    return out
+
+
+def sft_tokenized_revision_metadata(options: dict[str, Any]) -> dict[str, Any]:
+    name, tok = _tokenizer_of(options)
+    return tokenizer_facts(name, tok)
 
 
 def _pair(question: str, chosen: str, rejected: str, pair_source: str, pid: str, cid: str, rid: str,
@@ -118,6 +142,13 @@ register_export(ExportSpec(
                                                 "messages, with their segments (author, loss)",
     SFT_REV_SCHEMA, sft_revision_rows, "conversational language-modeling (`messages`; `segments` with loss)",
     {"mask_errors": "true: loss false on the erroneous prefix segment (default false: LEMMA trains on it)"}))
+register_export(ExportSpec(
+    "sft_tokenized_revisions", ("revisions", "problems"), "verified-correct revision trajectories pre-tokenized: "
+                                                          "labels per segment (-100 on masked segments)",
+    SFT_TOKENIZED_REV_SCHEMA, sft_tokenized_revision_rows, "pre-tokenized (`input_ids`, `labels`, `completion_mask`)",
+    {"mask_errors": "true: labels -100 on the erroneous prefix (default false: LEMMA trains on it)",
+     "tokenizer": "model directory, hub id or 'embedded' whose tokenizer and chat template are used"},
+    metadata=sft_tokenized_revision_metadata))
 register_export(ExportSpec(
     "dpo_revisions", ("revisions", "problems", "attempts", "injections"),
     "a verified revision (chosen) and the wrong attempt or injected solution it revises (rejected)",

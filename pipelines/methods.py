@@ -144,7 +144,8 @@ def _load_lemma() -> None:
          StageSpec("revise", ReviseStage), StageSpec("verify_revisions", VerifyRevisions),
          StageSpec("filter_revisions", RevisionFilter), StageSpec("smooth", SmoothStage),
          StageSpec("verify_smoothed", VerifySmoothed), StageSpec("filter_smoothed", RevisionFilter)),
-        roles=("student", "teacher"), exports={"sft": "sft_revisions", "dpo": "dpo_revisions"},
+        roles=("student", "teacher"), exports={"sft": "sft_revisions", "sft-tokenized": "sft_tokenized_revisions",
+                                                "dpo": "dpo_revisions"},
         summary=lemma_summary))
 
 

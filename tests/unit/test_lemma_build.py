@@ -284,3 +284,48 @@ def test_build_summary_prints_the_yield(data_root, capsys):
     line = r.manifest.summary["error types, kept rules injections"]
     assert line == ", ".join(f"{t} {n}" for t, n in sorted(kept.items()))
     assert f"error types, kept rules injections: {line}" in text
+
+
+def test_sft_tokenized_labels_follow_the_segments(data_root, tmp_path, monkeypatch):
+    """Pre-tokenized revisions with SmolLM2's tokenizer: with mask_errors every token of the erroneous prefix has
+    label -100 and the transition / fix / continuation tokens keep their ids; without it the whole assistant turn is
+    labelled; the question never is. The decoded labelled tokens are exactly the loss-true segments' text."""
+    import pyarrow.parquet as pq
+
+    from pipelines.chat_tokens import IGNORE
+    from pipelines.export import export
+    from stages.agents.tokens import load_tokenizer
+    from stages.engines.model_prep import embedded_model_dir
+    from tests.conftest import MODELS_DIR
+    if not embedded_model_dir(MODELS_DIR).is_dir():
+        pytest.skip("the embedded model is not prepared (make model)")
+    monkeypatch.setenv("ERRATA_MODELS", str(MODELS_DIR))
+    tok = load_tokenizer(str(embedded_model_dir(MODELS_DIR)))
+    cfg = lemma_recipe(data_root, {"kind": "builtin", "count": 3, "seed": 0, "max_steps": 3},
+                       injections={"source": "rules"})
+    m = build(cfg, progress=False).manifest
+    kept = {r["revision_id"]: r for r in tables(data_root, m)["revisions"] if r["drop_reason"] is None}
+    assert kept
+    for mask in (True, False):
+        r = export(str(data_root), m.ref, "sft-tokenized", str(tmp_path / f"tok{mask}"),
+                   options={"tokenizer": "embedded", "mask_errors": str(mask).lower()})
+        assert r.export == "sft_tokenized_revisions" and r.rows == len(kept)
+        for row in pq.read_table(r.files[0]).to_pylist():
+            rev = kept[row["revision_id"]]
+            ids, labels = row["input_ids"], row["labels"]
+            assert row["completion_mask"] == [int(x != IGNORE) for x in labels]
+            learned = tok.decode([i for i, x in zip(ids, labels) if x != IGNORE])
+            want = "".join(s["text"] for s in rev["segments"] if not (mask and s["author"] == "model"))
+            assert learned.strip().removesuffix("<|im_end|>").strip() == want.strip()
+            prefix = rev["segments"][0]
+            assert prefix["author"] == "model" and (prefix["text"].strip() in learned) is not mask
+            assert all(x == IGNORE or x == i for i, x in zip(ids, labels))
+
+
+def test_segment_loss_places_flags_and_refuses_mismatched_segments():
+    from pipelines.chat_tokens import segment_loss
+    from schemas.errors import ConfigError
+    loss = segment_loss("ab cd", [{"text": "ab", "loss": False}, {"text": " cd", "loss": True}])
+    assert [loss(i) for i in range(7)] == [False, False, True, True, True, True, True]   # past the end: last one
+    with pytest.raises(ConfigError, match="segments"):
+        segment_loss("ab cd", [{"text": "ab", "loss": False}])
