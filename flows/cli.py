@@ -323,8 +323,8 @@ def make_parser() -> argparse.ArgumentParser:
     e.add_argument("--eta", type=float, help="with --mix: the fraction of general rows in the output (default "
                                              "0.2); same as --option eta=X")
     e.add_argument("--mask-errors", action="store_true", help="revision exports (sft, sft-tokenized): loss false "
-                                                               "(labels -100) on the erroneous prefix; same as --option "
-                                                               "mask_errors=true")
+                                                               "(labels -100) on the erroneous prefix; same as "
+                                                               "--option mask_errors=true")
     e.add_argument("--option", action="append", metavar="KEY=VALUE", help="an export's own option (repeatable)")
     e.set_defaults(fn=cmd_export)
 
