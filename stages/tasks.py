@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from schemas.errors import InputError
 from schemas.rows import make_id
@@ -54,6 +54,21 @@ class TaskSourceConfig(Options):
                                                "come along)")
     where: Optional[str] = Field(None, description="version: a read-only SQL condition on that table's rows, "
                                                    "e.g. \"is_correct = false\"")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_from_path(cls, data: Any) -> Any:
+        """A `path` given over the default (or a recipe's) builtin source means a file: its kind follows the
+        suffix (.jsonl/.json -> jsonl, .parquet -> parquet), so `--set tasks.path=gsm8k_train.jsonl` reads that
+        file; another suffix is an error rather than a path silently ignored."""
+        if isinstance(data, dict) and data.get("path") and data.get("kind", "builtin") == "builtin":
+            suffix = str(data["path"]).lower().rsplit(".", 1)[-1]
+            kind = {"jsonl": "jsonl", "json": "jsonl", "parquet": "parquet"}.get(suffix)
+            if kind is None:
+                raise ValueError(f"path {data['path']!r} is set but kind is builtin (which reads no file): set kind "
+                                 f"to jsonl, parquet or hf")
+            data = {**data, "kind": kind}
+        return data
 
 # ---------------------------------------------------------------------------------------------------------------
 # File and dataset sources

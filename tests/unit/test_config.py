@@ -63,3 +63,14 @@ def test_config_hash_ignores_how_and_where_it_runs():
     b = load_recipe("demo", ["execution.runner=local", "execution.shards_in_flight=8", "storage.root=/x"])
     c = load_recipe("demo", ["generate.n=5"])
     assert a.config_hash() == b.config_hash() != c.config_hash()
+
+
+def test_a_tasks_path_over_builtin_reads_that_file():
+    """`--set tasks.path=FILE` on a recipe whose tasks are builtin reads FILE (kind from its suffix); a path of
+    another kind is an error naming the field, never silently ignored; an explicit kind is kept."""
+    from pipelines.config import load_recipe
+    assert load_recipe("lemma", ["tasks.path=gsm8k_train.jsonl"]).tasks.kind == "jsonl"
+    assert load_recipe("demo", ["tasks.path=t.parquet"]).tasks.kind == "parquet"
+    assert load_recipe("demo", ["tasks.kind=hf", "tasks.path=some/dir"]).tasks.kind == "hf"
+    with pytest.raises(ConfigError, match="tasks: path 't.csv' is set but kind is builtin"):
+        load_recipe("demo", ["tasks.path=t.csv"])
