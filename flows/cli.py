@@ -100,7 +100,8 @@ def print_build_summary(result, log_file: str | None = None) -> None:
     skip = ("in", "out", "seconds", "wall_seconds", "t_start", "t_end", "error_reasons", "counts", "tokens_per_s",
             "prompt_tokens", "completion_tokens")
     for name, c in m.stages.items():
-        extra = " ".join(f"{k}={v}" for k, v in c.items() if k not in skip)
+        extra = " ".join([*(f"{k}={v}" for k, v in c.items() if k not in skip),
+                          *(f"{k}={v}" for k, v in (c.get("counts") or {}).items() if k.startswith("skipped_"))])
         toks = (f" tokens={c['completion_tokens']} ({c.get('tokens_per_s', 0):.0f} tok/s)"
                 if c.get("completion_tokens") else "")
         print(f"  {name:<9} in={c.get('in')} out={c.get('out')} {extra}{toks} "

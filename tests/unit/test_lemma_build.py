@@ -284,6 +284,9 @@ def test_build_summary_prints_the_yield(data_root, capsys):
     line = r.manifest.summary["error types, kept rules injections"]
     assert line == ", ".join(f"{t} {n}" for t, n in sorted(kept.items()))
     assert f"error types, kept rules injections: {line}" in text
+    # rows a stage passed over are on its line: the judge's rules judgements are not revised by the teacher
+    skipped = r.manifest.stages["revise"]["counts"]["skipped_rules_injection"]
+    assert skipped > 0 and f"skipped_rules_injection={skipped}" in text
 
 
 def test_sft_tokenized_labels_follow_the_segments(data_root, tmp_path, monkeypatch):
