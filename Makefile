@@ -29,7 +29,7 @@ demo: model
 	$(BIN)/errata build demo
 
 test: model
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not integration"
