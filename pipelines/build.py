@@ -20,6 +20,7 @@ import fcntl
 import logging
 import os
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -212,10 +213,25 @@ class BuildSession:
                 ray.shutdown()
 
     def ensure_engines(self, stages: list[Stage]) -> None:
+        """Start the engines these stages use (unless running) and wait for them."""
         roles = sorted({s.role for s in stages if s.role})
-        if not roles:
-            return
-        for key, d in self.engines.start(roles).items():
+        if roles:
+            self._announce(self.engines.start(roles))
+
+    def engines_starting(self, stages: list[Stage]) -> "EngineStart":
+        """Begin starting the engines these stages use and return at once; the returned EngineStart waits for
+        them in a thread (and logs each start). On Ray the stages' workers get ready while the engines load: a
+        worker that starts beside a running engine competes with it for the CPU and can take long enough to leave
+        the engine's batch half empty. In process: the same as ensure_engines."""
+        roles = sorted({s.role for s in stages if s.role})
+        if self.local or not roles:
+            self.ensure_engines(stages)
+            return EngineStart(None)
+        self.engines.begin(roles)
+        return EngineStart(lambda: self._announce(self.engines.start(roles)))
+
+    def _announce(self, described: dict[str, dict]) -> None:
+        for key, d in described.items():
             if key in self._announced:
                 continue
             self._announced.add(key)
@@ -262,11 +278,40 @@ def _run_segment(session: BuildSession, segment: list[Stage], before: list[str],
     pending = plan.pending(segment[-1].name)
     if not pending:
         return
-    session.ensure_engines(segment)
-    for r in session.runner.run(pending, len(plan.shard_ids), segment, before, plan.staging, session.provider(),
-                                progress=session.progress):
-        if session.monitor is not None:
-            session.monitor.shard_done(r)
+    starting = session.engines_starting(segment)
+    try:
+        for r in session.runner.run(pending, len(plan.shard_ids), segment, before, plan.staging,
+                                    session.provider(), progress=session.progress):
+            if session.monitor is not None:
+                session.monitor.shard_done(r)
+    except BaseException:
+        starting.raise_failure()    # an engine that could not start is the reason, not the stage that waited on it
+        raise
+    starting.raise_failure()
+
+
+class EngineStart:
+    """Waiting for engines in a thread (see BuildSession.engines_starting). `raise_failure()` joins it and raises
+    what the start raised, if anything."""
+
+    def __init__(self, wait: Optional[Callable[[], None]]):
+        self.error: Optional[BaseException] = None
+        self.thread: Optional[threading.Thread] = None
+        if wait is not None:
+            def run() -> None:
+                try:
+                    wait()
+                except BaseException as e:   # handed to the caller's thread
+                    self.error = e
+            self.thread = threading.Thread(target=run, name="errata-engine-start", daemon=True)
+            self.thread.start()
+
+    def raise_failure(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
+        if self.error is not None:
+            err, self.error = self.error, None
+            raise err
 
 
 def execute(session: BuildSession, log: Log = print) -> None:

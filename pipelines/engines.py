@@ -52,6 +52,16 @@ class EngineRefs:
             raise ConfigError(f"no engine for role '{role}' (roles: {', '.join(sorted(self.role_actors))})")
         return RayEngineClient(self.role_actors[role], self.namespace)
 
+    def wait_ready(self, role: str) -> None:
+        """Block until the engine(s) of this role run (the build starts them beside the stages' workers). A start
+        that failed raises errata's error."""
+        import ray
+        handles = [ray.get_actor(n, namespace=self.namespace) for n in self.role_actors.get(role, [])]
+        try:
+            ray.get([h.start.remote() for h in handles])
+        except Exception as e:
+            raise _unwrap(e) from None
+
 
 class RayEngineClient:
     """A stage's handle on a Ray engine actor (round-robin over replicas). A call whose actor died (the engine
@@ -135,6 +145,7 @@ class RayEngines:
         self.names: dict[str, list[str]] = {}
         self.described: dict[str, dict] = {}
         self.stopped: dict[str, dict] = {}
+        self._starting: dict[str, list[Any]] = {}    # engine key -> start() calls not yet waited for
 
     def keys_for(self, roles: list[str]) -> list[str]:
         return sorted({self.role_keys[r] for r in roles})
@@ -142,10 +153,11 @@ class RayEngines:
     def running(self) -> list[str]:
         return sorted(self.actors)
 
-    def start(self, roles: list[str]) -> dict[str, dict]:
+    def begin(self, roles: list[str]) -> None:
+        """Create the engine actors these roles need and ask them to start, without waiting: the engines load
+        while the caller gets the stages' workers ready. `start(roles)` waits for them."""
         import ray
         from stages.engines.host import EngineHost
-        started = {}
         for k in self.keys_for(roles):
             if k in self.actors:
                 continue
@@ -157,14 +169,23 @@ class RayEngines:
                                           max_concurrency=10000).remote(cfg, self.models_dir, k)
                               for n in names]
             self.names[k] = names
-            started[k] = self.actors[k]
-        for k, actors in started.items():
+            self._starting[k] = [a.start.remote() for a in self.actors[k]]
+
+    def start(self, roles: list[str]) -> dict[str, dict]:
+        """Start what these roles need (unless started) and wait until their engines run; returns describe()
+        per engine key. A start failure kills that engine's actors and raises errata's error."""
+        import ray
+        self.begin(roles)
+        for k in self.keys_for(roles):
+            refs = self._starting.pop(k, None)
+            if refs is None:
+                continue
             try:
-                descs = ray.get([a.start.remote() for a in actors])
+                descs = ray.get(refs)
             except Exception as e:
                 self._kill(k)
                 raise _unwrap(e) from None
-            self.described[k] = dict(descs[0], replicas=len(actors), start_seconds=[
+            self.described[k] = dict(descs[0], replicas=len(descs), start_seconds=[
                 s for d in descs for s in d.get("start_seconds", [])], starts=sum(d.get("starts", 0) for d in descs))
         return {k: self.described[k] for k in self.keys_for(roles)}
 
@@ -175,7 +196,7 @@ class RayEngines:
     def progress(self) -> dict[str, dict]:
         import ray
         out: dict[str, dict] = {}
-        for k, actors in self.actors.items():
+        for k, actors in list(self.actors.items()):
             for a in actors:
                 try:
                     p = ray.get(a.progress.remote(), timeout=5)
@@ -187,7 +208,7 @@ class RayEngines:
 
     def describe(self) -> dict[str, dict]:
         import ray
-        for k, actors in self.actors.items():
+        for k, actors in list(self.actors.items()):
             try:
                 descs = ray.get([a.describe.remote() for a in actors], timeout=30)
                 self.described[k] = dict(descs[0], replicas=len(actors),
@@ -215,6 +236,7 @@ class RayEngines:
 
     def _kill(self, k: str) -> None:
         import ray
+        self._starting.pop(k, None)
         for a in self.actors.pop(k, []):
             try:
                 ray.kill(a, no_restart=True)

@@ -125,10 +125,14 @@ class _StageUDF:
     """Ray Data actor: set the stage up once, then one shard per call."""
 
     def __init__(self, stage: Stage, staging: Staging, shards_total: int, stages_before: list[str], engines: Any,
-                 tables: list[str]):
+                 tables: list[str], hand_on: bool = True):
         self.stage, self.staging, self.total, self.before = stage, staging, shards_total, stages_before
         self.tables = tables
+        self.hand_on = hand_on      # False for the run's last stage: only the stats go back to the driver
         stage.setup(engines)
+        if stage.role is not None and hasattr(engines, "wait_ready"):
+            # the engine starts beside this worker; the stage's clock (and tokens/s) starts once it runs
+            engines.wait_ready(stage.role)
 
     def __del__(self):
         try:
@@ -147,7 +151,7 @@ class _StageUDF:
             out["shard_id"].append(sid)
             out["stats"].append(json.dumps(stats))
             for t in self.tables:
-                out[f"t_{t}"].append(ipc_bytes(carried[t]) if t in carried else None)
+                out[f"t_{t}"].append(ipc_bytes(carried[t]) if self.hand_on and t in carried else None)
         return _payload_table(out, self.tables)
 
 
@@ -190,8 +194,14 @@ def start_ray(address: Optional[str], num_cpus: Optional[int]) -> bool:
     if address:
         _check_reachable(address)
         kwargs["address"] = address
-    elif num_cpus:
-        kwargs["num_cpus"] = num_cpus
+    else:
+        if num_cpus:
+            kwargs["num_cpus"] = num_cpus
+        # Ray starts its workers at nice 15. Beside a running engine (nice 0, busy on every core) a niced worker
+        # barely gets the CPU: an LLM stage's workers then took over 25 s to import and come up, so the engine
+        # ran with half the shards it was meant to have in flight and its batch drained at each shard's tail
+        # (measured, 2-core box). The build's workers do little in steady state: run them at normal priority.
+        kwargs["_system_config"] = {"worker_niceness": 0}
     try:
         ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError) as e:
@@ -216,7 +226,7 @@ class RayRunner:
         than shards."""
         cap = max(1, shards) if shards is not None else 10 ** 9
         if stage.role is not None:
-            return {"actors": min(self.shards_in_flight, cap), "num_cpus": 0.05}
+            return {"actors": min(self.shards_in_flight, cap), "num_cpus": 0.01}
         return {"actors": min(self.cpu_stage_concurrency, cap), "num_cpus": 0.25}
 
     def run(self, shard_ids: list[int], shards_total: int, stages: list[Stage], stages_before: list[str],
@@ -232,9 +242,13 @@ class RayRunner:
             res = self.resources(st, len(shard_ids))
             ds = ds.map_batches(
                 _named(_StageUDF, st.name.title().replace("_", "")),
-                fn_constructor_args=(st, staging, shards_total, list(before), engines, tables),
+                fn_constructor_args=(st, staging, shards_total, list(before), engines, tables,
+                                     st is not stages[-1]),
                 batch_size=1, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=res["actors"]),
                 num_cpus=res["num_cpus"])
             before.append(st.name)
-        for row in ds.select_columns(["shard_id", "stats"]).iter_rows():
+        # The last stage hands no tables on, so no projection is needed here: a projection is one more Ray Data
+        # operator whose tasks each reserve a whole CPU, and on a small machine that reservation left the LLM
+        # stage's actor pool a budget for 2 of its 4 actors (measured: the engine's batch drained at shard tails).
+        for row in ds.iter_rows():
             yield {"shard_id": row["shard_id"], "stats": json.loads(row["stats"])}

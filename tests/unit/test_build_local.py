@@ -142,7 +142,7 @@ def test_ray_runner_gives_llm_stages_light_concurrent_actors(fake_recipe):
     stages = get_method(cfg.method).make_stages(cfg)
     r = RayRunner(shards_in_flight=4, cpu_stage_concurrency=1)
     got = {s.name: r.resources(s) for s in stages}
-    assert got["generate"] == {"actors": 4, "num_cpus": 0.05}    # they wait on the shared engine
+    assert got["generate"] == {"actors": 4, "num_cpus": 0.01}    # they wait on the shared engine
     assert got["verify"] == got["filter"] == {"actors": 1, "num_cpus": 0.25}
 
 
