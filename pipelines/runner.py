@@ -198,9 +198,9 @@ def start_ray(address: Optional[str], num_cpus: Optional[int]) -> bool:
         if num_cpus:
             kwargs["num_cpus"] = num_cpus
         # Ray starts its workers at nice 15. Beside a running engine (nice 0, busy on every core) a niced worker
-        # barely gets the CPU: an LLM stage's workers then took over 25 s to import and come up, so the engine
-        # ran with half the shards it was meant to have in flight and its batch drained at each shard's tail
-        # (measured, 2-core box). The build's workers do little in steady state: run them at normal priority.
+        # barely gets the CPU: two of an LLM stage's four workers were still importing 12 s after the engine came
+        # up (2-core box), and CPU stages' checkers hit their deadlines. The build's workers do little in steady
+        # state: run them at normal priority.
         kwargs["_system_config"] = {"worker_niceness": 0}
     try:
         ray.init(**kwargs)
