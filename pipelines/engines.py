@@ -250,6 +250,7 @@ def _unwrap(e: BaseException) -> BaseException:
     from schemas.errors import ErrataError, error_chain
     for x in error_chain(e):
         if isinstance(x, ErrataError):
-            return x
+            inner = getattr(x, "cause", None)   # Ray's RayTaskError(ConfigError) prints as its traceback header
+            return inner if isinstance(inner, ErrataError) else x
     cause = getattr(e, "cause", None)
     return cause if isinstance(cause, BaseException) else e

@@ -1,4 +1,9 @@
 """The Ray Data runner gives the same rows as the in-process runner (scripted fake engine, real local Ray)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from pipelines.build import build
@@ -155,3 +160,19 @@ def test_one_engine_actor_per_distinct_model_on_ray(tmp_path, data_root):
     assert sorted(tuple(e["roles"]) for e in m.engines.values()) == [("student", "twin"), ("teacher",)]
     assert all(e["starts"] == 1 for e in m.engines.values())
     assert m.stages["generate2"]["out"] == 4 and m.stages["check"]["in"] == 4
+
+
+@pytest.mark.parametrize("mode", ["no-prefect", "prefect"])
+def test_an_engine_that_cannot_start_fails_the_build_with_its_own_error(tmp_path, mode):
+    """The engine starts beside the stage's workers (in a thread); its start failure is the build's error, one line,
+    not the Ray or Prefect wrapper of the stage that waited on it, and nothing is published."""
+    exe = str(Path(sys.executable).parent / "errata")
+    env = dict(os.environ, ERRATA_DATA=str(tmp_path / "data"))
+    args = [exe, "build", "demo", "--no-progress", "--set", "engines.student.kind=openai", "--set", "tasks.count=4"]
+    r = subprocess.run(args + (["--no-prefect"] if mode == "no-prefect" else []), env=env, capture_output=True,
+                       text=True, timeout=300)
+    out = r.stdout + r.stderr
+    assert r.returncode == 2, out[-2000:]
+    assert "error: engine.kind=openai needs engine.base_url" in out
+    assert "ray::EngineHost" not in out and "Traceback" not in out
+    assert Catalog(str(tmp_path / "data")).versions("demo") == []
