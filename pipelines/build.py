@@ -20,8 +20,8 @@ import fcntl
 import logging
 import os
 import subprocess
-import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -178,6 +178,7 @@ class BuildSession:
         self.engines: Any = None
         self.monitor: Any = None
         self._announced: set[str] = set()
+        self._starter: Optional[ThreadPoolExecutor] = None    # waits for engines started beside a run
         ex = plan.config.execution
         self.local = ex.runner == "local"
         self.runner = (LocalRunner(ex.shards_in_flight) if self.local
@@ -203,6 +204,8 @@ class BuildSession:
 
     def __exit__(self, *exc) -> None:
         try:
+            if self._starter is not None:
+                self._starter.shutdown(wait=True)
             if self.monitor is not None:
                 self.monitor.stop()
             if self.engines is not None:
@@ -218,17 +221,19 @@ class BuildSession:
         if roles:
             self._announce(self.engines.start(roles))
 
-    def engines_starting(self, stages: list[Stage]) -> "EngineStart":
-        """Begin starting the engines these stages use and return at once; the returned EngineStart waits for
-        them in a thread (and logs each start). On Ray the stages' workers get ready while the engines load: a
-        worker that starts beside a running engine competes with it for the CPU and can take long enough to leave
-        the engine's batch half empty. In process: the same as ensure_engines."""
+    def engines_starting(self, stages: list[Stage]) -> Optional[Future]:
+        """Begin starting the engines these stages use and return at once: a Future that waits for them in a
+        thread (and logs each start); its result() raises what the start raised. On Ray the stages' workers get
+        ready while the engines load: a worker that starts beside a running engine competes with it for the CPU
+        and can take long enough to leave the engine's batch half empty. In process: ensure_engines, None."""
         roles = sorted({s.role for s in stages if s.role})
         if self.local or not roles:
             self.ensure_engines(stages)
-            return EngineStart(None)
+            return None
         self.engines.begin(roles)
-        return EngineStart(lambda: self._announce(self.engines.start(roles)))
+        if self._starter is None:
+            self._starter = ThreadPoolExecutor(1, thread_name_prefix="errata-engine-start")
+        return self._starter.submit(lambda: self._announce(self.engines.start(roles)))
 
     def _announce(self, described: dict[str, dict]) -> None:
         for key, d in described.items():
@@ -285,33 +290,11 @@ def _run_segment(session: BuildSession, segment: list[Stage], before: list[str],
             if session.monitor is not None:
                 session.monitor.shard_done(r)
     except BaseException:
-        starting.raise_failure()    # an engine that could not start is the reason, not the stage that waited on it
+        if starting is not None:
+            starting.result()   # an engine that could not start is the reason, not the stage that waited on it
         raise
-    starting.raise_failure()
-
-
-class EngineStart:
-    """Waiting for engines in a thread (see BuildSession.engines_starting). `raise_failure()` joins it and raises
-    what the start raised, if anything."""
-
-    def __init__(self, wait: Optional[Callable[[], None]]):
-        self.error: Optional[BaseException] = None
-        self.thread: Optional[threading.Thread] = None
-        if wait is not None:
-            def run() -> None:
-                try:
-                    wait()
-                except BaseException as e:   # handed to the caller's thread
-                    self.error = e
-            self.thread = threading.Thread(target=run, name="errata-engine-start", daemon=True)
-            self.thread.start()
-
-    def raise_failure(self) -> None:
-        if self.thread is not None:
-            self.thread.join()
-        if self.error is not None:
-            err, self.error = self.error, None
-            raise err
+    if starting is not None:
+        starting.result()
 
 
 def execute(session: BuildSession, log: Log = print) -> None:

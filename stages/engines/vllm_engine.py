@@ -33,15 +33,12 @@ class LiveStats:
         self.prompt_tokens = 0
         self.prefix_queries = 0
         self.prefix_hits = 0
-        self.running = 0        # requests in the engine's batch at its last step
-        self.waiting = 0        # requests queued behind it
 
     def as_dict(self) -> dict[str, Any]:
         rate = self.prefix_hits / self.prefix_queries if self.prefix_queries else None
         return {"generation_tokens": self.generation_tokens, "prompt_tokens": self.prompt_tokens,
                 "prefix_cache_queries": self.prefix_queries, "prefix_cache_hits": self.prefix_hits,
-                "prefix_cache_hit_rate": round(rate, 4) if rate is not None else None,
-                "running": self.running, "waiting": self.waiting}
+                "prefix_cache_hit_rate": round(rate, 4) if rate is not None else None}
 
     def factory(self):
         """A vLLM StatLoggerFactory writing into this object."""
@@ -57,9 +54,6 @@ class LiveStats:
                 if iteration_stats is not None:
                     live.generation_tokens += int(getattr(iteration_stats, "num_generation_tokens", 0) or 0)
                     live.prompt_tokens += int(getattr(iteration_stats, "num_prompt_tokens", 0) or 0)
-                if scheduler_stats is not None:
-                    live.running = int(getattr(scheduler_stats, "num_running_reqs", 0) or 0)
-                    live.waiting = int(getattr(scheduler_stats, "num_waiting_reqs", 0) or 0)
                 pc = getattr(scheduler_stats, "prefix_cache_stats", None) if scheduler_stats is not None else None
                 if pc is not None:
                     live.prefix_queries += int(getattr(pc, "queries", 0) or 0)
