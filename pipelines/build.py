@@ -289,12 +289,10 @@ def _run_segment(session: BuildSession, segment: list[Stage], before: list[str],
                                     session.provider(), progress=session.progress):
             if session.monitor is not None:
                 session.monitor.shard_done(r)
-    except BaseException:
+    finally:
         if starting is not None:
-            starting.result()   # an engine that could not start is the reason, not the stage that waited on it
-        raise
-    if starting is not None:
-        starting.result()
+            # an engine that could not start is the reason (raised here), not the stage that waited on it
+            starting.result()
 
 
 def execute(session: BuildSession, log: Log = print) -> None:
