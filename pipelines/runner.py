@@ -5,8 +5,8 @@ exists) skip it; else read the tables the stage needs (from the earlier stages i
 the stage, write its output tables, errors and stats as that shard's checkpoint, and hand the tables on.
 
 On Ray Data each Ray row is one shard: its id plus one binary column per table, an Arrow IPC stream (not a pickle).
-LLM stages run as `shards_in_flight` light actors calling the build's shared engine, so several shards' requests
-share the engine's batch; CPU stages as small actors. This module is the only one that imports Ray.
+An LLM stage runs as one light actor calling the build's shared engine for `shards_in_flight` shards at once
+(threads), so several shards' requests share the engine's batch; CPU stages as small actors. This module is the only one that imports Ray.
 """
 from __future__ import annotations
 
@@ -212,6 +212,9 @@ def start_ray(address: Optional[str], num_cpus: Optional[int]) -> bool:
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False     # errata shows its own progress (rows, sequences, tokens/s)
     ctx.verbose_progress = False
+    # Ray Data polls each map call's memory once a second in a thread; errata's calls are whole shards and
+    # every wakeup on the engine's cores costs the engine (its CPU threads sync at barriers)
+    ctx.memory_usage_poll_interval_s = None
     return True
 
 
@@ -221,13 +224,15 @@ class RayRunner:
         self.cpu_stage_concurrency = cpu_stage_concurrency
 
     def resources(self, stage: Stage, shards: Optional[int] = None) -> dict[str, Any]:
-        """Actor pool size and per-actor CPUs: an LLM stage's actors only wait on the shared engine (they hold
-        no model), so several run at once on little CPU; CPU stages get a quarter CPU each. Never more actors
-        than shards."""
+        """Actor pool size, calls at once per actor and per-actor CPUs. An LLM stage only waits on the shared
+        engine (it holds no model): ONE actor runs `shards_in_flight` shards at once in threads (as LocalRunner
+        does), so several shards' requests share the engine's batch without one process per shard; every extra
+        process steals cycles from the engine's CPU threads. CPU stages get a quarter CPU per actor. Never more
+        than there are shards."""
         cap = max(1, shards) if shards is not None else 10 ** 9
         if stage.role is not None:
-            return {"actors": min(self.shards_in_flight, cap), "num_cpus": 0.01}
-        return {"actors": min(self.cpu_stage_concurrency, cap), "num_cpus": 0.25}
+            return {"actors": 1, "calls": min(self.shards_in_flight, cap), "num_cpus": 0.01}
+        return {"actors": min(self.cpu_stage_concurrency, cap), "calls": 1, "num_cpus": 0.25}
 
     def run(self, shard_ids: list[int], shards_total: int, stages: list[Stage], stages_before: list[str],
             staging: Staging, engines: Any, progress: bool = True) -> Iterator[dict]:
@@ -244,7 +249,9 @@ class RayRunner:
                 _named(_StageUDF, st.name.title().replace("_", "")),
                 fn_constructor_args=(st, staging, shards_total, list(before), engines, tables,
                                      st is not stages[-1]),
-                batch_size=1, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=res["actors"]),
+                batch_size=1, batch_format="pyarrow",
+                compute=ray.data.ActorPoolStrategy(size=res["actors"], max_concurrent_calls_per_actor=res["calls"],
+                                                   enable_true_multi_threading=res["calls"] > 1),
                 num_cpus=res["num_cpus"])
             before.append(st.name)
         # The last stage hands no tables on, so no projection is needed here: a projection is one more Ray Data

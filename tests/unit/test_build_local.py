@@ -136,14 +136,15 @@ def test_bad_input_fails_before_anything_is_written(fake_recipe, data_root, tmp_
     assert not os.path.exists(data_root / "datasets") and not os.path.exists(data_root / "staging")
 
 
-def test_ray_runner_gives_llm_stages_light_concurrent_actors(fake_recipe):
+def test_ray_runner_runs_an_llm_stage_as_one_actor_with_shards_in_flight_calls(fake_recipe):
     from pipelines.runner import RayRunner
     cfg = fake_recipe(n=2)
     stages = get_method(cfg.method).make_stages(cfg)
     r = RayRunner(shards_in_flight=4, cpu_stage_concurrency=1)
     got = {s.name: r.resources(s) for s in stages}
-    assert got["generate"] == {"actors": 4, "num_cpus": 0.01}    # they wait on the shared engine
-    assert got["verify"] == got["filter"] == {"actors": 1, "num_cpus": 0.25}
+    assert got["generate"] == {"actors": 1, "calls": 4, "num_cpus": 0.01}    # threads waiting on the engine
+    assert got["verify"] == got["filter"] == {"actors": 1, "calls": 1, "num_cpus": 0.25}
+    assert r.resources(stages[0], shards=2)["calls"] == 2                     # never more than the shards
 
 
 # --- stage by stage (the Prefect flow's shape) --------------------------------------------------------------
