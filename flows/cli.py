@@ -39,6 +39,7 @@ def cmd_build(args) -> int:
         overrides.append(f"storage.root={args.data}")
     config = load_recipe(args.recipe, overrides)
     path = new_log_path(data_root(config), f"build-{config.dataset}")
+    _terminate_like_interrupt()
     with quiet_console(path, verbose=args.verbose):
         say = logging.getLogger("errata.build").info
         say(f"building {config.dataset} (method {config.method}); full log: {path}")
@@ -71,6 +72,17 @@ def cmd_build(args) -> int:
             return 1
         print_build_summary(result, path)
     return 0
+
+
+def _terminate_like_interrupt() -> None:
+    """SIGTERM (`kill`, a scheduler, a container stop) stops a build the way Ctrl-C does: the engines, Ray and
+    Prefect's temporary server are shut down, finished shards are kept. (Ray's own handler exits at once and
+    left Prefect's server and two Ray agents running; start_ray keeps this handler.)"""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def root_cause(exc: BaseException) -> str:

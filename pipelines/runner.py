@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator, Optional
@@ -202,6 +204,7 @@ def start_ray(address: Optional[str], num_cpus: Optional[int]) -> bool:
         # up (2-core box), and CPU stages' checkers hit their deadlines. The build's workers do little in steady
         # state: run them at normal priority.
         kwargs["_system_config"] = {"worker_niceness": 0}
+    before = signal.getsignal(signal.SIGTERM)
     try:
         ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError) as e:
@@ -209,6 +212,8 @@ def start_ray(address: Optional[str], num_cpus: Optional[int]) -> bool:
         hint = (" If the cluster uses token authentication, set RAY_AUTH_MODE=token and make the token "
                 "available (~/.ray/auth_token or RAY_AUTH_TOKEN)." if "auth" in str(e).lower() else "")
         raise ConfigError(f"cannot start or reach {where}: {str(e).splitlines()[0][:300]}.{hint}") from e
+    if callable(before) and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, before)   # ray.init replaces a SIGTERM handler the program had set
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False     # errata shows its own progress (rows, sequences, tokens/s)
     ctx.verbose_progress = False

@@ -94,3 +94,35 @@ def test_kill_9_then_rerun(tmp_path, mode):
         e = [x for x in errors if x["problem_id"] == pid]
         assert (a == 0 and len(e) == 1 and e[0]["stage"] == "generate") or a + len(e) == SAMPLES, pid
     assert store.verify_version(m) == []
+
+
+def test_sigterm_stops_a_prefect_build_like_ctrl_c_and_leaves_nothing_running(tmp_path):
+    """`kill <pid>` (SIGTERM) mid-build: exits as Ctrl-C does (rc 130, the resume hint), stops Prefect's temporary
+    server, Ray and the engine (before: Ray's handler aborted the process and left the server and two Ray agents
+    running), and the rerun resumes the finished shards."""
+    root = tmp_path / "data"
+    env = dict(os.environ, ERRATA_DATA=str(root), ERRATA_MODELS=str(MODELS_DIR))
+    exe = str(Path(sys.executable).parent / "errata")
+    p = subprocess.Popen([exe, *ARGS], env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, start_new_session=True)
+    deadline = time.time() + 400
+    while _markers(root) < 2 and time.time() < deadline and p.poll() is None:
+        time.sleep(0.2)
+    kids = psutil.Process(p.pid).children(recursive=True)
+    names = " ".join(" ".join(k.cmdline()) for k in kids if k.is_running())
+    assert "prefect.server" in names and "raylet" in names and "VLLM" in names, names[:2000]
+    p.send_signal(signal.SIGTERM)
+    t0 = time.time()
+    try:
+        out, _ = p.communicate(timeout=60)
+    finally:
+        _kill_tree(p.pid)
+    assert time.time() - t0 < 30
+    assert p.returncode == 130 and "run the same command again to resume" in out, out[-3000:]
+    _, alive = psutil.wait_procs(kids, timeout=15)
+    left = [k for k in alive if k.is_running() and k.status() != psutil.STATUS_ZOMBIE]
+    assert left == [], [" ".join(k.cmdline())[:120] for k in left]
+    r = subprocess.run([exe, *ARGS], env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resuming" in r.stdout + r.stderr
+    assert Catalog(str(root)).manifest("demo").shards["resumed"] >= 2
