@@ -129,9 +129,12 @@ def _load_lemma() -> None:
     import pipelines.lemma_exports  # noqa: F401  (registers the revision exports)
     from stages.filter import AttemptFilter
     from stages.generate import GenerateStage
-    from stages.lemma.stages import (InjectionFilter, InjectStage, JudgeInjectionsStage, JudgeStage, ReviseStage,
-                                     RevisionFilter, SmoothStage, TypeWeightsStage, VerifyInjections,
-                                     VerifyRevisions, VerifySmoothed, lemma_summary)
+    from stages.lemma.injecting import InjectionFilter, InjectStage, VerifyInjections
+    from stages.lemma.judging import JudgeInjectionsStage, JudgeStage
+    from stages.lemma.revising import RevisionFilter, ReviseStage, VerifyRevisions
+    from stages.lemma.smoothing import SmoothStage, VerifySmoothed
+    from stages.lemma.summary import lemma_summary
+    from stages.lemma.weights import TypeWeightsStage
     from stages.verify import VerifyStage
     register_method(Method(
         "lemma", "LEMMA (arXiv 2503.17439): the student samples; a teacher locates and types the first error of "

@@ -2,7 +2,7 @@
 
 LEMMA asks a teacher model to write wrong solutions of a given error type; for our own arithmetic problems we can
 make them mechanically and *know* where they go wrong. From a problem's structured gold steps
-(`stages.arithmetic.gold_steps`) the injector lists every mechanical error of a type, recomputes the later steps
+(`stages.gold_steps.gold_steps`) the injector lists every mechanical error of a type, recomputes the later steps
 with the wrong value (so the error propagates to the answer), and keeps only errors whose final answer differs
 from the gold one and whose values stay non-negative whole numbers. One is drawn with a seeded RNG, so a
 (problem, type, seed, sample) always gives the same injection.
@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from typing import Optional, Sequence
 
-from stages.arithmetic import GoldStep, apply_ops, gold_steps, render_expression
+from stages.gold_steps import GoldStep, apply_ops, gold_steps, render_expression
 from stages.lemma.revisions import fix_continue_segments, segments_text
 from stages.lemma.taxonomy import RULES_INJECTABLE, TRANSITION_PHRASES, choose_transition
 from stages.steps import prefix_through, split_solution

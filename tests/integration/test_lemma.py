@@ -9,7 +9,7 @@ import pytest
 
 from pipelines.catalog import Catalog
 from stages.lemma.revisions import mentions_forbidden
-from stages.lemma.stages import judge_accuracy
+from stages.lemma.summary import judge_accuracy
 from stages.lemma.taxonomy import TRANSITION_PHRASES, check_transition_after
 from tests.conftest import MODELS_DIR, REPO, errata
 

@@ -1,4 +1,4 @@
-"""stages.arithmetic: structured gold steps, and the generator's text unchanged by them."""
+"""stages.gold_steps: structured gold steps, and stages.arithmetic's generator text unchanged by them."""
 import hashlib
 import json
 import re
@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from stages.arithmetic import (GoldStep, Operand, apply_ops, builtin_problems, gold_steps, gold_steps_from_json,
-                               gold_steps_to_json, parse_gold_steps, render_expression)
+from stages.arithmetic import builtin_problems
+from stages.gold_steps import (GoldStep, Operand, apply_ops, gold_steps, gold_steps_from_json, gold_steps_to_json,
+                               parse_gold_steps, render_expression)
 
 FIXTURE = Path(__file__).parent / "fixtures" / "builtin_arithmetic_hashes.json"
 _NUM = re.compile(r"(?<!\d)(?<!\d\.)\d+(?!\d|\.\d)")

@@ -6,7 +6,8 @@ from fractions import Fraction
 import pytest
 
 from stages.answers import extract_answer
-from stages.arithmetic import apply_ops, builtin_problems, gold_steps
+from stages.arithmetic import builtin_problems
+from stages.gold_steps import apply_ops, gold_steps
 from stages.lemma.revisions import revision_drop_reason
 from stages.lemma.rules_injector import SUPPORTED_TYPES, UNSUPPORTED_TYPES, candidate_mutations, inject_error
 from stages.lemma.taxonomy import ERROR_LABELS, TRANSITION_PHRASES, check_transition_after, find_transitions
