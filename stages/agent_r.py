@@ -25,7 +25,7 @@ import concurrent.futures as cf
 import itertools
 import json
 from collections import defaultdict
-from typing import Any, Literal, Optional
+from typing import Any, Awaitable, Callable, Literal, Optional
 
 from pydantic import Field, field_validator
 
@@ -45,6 +45,37 @@ from stages.envs import EnvTask, make_env
 from stages.envs.spec import read_task_record
 from stages.llm import BudgetLLMMixin, LLMMixin, LLMOptions
 from stages.options import Options
+
+
+# ---- the policy's engine -------------------------------------------------------------------------------------------
+def engine_policy(stage: LLMMixin, stats: StageStats, shard: ShardInfo, request_prefix: str,
+                  unit: str) -> tuple[Callable[..., Awaitable[list[str]]], list[BaseException]]:
+    """(policy, fatal): `await policy(messages, n, temperature)` is the texts of n samples of the stage's engine
+    (its system prompt in front; tokens counted in stats). An engine that fails as a whole (not one request) is
+    appended to `fatal`, for the caller to raise (the shard fails; a rerun resumes); later calls raise "aborted"."""
+    c = stage.config
+    fatal: list[BaseException] = []
+    ids = itertools.count()
+
+    async def policy(messages: list[dict], n: int, temperature: float) -> list[str]:
+        if fatal:
+            raise RowError("aborted", f"the engine failed for another {unit} of this shard")
+        msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
+        if c.system_prompt:
+            msgs.insert(0, {"role": "system", "content": c.system_prompt})
+        req = GenerationRequest(messages=msgs, sampling=stage.sampling_params(n=n, temperature=temperature),
+                                request_id=f"{request_prefix}:{shard.shard_id}:{next(ids)}")
+        try:
+            (res,) = await stage._llm.agenerate([req], tag=stage.name, shard=shard.shard_id)
+        except Exception as e:
+            fatal.append(e)
+            raise RowError("engine_failed", f"{type(e).__name__}: {e}") from e
+        stats.prompt_tokens += res.prompt_tokens
+        if not res.ok or not res.completions:
+            raise RowError(res.error_reason or "no_completions", res.error_message or "")
+        stats.completion_tokens += sum(x.completion_tokens for x in res.completions)
+        return [x.text for x in res.completions]
+    return policy, fatal
 
 
 # ---- search --------------------------------------------------------------------------------------------------------
@@ -151,27 +182,7 @@ class MCTSStage(BudgetLLMMixin, Stage):
     async def _search(self, groups, stats: StageStats, shard: ShardInfo) -> list[tuple[dict, Tree]]:
         c = self.config
         settings = c.settings()
-        fatal: list[BaseException] = []
-        ids = itertools.count()
-
-        async def policy(messages: list[dict], n: int, temperature: float) -> list[str]:
-            if fatal:
-                raise RowError("aborted", "the engine failed for another tree of this shard")
-            msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
-            if c.system_prompt:
-                msgs.insert(0, {"role": "system", "content": c.system_prompt})
-            req = GenerationRequest(messages=msgs, sampling=self.sampling_params(n=n, temperature=temperature),
-                                    request_id=f"mcts:{shard.shard_id}:{next(ids)}")
-            try:
-                (res,) = await self._llm.agenerate([req], tag=self.name, shard=shard.shard_id)
-            except Exception as e:          # the engine as a whole failed: the shard fails (a rerun resumes)
-                fatal.append(e)
-                raise RowError("engine_failed", f"{type(e).__name__}: {e}") from e
-            stats.prompt_tokens += res.prompt_tokens
-            if not res.ok or not res.completions:
-                raise RowError(res.error_reason or "no_completions", res.error_message or "")
-            stats.completion_tokens += sum(x.completion_tokens for x in res.completions)
-            return [x.text for x in res.completions]
+        policy, fatal = engine_policy(self, stats, shard, "mcts", "tree")
 
         def trim(messages: list[dict]) -> list[dict]:
             ctx, dropped = trim_context(messages, self.count_prompt, self.budget)
@@ -352,27 +363,7 @@ class JudgeStage(LLMMixin, MapStage):
 
     async def _walk_all(self, rows, trees: dict[str, Tree], tables, stats: StageStats, shard: ShardInfo):
         c = self.config
-        fatal: list[BaseException] = []
-        ids = itertools.count()
-
-        async def policy(messages: list[dict], n: int, temperature: float) -> list[str]:
-            if fatal:
-                raise RowError("aborted", "the engine failed for another walk of this shard")
-            msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
-            if c.system_prompt:
-                msgs.insert(0, {"role": "system", "content": c.system_prompt})
-            req = GenerationRequest(messages=msgs, sampling=self.sampling_params(n=n, temperature=temperature),
-                                    request_id=f"judge:{shard.shard_id}:{next(ids)}")
-            try:
-                (res,) = await self._llm.agenerate([req], tag=self.name, shard=shard.shard_id)
-            except Exception as e:
-                fatal.append(e)
-                raise RowError("engine_failed", f"{type(e).__name__}: {e}") from e
-            stats.prompt_tokens += res.prompt_tokens
-            if not res.ok or not res.completions:
-                raise RowError(res.error_reason or "no_completions", res.error_message or "")
-            stats.completion_tokens += sum(x.completion_tokens for x in res.completions)
-            return [x.text for x in res.completions]
+        policy, fatal = engine_policy(self, stats, shard, "judge", "walk")
 
         judges: dict[str, StepJudge] = {}
         sem = asyncio.Semaphore(c.concurrency)
