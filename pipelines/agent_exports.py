@@ -19,7 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipelines.chat_tokens import TOKENIZER_OPTION, sft_tokenized_metadata, tokenize_conversation, tokenizer_of
+from pipelines.chat_tokens import sft_tokenized_export, tokenize_conversation, tokenizer_of
 from pipelines.export import ExportSpec, register_export
 from schemas.errors import ConfigError
 
@@ -86,9 +86,7 @@ register_export(ExportSpec(
     "sft_trajectories", ("trajectories",), "agent trajectories as messages with a per-message loss flag",
     SFT_TRAJ_SCHEMA, sft_trajectory_rows, "conversational language-modeling (`messages`; `loss` per message)",
     dict(_OPTIONS)))
-register_export(ExportSpec(
+register_export(sft_tokenized_export(
     "sft_tokenized_trajectories", ("trajectories",), "agent trajectories pre-tokenized: labels -100 on loss-false "
                                                      "messages",
-    SFT_TOKENIZED_SCHEMA, sft_tokenized_rows, "pre-tokenized (`input_ids`, `labels`, `completion_mask`)",
-    {**_OPTIONS, "tokenizer": TOKENIZER_OPTION},
-    metadata=sft_tokenized_metadata))
+    SFT_TOKENIZED_SCHEMA, sft_tokenized_rows, _OPTIONS))

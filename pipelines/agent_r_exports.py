@@ -28,7 +28,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipelines.agent_exports import MESSAGES_LOSS
-from pipelines.chat_tokens import TOKENIZER_OPTION, sft_tokenized_metadata, tokenize_conversation, tokenizer_of
+from pipelines.chat_tokens import sft_tokenized_export, tokenize_conversation, tokenizer_of
 from pipelines.export import MESSAGES, ExportSpec, register_export
 from schemas.errors import ConfigError
 
@@ -180,12 +180,10 @@ _OPTIONS = {"kind": "all (default), revision or good",
 register_export(ExportSpec(
     "sft_agent_r", ("revisions",), "Agent-R revision and good trajectories as messages with per-message loss",
     SFT_SCHEMA, sft_rows, "conversational language-modeling (`messages`; `loss` per message)", dict(_OPTIONS)))
-register_export(ExportSpec(
+register_export(sft_tokenized_export(
     "sft_tokenized_agent_r", ("revisions",), "Agent-R trajectories pre-tokenized: labels -100 on loss-false "
                                              "messages",
-    SFT_TOKENIZED_SCHEMA, sft_tokenized_rows, "pre-tokenized (`input_ids`, `labels`, `completion_mask`)",
-    {**_OPTIONS, "tokenizer": TOKENIZER_OPTION},
-    metadata=sft_tokenized_metadata))
+    SFT_TOKENIZED_SCHEMA, sft_tokenized_rows, _OPTIONS))
 register_export(ExportSpec(
     "dpo_agent_r", ("pairs", "nodes"), "Agent-R sibling branches at the divergence parent: the good child's "
                                        "turn over the bad child's",

@@ -9,7 +9,7 @@ to no message (for an assistant turn it is the generation prompt, given at infer
 its last non-whitespace character (the end-of-turn token is in, the newline after it is not). The whole text is
 tokenized once (offsets from a fast tokenizer) and each token takes the loss of the message its first character
 lies in; tokens in no message (the template's default system prompt, role headers) have no loss.
-Also shared by the sft-tokenized exports: their `tokenizer` option, its loading, and the metadata they record.
+Also what the sft-tokenized exports share: their ExportSpec (sft_tokenized_export), `tokenizer` option and metadata.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import hashlib
 from functools import lru_cache
 from typing import Any, Callable
 
+from pipelines.export import ExportSpec
 from schemas.errors import ConfigError
 
 IGNORE = -100
@@ -126,3 +127,13 @@ def tokenizer_of(options: dict[str, Any]) -> tuple[str, Any]:
 def sft_tokenized_metadata(options: dict[str, Any]) -> dict[str, Any]:
     """An sft-tokenized export's metadata: the tokenizer_facts of its `tokenizer` option."""
     return tokenizer_facts(*tokenizer_of(options))
+
+
+def sft_tokenized_export(name: str, reads: tuple[str, ...], description: str, schema: Any,
+                         convert: Callable[[dict[str, list[dict]], str, dict[str, Any]], list[dict]],
+                         options: dict[str, str]) -> ExportSpec:
+    """The ExportSpec of an sft-tokenized export: TRL's pre-tokenized format, the `tokenizer` option after
+    `options`, and sft_tokenized_metadata."""
+    return ExportSpec(name, reads, description, schema, convert,
+                      "pre-tokenized (`input_ids`, `labels`, `completion_mask`)",
+                      {**options, "tokenizer": TOKENIZER_OPTION}, metadata=sft_tokenized_metadata)

@@ -25,7 +25,7 @@ from typing import Any
 import pyarrow as pa
 
 import schemas.lemma_rows  # noqa: F401  (the tables these exports read)
-from pipelines.chat_tokens import TOKENIZER_OPTION, sft_tokenized_metadata, tokenize_conversation, tokenizer_of
+from pipelines.chat_tokens import sft_tokenized_export, tokenize_conversation, tokenizer_of
 from pipelines.export import MESSAGES, ExportSpec, register_export
 from schemas.errors import ConfigError
 
@@ -136,13 +136,11 @@ register_export(ExportSpec(
                                                 "messages, with their segments (author, loss)",
     SFT_REV_SCHEMA, sft_revision_rows, "conversational language-modeling (`messages`; `segments` with loss)",
     {"mask_errors": "true: loss false on the erroneous prefix segment (default false: LEMMA trains on it)"}))
-register_export(ExportSpec(
+register_export(sft_tokenized_export(
     "sft_tokenized_revisions", ("revisions", "problems"), "verified-correct revision trajectories pre-tokenized: "
                                                           "labels per segment (-100 on masked segments)",
-    SFT_TOKENIZED_REV_SCHEMA, sft_tokenized_revision_rows, "pre-tokenized (`input_ids`, `labels`, `completion_mask`)",
-    {"mask_errors": "true: labels -100 on the erroneous prefix (default false: LEMMA trains on it)",
-     "tokenizer": TOKENIZER_OPTION},
-    metadata=sft_tokenized_metadata))
+    SFT_TOKENIZED_REV_SCHEMA, sft_tokenized_revision_rows,
+    {"mask_errors": "true: labels -100 on the erroneous prefix (default false: LEMMA trains on it)"}))
 register_export(ExportSpec(
     "dpo_revisions", ("revisions", "problems", "attempts", "injections"),
     "a verified revision (chosen) and the wrong attempt or injected solution it revises (rejected)",
