@@ -15,12 +15,11 @@ Both converters are pure per row: the loss flags of the trajectory pass through 
 """
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any
 
 import pyarrow as pa
 
-from pipelines.chat_tokens import tokenize_conversation, tokenizer_facts
+from pipelines.chat_tokens import sft_tokenized_export, tokenize_conversation, tokenizer_of
 from pipelines.export import ExportSpec, register_export
 from schemas.errors import ConfigError
 
@@ -75,32 +74,9 @@ def sft_trajectory_rows(tables: dict[str, list[dict]], source: str, options: dic
     return [sft_trajectory_row(t, source) for t in selected(tables["trajectories"], options)]
 
 
-@lru_cache(maxsize=4)
-def _tokenizer(name: str, models_dir: str) -> Any:
-    from stages.agents.tokens import load_tokenizer
-    from stages.engines.model_prep import resolve_model
-    try:
-        return load_tokenizer(resolve_model(name, models_dir))
-    except Exception as e:
-        raise ConfigError(f"--tokenizer {name}: cannot load it ({type(e).__name__}: {str(e)[:300]})") from None
-
-
-def _tokenizer_of(options: dict[str, Any]) -> tuple[str, Any]:
-    name = options.get("tokenizer")
-    if not name:
-        raise ConfigError("the sft-tokenized export needs a tokenizer: --tokenizer MODEL (a model directory, a "
-                          "hub id, or 'embedded')")
-    return str(name), _tokenizer(str(name), str(options.get("_models_dir") or "data/models"))
-
-
 def sft_tokenized_rows(tables: dict[str, list[dict]], source: str, options: dict[str, Any]) -> list[dict]:
-    _, tok = _tokenizer_of(options)
+    _, tok = tokenizer_of(options)
     return [sft_tokenized_row(t, source, tok) for t in selected(tables["trajectories"], options)]
-
-
-def sft_tokenized_metadata(options: dict[str, Any]) -> dict[str, Any]:
-    name, tok = _tokenizer_of(options)
-    return tokenizer_facts(name, tok)
 
 
 _OPTIONS = {"include": "success (default) or all trajectories",
@@ -110,9 +86,7 @@ register_export(ExportSpec(
     "sft_trajectories", ("trajectories",), "agent trajectories as messages with a per-message loss flag",
     SFT_TRAJ_SCHEMA, sft_trajectory_rows, "conversational language-modeling (`messages`; `loss` per message)",
     dict(_OPTIONS)))
-register_export(ExportSpec(
+register_export(sft_tokenized_export(
     "sft_tokenized_trajectories", ("trajectories",), "agent trajectories pre-tokenized: labels -100 on loss-false "
                                                      "messages",
-    SFT_TOKENIZED_SCHEMA, sft_tokenized_rows, "pre-tokenized (`input_ids`, `labels`, `completion_mask`)",
-    {**_OPTIONS, "tokenizer": "model directory, hub id or 'embedded' whose tokenizer and chat template are used"},
-    metadata=sft_tokenized_metadata))
+    SFT_TOKENIZED_SCHEMA, sft_tokenized_rows, _OPTIONS))

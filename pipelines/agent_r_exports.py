@@ -27,8 +27,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipelines.agent_exports import MESSAGES_LOSS, _tokenizer_of
-from pipelines.chat_tokens import tokenize_conversation, tokenizer_facts
+from pipelines.agent_exports import MESSAGES_LOSS
+from pipelines.chat_tokens import sft_tokenized_export, tokenize_conversation, tokenizer_of
 from pipelines.export import MESSAGES, ExportSpec, register_export
 from schemas.errors import ConfigError
 
@@ -126,14 +126,9 @@ def sft_rows(tables: dict[str, list[dict]], source: str, options: dict[str, Any]
 
 
 def sft_tokenized_rows(tables: dict[str, list[dict]], source: str, options: dict[str, Any]) -> list[dict]:
-    _, tok = _tokenizer_of(options)
+    _, tok = tokenizer_of(options)
     rows = sft_rows(tables, source, options)
     return [{**tokenize_conversation(r["messages"], tok), **{k: r.get(k) for k, _ in _IDS}} for r in rows]
-
-
-def sft_tokenized_metadata(options: dict[str, Any]) -> dict[str, Any]:
-    name, tok = _tokenizer_of(options)
-    return tokenizer_facts(name, tok)
 
 
 def _plain(messages: list[dict]) -> list[dict]:
@@ -185,12 +180,10 @@ _OPTIONS = {"kind": "all (default), revision or good",
 register_export(ExportSpec(
     "sft_agent_r", ("revisions",), "Agent-R revision and good trajectories as messages with per-message loss",
     SFT_SCHEMA, sft_rows, "conversational language-modeling (`messages`; `loss` per message)", dict(_OPTIONS)))
-register_export(ExportSpec(
+register_export(sft_tokenized_export(
     "sft_tokenized_agent_r", ("revisions",), "Agent-R trajectories pre-tokenized: labels -100 on loss-false "
                                              "messages",
-    SFT_TOKENIZED_SCHEMA, sft_tokenized_rows, "pre-tokenized (`input_ids`, `labels`, `completion_mask`)",
-    {**_OPTIONS, "tokenizer": "model directory, hub id or 'embedded' whose tokenizer and chat template are used"},
-    metadata=sft_tokenized_metadata))
+    SFT_TOKENIZED_SCHEMA, sft_tokenized_rows, _OPTIONS))
 register_export(ExportSpec(
     "dpo_agent_r", ("pairs", "nodes"), "Agent-R sibling branches at the divergence parent: the good child's "
                                        "turn over the bad child's",

@@ -9,12 +9,15 @@ to no message (for an assistant turn it is the generation prompt, given at infer
 its last non-whitespace character (the end-of-turn token is in, the newline after it is not). The whole text is
 tokenized once (offsets from a fast tokenizer) and each token takes the loss of the message its first character
 lies in; tokens in no message (the template's default system prompt, role headers) have no loss.
+Also what the sft-tokenized exports share: their ExportSpec (sft_tokenized_export), `tokenizer` option and metadata.
 """
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 from typing import Any, Callable
 
+from pipelines.export import ExportSpec
 from schemas.errors import ConfigError
 
 IGNORE = -100
@@ -97,3 +100,40 @@ def tokenizer_facts(name: str, tokenizer: Any) -> dict[str, Any]:
     return {"tokenizer": name, "tokenizer_class": type(tokenizer).__name__, "vocab_size": len(tokenizer),
             "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest(),
             "eos_token": tokenizer.eos_token, "label_ignore_index": IGNORE}
+
+
+TOKENIZER_OPTION = "model directory, hub id or 'embedded' whose tokenizer and chat template are used"
+
+
+@lru_cache(maxsize=4)
+def _tokenizer(name: str, models_dir: str) -> Any:
+    from stages.agents.tokens import load_tokenizer
+    from stages.engines.model_prep import resolve_model
+    try:
+        return load_tokenizer(resolve_model(name, models_dir))
+    except Exception as e:
+        raise ConfigError(f"--tokenizer {name}: cannot load it ({type(e).__name__}: {str(e)[:300]})") from None
+
+
+def tokenizer_of(options: dict[str, Any]) -> tuple[str, Any]:
+    """(name, tokenizer) of an sft-tokenized export's `tokenizer` option (loaded once per name and models dir)."""
+    name = options.get("tokenizer")
+    if not name:
+        raise ConfigError("the sft-tokenized export needs a tokenizer: --tokenizer MODEL (a model directory, a "
+                          "hub id, or 'embedded')")
+    return str(name), _tokenizer(str(name), str(options.get("_models_dir") or "data/models"))
+
+
+def sft_tokenized_metadata(options: dict[str, Any]) -> dict[str, Any]:
+    """An sft-tokenized export's metadata: the tokenizer_facts of its `tokenizer` option."""
+    return tokenizer_facts(*tokenizer_of(options))
+
+
+def sft_tokenized_export(name: str, reads: tuple[str, ...], description: str, schema: Any,
+                         convert: Callable[[dict[str, list[dict]], str, dict[str, Any]], list[dict]],
+                         options: dict[str, str]) -> ExportSpec:
+    """The ExportSpec of an sft-tokenized export: TRL's pre-tokenized format, the `tokenizer` option after
+    `options`, and sft_tokenized_metadata."""
+    return ExportSpec(name, reads, description, schema, convert,
+                      "pre-tokenized (`input_ids`, `labels`, `completion_mask`)",
+                      {**options, "tokenizer": TOKENIZER_OPTION}, metadata=sft_tokenized_metadata)

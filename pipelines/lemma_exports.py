@@ -25,8 +25,7 @@ from typing import Any
 import pyarrow as pa
 
 import schemas.lemma_rows  # noqa: F401  (the tables these exports read)
-from pipelines.agent_exports import _tokenizer_of
-from pipelines.chat_tokens import tokenize_conversation, tokenizer_facts
+from pipelines.chat_tokens import sft_tokenized_export, tokenize_conversation, tokenizer_of
 from pipelines.export import MESSAGES, ExportSpec, register_export
 from schemas.errors import ConfigError
 
@@ -83,18 +82,13 @@ def sft_revision_rows(tables: dict[str, list[dict]], source: str, options: dict[
 
 
 def sft_tokenized_revision_rows(tables: dict[str, list[dict]], source: str, options: dict[str, Any]) -> list[dict]:
-    _, tok = _tokenizer_of(options)
+    _, tok = tokenizer_of(options)
     out = []
     for r in sft_revision_rows(tables, source, options):
         user, assistant = r["messages"]
         conv = [user, {**assistant, "segments": r["segments"]}]
         out.append({**tokenize_conversation(conv, tok), **{k: r[k] for k, _ in _IDS}})
     return out
-
-
-def sft_tokenized_revision_metadata(options: dict[str, Any]) -> dict[str, Any]:
-    name, tok = _tokenizer_of(options)
-    return tokenizer_facts(name, tok)
 
 
 def _pair(question: str, chosen: str, rejected: str, pair_source: str, pid: str, cid: str, rid: str,
@@ -142,13 +136,11 @@ register_export(ExportSpec(
                                                 "messages, with their segments (author, loss)",
     SFT_REV_SCHEMA, sft_revision_rows, "conversational language-modeling (`messages`; `segments` with loss)",
     {"mask_errors": "true: loss false on the erroneous prefix segment (default false: LEMMA trains on it)"}))
-register_export(ExportSpec(
+register_export(sft_tokenized_export(
     "sft_tokenized_revisions", ("revisions", "problems"), "verified-correct revision trajectories pre-tokenized: "
                                                           "labels per segment (-100 on masked segments)",
-    SFT_TOKENIZED_REV_SCHEMA, sft_tokenized_revision_rows, "pre-tokenized (`input_ids`, `labels`, `completion_mask`)",
-    {"mask_errors": "true: labels -100 on the erroneous prefix (default false: LEMMA trains on it)",
-     "tokenizer": "model directory, hub id or 'embedded' whose tokenizer and chat template are used"},
-    metadata=sft_tokenized_revision_metadata))
+    SFT_TOKENIZED_REV_SCHEMA, sft_tokenized_revision_rows,
+    {"mask_errors": "true: labels -100 on the erroneous prefix (default false: LEMMA trains on it)"}))
 register_export(ExportSpec(
     "dpo_revisions", ("revisions", "problems", "attempts", "injections"),
     "a verified revision (chosen) and the wrong attempt or injected solution it revises (rejected)",

@@ -24,14 +24,13 @@ import asyncio
 import concurrent.futures as cf
 import itertools
 import json
-import os
 from collections import defaultdict
-from typing import Any, Literal, Optional
+from typing import Any, Awaitable, Callable, Literal, Optional
 
 from pydantic import Field, field_validator
 
 from schemas.agent_r_rows import NodeRow, PairRow, TreeRow  # noqa: F401  (registers trees, nodes, pairs)
-from schemas.errors import ConfigError, RowError
+from schemas.errors import RowError
 from schemas.revision_rows import Revision  # noqa: F401  (registers revisions)
 from schemas.rows import make_id
 from stages.agents.judge import JudgeSettings, Judgement, StepJudge, first_error_walk
@@ -40,13 +39,43 @@ from stages.agents.mcts import (MCTSSettings, Node, Tree, search_many, total_sta
 from stages.agents.pairs import DEFAULT_ALPHA, DEFAULT_BETA, Pair, PairSettings, good_leaves, make_pairs
 from stages.agents.react import initial_messages, parse_react, trim_context
 from stages.agents.splice import MIN_SIGNALS, REVISION_SIGNALS, WAIT_ACTION, choose_signal, good_path, splice
-from stages.agents.tokens import counter_name, token_counter
 from stages.base import ExpandStage, Failed, MapStage, ShardInfo, Stage, StageResult, StageStats, is_live
 from stages.engines.base import GenerationRequest
 from stages.envs import EnvTask, make_env
 from stages.envs.spec import read_task_record
-from stages.llm import LLMMixin, LLMOptions
+from stages.llm import BudgetLLMMixin, LLMMixin, LLMOptions
 from stages.options import Options
+
+
+# ---- the policy's engine -------------------------------------------------------------------------------------------
+def engine_policy(stage: LLMMixin, stats: StageStats, shard: ShardInfo, request_prefix: str,
+                  unit: str) -> tuple[Callable[..., Awaitable[list[str]]], list[BaseException]]:
+    """(policy, fatal): `await policy(messages, n, temperature)` is the texts of n samples of the stage's engine
+    (its system prompt in front; tokens counted in stats). An engine that fails as a whole (not one request) is
+    appended to `fatal`, for the caller to raise (the shard fails; a rerun resumes); later calls raise "aborted"."""
+    c = stage.config
+    fatal: list[BaseException] = []
+    ids = itertools.count()
+
+    async def policy(messages: list[dict], n: int, temperature: float) -> list[str]:
+        if fatal:
+            raise RowError("aborted", f"the engine failed for another {unit} of this shard")
+        msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
+        if c.system_prompt:
+            msgs.insert(0, {"role": "system", "content": c.system_prompt})
+        req = GenerationRequest(messages=msgs, sampling=stage.sampling_params(n=n, temperature=temperature),
+                                request_id=f"{request_prefix}:{shard.shard_id}:{next(ids)}")
+        try:
+            (res,) = await stage._llm.agenerate([req], tag=stage.name, shard=shard.shard_id)
+        except Exception as e:
+            fatal.append(e)
+            raise RowError("engine_failed", f"{type(e).__name__}: {e}") from e
+        stats.prompt_tokens += res.prompt_tokens
+        if not res.ok or not res.completions:
+            raise RowError(res.error_reason or "no_completions", res.error_message or "")
+        stats.completion_tokens += sum(x.completion_tokens for x in res.completions)
+        return [x.text for x in res.completions]
+    return policy, fatal
 
 
 # ---- search --------------------------------------------------------------------------------------------------------
@@ -90,7 +119,7 @@ def _spec_key(spec: dict) -> str:
     return json.dumps(spec, sort_keys=True, default=str)
 
 
-class MCTSStage(LLMMixin, Stage):
+class MCTSStage(BudgetLLMMixin, Stage):
     kind = "agent_r_mcts"
     description = "Agent-R tree search per env task with the policy model (trees and nodes as rows)"
     config_class = MCTSConfig
@@ -100,29 +129,12 @@ class MCTSStage(LLMMixin, Stage):
     def __init__(self, *a: Any, **k: Any):
         super().__init__(*a, **k)
         self._init_llm()
-        self.budget = self.config.context_tokens or (self.engine_config.max_model_len - self.config.max_tokens)
-        if self.budget < 1:
-            raise ConfigError(f"{self.name}.max_tokens: {self.config.max_tokens} leaves no room for the prompt")
-        self._count = None
-        self.counter = ""
-
-    def __getstate__(self) -> dict:
-        d = super().__getstate__()
-        d["_count"] = None
-        return d
-
-    def setup(self, engines: Any = None) -> None:
-        super().setup(engines)
-        if self._count is None:
-            models_dir = (getattr(engines, "models_dir", None) or os.environ.get("ERRATA_MODELS")
-                          or os.path.join("data", "models"))
-            self._count, self.counter = token_counter(self.engine_config, models_dir, self.config.tokenizer)
+        self._init_budget()
 
     def describe(self) -> dict[str, Any]:
         c = self.config
         return {**super().describe(), **self.llm_describe(), "search": c.settings().model_dump(),
-                "iteration": c.iteration, "concurrency": c.concurrency, "context_tokens": self.budget,
-                "token_counter": self.counter or counter_name(self.engine_config, c.tokenizer)}
+                "iteration": c.iteration, "concurrency": c.concurrency, **self.budget_describe()}
 
     def tree_id(self, problem_id: str, task: EnvTask) -> str:
         """Stable over reruns; differs by model, sampling, search settings and round."""
@@ -170,38 +182,15 @@ class MCTSStage(LLMMixin, Stage):
     async def _search(self, groups, stats: StageStats, shard: ShardInfo) -> list[tuple[dict, Tree]]:
         c = self.config
         settings = c.settings()
-        fatal: list[BaseException] = []
-        ids = itertools.count()
-
-        async def policy(messages: list[dict], n: int, temperature: float) -> list[str]:
-            if fatal:
-                raise RowError("aborted", "the engine failed for another tree of this shard")
-            msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
-            if c.system_prompt:
-                msgs.insert(0, {"role": "system", "content": c.system_prompt})
-            req = GenerationRequest(messages=msgs, sampling=self.sampling_params(n=n, temperature=temperature),
-                                    request_id=f"mcts:{shard.shard_id}:{next(ids)}")
-            try:
-                (res,) = await self._llm.agenerate([req], tag=self.name, shard=shard.shard_id)
-            except Exception as e:          # the engine as a whole failed: the shard fails (a rerun resumes)
-                fatal.append(e)
-                raise RowError("engine_failed", f"{type(e).__name__}: {e}") from e
-            stats.prompt_tokens += res.prompt_tokens
-            if not res.ok or not res.completions:
-                raise RowError(res.error_reason or "no_completions", res.error_message or "")
-            stats.completion_tokens += sum(x.completion_tokens for x in res.completions)
-            return [x.text for x in res.completions]
-
-        def count(messages: list[dict]) -> int:
-            return self._count(([{"role": "system", "content": c.system_prompt}] if c.system_prompt else [])
-                               + messages)
+        policy, fatal = engine_policy(self, stats, shard, "mcts", "tree")
 
         def trim(messages: list[dict]) -> list[dict]:
-            ctx, dropped = trim_context(messages, count, self.budget)
+            ctx, dropped = trim_context(messages, self.count_prompt, self.budget)
             if dropped:
                 stats.count("trimmed_prompts")
-            if count(ctx) > self.budget:
-                raise RowError("context_too_long", f"{count(ctx)} tokens after trimming, budget {self.budget}")
+            if self.count_prompt(ctx) > self.budget:
+                raise RowError("context_too_long",
+                               f"{self.count_prompt(ctx)} tokens after trimming, budget {self.budget}")
             return ctx
 
         def parse(text: str) -> tuple[Optional[str], bool]:
@@ -374,27 +363,7 @@ class JudgeStage(LLMMixin, MapStage):
 
     async def _walk_all(self, rows, trees: dict[str, Tree], tables, stats: StageStats, shard: ShardInfo):
         c = self.config
-        fatal: list[BaseException] = []
-        ids = itertools.count()
-
-        async def policy(messages: list[dict], n: int, temperature: float) -> list[str]:
-            if fatal:
-                raise RowError("aborted", "the engine failed for another walk of this shard")
-            msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
-            if c.system_prompt:
-                msgs.insert(0, {"role": "system", "content": c.system_prompt})
-            req = GenerationRequest(messages=msgs, sampling=self.sampling_params(n=n, temperature=temperature),
-                                    request_id=f"judge:{shard.shard_id}:{next(ids)}")
-            try:
-                (res,) = await self._llm.agenerate([req], tag=self.name, shard=shard.shard_id)
-            except Exception as e:
-                fatal.append(e)
-                raise RowError("engine_failed", f"{type(e).__name__}: {e}") from e
-            stats.prompt_tokens += res.prompt_tokens
-            if not res.ok or not res.completions:
-                raise RowError(res.error_reason or "no_completions", res.error_message or "")
-            stats.completion_tokens += sum(x.completion_tokens for x in res.completions)
-            return [x.text for x in res.completions]
+        policy, fatal = engine_policy(self, stats, shard, "judge", "walk")
 
         judges: dict[str, StepJudge] = {}
         sem = asyncio.Semaphore(c.concurrency)

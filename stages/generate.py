@@ -16,7 +16,7 @@ from pydantic import Field
 
 from schemas.rows import make_id
 from stages.base import ExpandStage, Failed, ShardInfo, StageStats
-from stages.engines.base import GenerationRequest
+from stages.engines.base import Completion, GenerationRequest, GenerationResult
 from stages.llm import LLMMixin, LLMOptions
 
 
@@ -25,6 +25,18 @@ def split_lines(text: str) -> list[dict]:
     lines = [ln.strip() for ln in (text or "").splitlines()]
     return [{"idx": i, "text": ln, "action": None, "observation": None}
             for i, ln in enumerate(ln for ln in lines if ln)]
+
+
+def attempt_row(stage: LLMMixin, attempt_id: str, problem_id: str, sample_index: int, prompt: str,
+                res: GenerationResult, comp: Completion, lineage: dict[str, Any]) -> dict[str, Any]:
+    """An `attempts` row of one completion of the stage's model, not yet verified (a verify stage fills the answer)."""
+    return {"attempt_id": attempt_id, "problem_id": problem_id, "sample_index": sample_index,
+            "model": stage.model_label, "engine": stage.engine_config.kind, "sampling_json": stage.sampling_json(),
+            "prompt_template": stage.template.ref, "prompt": prompt, "completion": comp.text,
+            "finish_reason": comp.finish_reason, "prompt_tokens": res.prompt_tokens,
+            "completion_tokens": comp.completion_tokens, "steps": split_lines(comp.text), "final_answer": None,
+            "answer_parse_ok": False, "is_correct": None, "reward": None, "verifier": None, "drop_reason": None,
+            **lineage}
 
 
 class GenerateConfig(LLMOptions):
@@ -52,7 +64,7 @@ class GenerateStage(LLMMixin, ExpandStage):
         requests = [GenerationRequest(messages=self.messages(u), sampling=sp, request_id=str(p["problem_id"]))
                     for p, u in zip(rows, prompts)]
         results = self.call(requests, shard, stats)
-        key, sjson, model = self.generation_key(), self.sampling_json(), self.model_label
+        key = self.generation_key()
         out: list[list[dict] | Failed] = []
         for problem, user, req, res in zip(rows, prompts, requests, results):
             if not res.ok or not res.completions:
@@ -60,13 +72,6 @@ class GenerateStage(LLMMixin, ExpandStage):
                                   raw_input=json.dumps(req.messages)))
                 continue
             lineage = self.lineage([problem["problem_id"]])
-            out.append([{
-                "attempt_id": make_id(problem["problem_id"], key, i, prefix="a-"),
-                "problem_id": problem["problem_id"], "sample_index": i, "model": model,
-                "engine": self.engine_config.kind, "sampling_json": sjson, "prompt_template": self.template.ref,
-                "prompt": user, "completion": comp.text, "finish_reason": comp.finish_reason,
-                "prompt_tokens": res.prompt_tokens, "completion_tokens": comp.completion_tokens,
-                "steps": split_lines(comp.text), "final_answer": None, "answer_parse_ok": False,
-                "is_correct": None, "reward": None, "verifier": None, "drop_reason": None, **lineage,
-            } for i, comp in enumerate(res.completions)])
+            out.append([attempt_row(self, make_id(problem["problem_id"], key, i, prefix="a-"), problem["problem_id"],
+                                    i, user, res, comp, lineage) for i, comp in enumerate(res.completions)])
         return out

@@ -3,16 +3,19 @@
 The engine is not the stage's own: `setup(engines)` takes a client of the build's shared engine for the stage's
 role (one engine per distinct model per build, in process or a Ray actor). Requests carry the stage's name as
 progress tag and the shard id, so the build shows sequences done / total and tokens/s per stage.
+`BudgetLLMMixin` adds a prompt token budget for the stages that trim context (rollout, Agent-R's search).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from typing import Any, Optional
 
 from pydantic import Field
 
 from schemas.errors import ConfigError
+from stages.agents.tokens import counter_name, token_counter
 from stages.base import ShardInfo, StageStats
 from stages.engines.base import GenerationRequest, GenerationResult, SamplingParams
 from stages.engines.config import EngineConfig
@@ -111,3 +114,38 @@ class LLMMixin:
 
     def templates(self) -> dict[str, str]:
         return {self.template.name: self.template.version}
+
+
+class BudgetLLMMixin(LLMMixin):
+    """An LLMMixin whose prompts are trimmed to a token budget (config `context_tokens`, `max_tokens`, `tokenizer`):
+    `budget`, a token counter loaded at setup (`counter` names it) and `count_prompt(messages)`."""
+
+    def _init_budget(self) -> None:
+        c = self.config
+        self.budget = c.context_tokens or (self.engine_config.max_model_len - c.max_tokens)
+        if self.budget < 1:
+            raise ConfigError(f"{self.name}.max_tokens: {c.max_tokens} leaves no room for the prompt in "
+                              f"engines.{c.role}.max_model_len {self.engine_config.max_model_len}")
+        self._count = None
+        self.counter = ""
+
+    def __getstate__(self) -> dict:
+        d = super().__getstate__()
+        d["_count"] = None
+        return d
+
+    def setup(self, engines: Any = None) -> None:
+        super().setup(engines)
+        if self._count is None:
+            models_dir = (getattr(engines, "models_dir", None) or os.environ.get("ERRATA_MODELS")
+                          or os.path.join("data", "models"))
+            self._count, self.counter = token_counter(self.engine_config, models_dir, self.config.tokenizer)
+
+    def budget_describe(self) -> dict[str, Any]:
+        return {"context_tokens": self.budget,
+                "token_counter": self.counter or counter_name(self.engine_config, self.config.tokenizer)}
+
+    def count_prompt(self, messages: list[dict]) -> int:
+        """Tokens of the prompt of `messages` (the system prompt, if any, in front)."""
+        sp = self.config.system_prompt
+        return self._count(([{"role": "system", "content": sp}] if sp else []) + messages)

@@ -26,21 +26,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from typing import Any, Literal, Optional
 
 from pydantic import Field
 
-from schemas.errors import ConfigError, RowError
+from schemas.errors import RowError
 from schemas.rows import make_id
 from stages.agents.episodes import EnvPool, gold_trajectory, new_trajectory, run_episode
 from stages.agents.react import initial_messages
-from stages.agents.tokens import counter_name, token_counter
 from stages.base import ExpandStage, Failed, ShardInfo, StageStats
 from stages.engines.base import GenerationRequest
 from stages.envs import Env, EnvTask, make_env
 from stages.envs.spec import read_task_record
-from stages.llm import LLMMixin, LLMOptions
+from stages.llm import BudgetLLMMixin, LLMOptions
 
 
 class RolloutConfig(LLMOptions):
@@ -77,7 +75,7 @@ def error_reason(error: str) -> str:
     return (error or "episode_failed").split(":", 1)[0].strip() or "episode_failed"
 
 
-class RolloutStage(LLMMixin, ExpandStage):
+class RolloutStage(BudgetLLMMixin, ExpandStage):
     kind = "rollout"
     description = "the policy model acts in each task's environment (ReAct turns), n episodes per task"
     config_class = RolloutConfig
@@ -87,31 +85,12 @@ class RolloutStage(LLMMixin, ExpandStage):
     def __init__(self, *a: Any, **k: Any):
         super().__init__(*a, **k)
         self._init_llm()
-        self.budget = self.config.context_tokens or (self.engine_config.max_model_len - self.config.max_tokens)
-        if self.budget < 1:
-            raise ConfigError(f"{self.name}.max_tokens: {self.config.max_tokens} leaves no room for the prompt in "
-                              f"engines.{self.config.role}.max_model_len {self.engine_config.max_model_len}")
-        self._count = None
-        self.counter = ""
-
-    def __getstate__(self) -> dict:
-        d = super().__getstate__()
-        d["_count"] = None
-        return d
-
-    def setup(self, engines: Any = None) -> None:
-        super().setup(engines)
-        if self._count is None:
-            models_dir = (getattr(engines, "models_dir", None) or os.environ.get("ERRATA_MODELS")
-                          or os.path.join("data", "models"))
-            self._count, self.counter = token_counter(self.engine_config, models_dir, self.config.tokenizer)
+        self._init_budget()
 
     def describe(self) -> dict[str, Any]:
         c = self.config
         return {**super().describe(), **self.llm_describe(), "episodes_per_task": c.n, "max_steps": c.max_steps,
-                "concurrency": c.concurrency, "env_pool": c.env_pool, "gold": c.gold,
-                "context_tokens": self.budget,
-                "token_counter": self.counter or counter_name(self.engine_config, c.tokenizer)}
+                "concurrency": c.concurrency, "env_pool": c.env_pool, "gold": c.gold, **self.budget_describe()}
 
     def episode_key(self) -> str:
         """What determines an episode besides its task: the generation key, max_steps and the context budget."""
@@ -187,10 +166,6 @@ class RolloutStage(LLMMixin, ExpandStage):
             stats.completion_tokens += comp.completion_tokens
             return comp.text
 
-        def count(messages: list[dict]) -> int:
-            return self._count(([{"role": "system", "content": c.system_prompt}] if c.system_prompt else [])
-                               + messages)
-
         async with sem:
             try:
                 env = await pool.acquire()
@@ -200,7 +175,7 @@ class RolloutStage(LLMMixin, ExpandStage):
                 return p, [self._failed(p, task, traj, str(k), stats)]
             traj = None
             try:
-                traj = await run_episode(env, task, policy, c.max_steps, count, self.budget,
+                traj = await run_episode(env, task, policy, c.max_steps, self.count_prompt, self.budget,
                                          pool.executor_for(env), c.step_timeout_s)
             finally:    # an env that hung is replaced, as run_episodes does
                 pool.release(env, discard=traj is None or error_reason(traj["error"] or "") == "env_timeout")

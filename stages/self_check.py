@@ -19,7 +19,7 @@ from pydantic import Field
 from schemas.rows import make_id
 from stages.base import ExpandStage, Failed, ShardInfo, StageStats
 from stages.engines.base import GenerationRequest
-from stages.generate import split_lines
+from stages.generate import attempt_row
 from stages.llm import LLMMixin, LLMOptions
 
 _VERDICT = re.compile(r"verdict\s*[:：]?\s*\**\s*(correct|incorrect|wrong|right)\b", re.IGNORECASE)
@@ -119,7 +119,7 @@ class RetryStage(LLMMixin, ExpandStage):
         reqs = [GenerationRequest(messages=self.messages(prompts[a["attempt_id"]]), sampling=self.sampling_params(),
                                   request_id=a["attempt_id"]) for a in wrong]
         results = dict(zip((a["attempt_id"] for a in wrong), self.call(reqs, shard, stats)))
-        key, sjson, model = self.generation_key(), self.sampling_json(), self.model_label
+        key = self.generation_key()
         out: list[list[dict] | Failed] = []
         for a in rows:
             res = results.get(a["attempt_id"])
@@ -132,12 +132,8 @@ class RetryStage(LLMMixin, ExpandStage):
                 continue
             j = review[a["attempt_id"]]
             base = self.SAMPLE_OFFSET * (1 + int(a.get("sample_index") or 0))
-            out.append([{
-                "attempt_id": make_id(a["attempt_id"], key, i, prefix="a-"), "problem_id": a["problem_id"],
-                "sample_index": base + i, "model": model, "engine": self.engine_config.kind, "sampling_json": sjson,
-                "prompt_template": self.template.ref, "prompt": prompts[a["attempt_id"]], "completion": c.text,
-                "finish_reason": c.finish_reason, "prompt_tokens": res.prompt_tokens,
-                "completion_tokens": c.completion_tokens, "steps": split_lines(c.text), "final_answer": None,
-                "answer_parse_ok": False, "is_correct": None, "reward": None, "verifier": None, "drop_reason": None,
-                **self.lineage([a["attempt_id"], j["judgement_id"]])} for i, c in enumerate(res.completions)])
+            out.append([attempt_row(self, make_id(a["attempt_id"], key, i, prefix="a-"), a["problem_id"], base + i,
+                                    prompts[a["attempt_id"]], res, c,
+                                    self.lineage([a["attempt_id"], j["judgement_id"]]))
+                        for i, c in enumerate(res.completions)])
         return out
