@@ -6,7 +6,6 @@ verified wrong; rules injections carry the first step whose value differs from g
 """
 from __future__ import annotations
 
-import json
 from collections import Counter
 
 import pytest
