@@ -34,8 +34,8 @@ from schemas.errors import RowError
 from schemas.revision_rows import Revision  # noqa: F401  (registers revisions)
 from schemas.rows import make_id
 from stages.agents.judge import JudgeSettings, Judgement, StepJudge, first_error_walk
-from stages.agents.mcts import (MCTSSettings, Node, Tree, search_many, total_stats, tree_from_rows, tree_rows,
-                                tree_summary)
+from stages.agents.mcts import MCTSSettings, search_many
+from stages.agents.tree import Node, Tree, total_stats, tree_from_rows, tree_rows, tree_summary
 from stages.agents.pairs import DEFAULT_ALPHA, DEFAULT_BETA, Pair, PairSettings, good_leaves, make_pairs
 from stages.agents.react import initial_messages, parse_react, trim_context
 from stages.agents.splice import MIN_SIGNALS, REVISION_SIGNALS, WAIT_ACTION, choose_signal, good_path, splice

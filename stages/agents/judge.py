@@ -32,8 +32,9 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from stages.agents.mcts import Node, Policy, Tree
+from stages.agents.mcts import Policy
 from stages.agents.pairs import Pair
+from stages.agents.tree import Node, Tree
 from stages.prompts import load_template
 
 VERDICTS = ("good", "bad", "uncertain", "unparsed")

@@ -41,7 +41,7 @@ from typing import Optional, Sequence
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.rows import make_id
-from stages.agents.mcts import Node, Tree
+from stages.agents.tree import Node, Tree
 
 DEFAULT_ALPHA = 0.5
 DEFAULT_BETA = 0.3

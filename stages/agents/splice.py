@@ -35,7 +35,7 @@ import random
 from dataclasses import dataclass
 from typing import Sequence
 
-from stages.agents.mcts import Node, Tree
+from stages.agents.tree import Node, Tree
 from stages.agents.pairs import Pair
 
 # How the model says it has noticed a mistake and is about to change course. Written for errata; every one is

@@ -356,7 +356,7 @@ def test_dpo_export_at_the_divergence_parent(built, data_root, tmp_path):
         assert ch["parent_id"] == rj["parent_id"] == div["node_id"] and ch["node_id"] != rj["node_id"]
         assert row["chosen"] == [{"role": "assistant", "content": ch["raw_text"]}]
         assert row["rejected"] == [{"role": "assistant", "content": rj["raw_text"]}]
-        from stages.agents.mcts import path_messages
+        from stages.agents.tree import path_messages
         tree = trees[div["tree_id"]]
         want = [{"role": x["role"], "content": x["content"]} for x in path_messages(tree, tree.node(div["node_id"]))]
         assert row["prompt"] == want and row["prompt"][-1]["role"] == "user"

@@ -10,9 +10,8 @@ from pydantic import ValidationError
 
 from agent_r_toys import (DriftingLineWorld, LineWorld, RandomWalker, Scripted, SnapLineWorld, line_task,
                           parse_action, turn)
-from stages.agents.mcts import (INVALID_ACTION, MCTSSettings, Node, env_reply, path_messages, path_to,
-                                search_many, search_tree, select_child, total_stats, tree_from_rows, tree_rows,
-                                tree_summary, uct)
+from stages.agents.mcts import INVALID_ACTION, MCTSSettings, env_reply, search_many, search_tree, select_child, uct
+from stages.agents.tree import Node, path_messages, path_to, total_stats, tree_from_rows, tree_rows, tree_summary
 
 
 def run(coro):
