@@ -6,7 +6,8 @@ the stage, write its output tables, errors and stats as that shard's checkpoint,
 
 On Ray Data each Ray row is one shard: its id plus one binary column per table, an Arrow IPC stream (not a pickle).
 An LLM stage runs as one light actor calling the build's shared engine for `shards_in_flight` shards at once
-(threads), so several shards' requests share the engine's batch; CPU stages as small actors. This module is the only one that imports Ray.
+(threads), so several shards' requests share the engine's batch; CPU stages as small actors. This module is the
+only one that imports Ray.
 """
 from __future__ import annotations
 
@@ -260,7 +261,7 @@ class RayRunner:
                 num_cpus=res["num_cpus"])
             before.append(st.name)
         # The last stage hands no tables on, so no projection is needed here: a projection is one more Ray Data
-        # operator whose tasks each reserve a whole CPU, and on a small machine that reservation left the LLM
-        # stage's actor pool a budget for 2 of its 4 actors (measured: the engine's batch drained at shard tails).
+        # operator whose tasks each reserve a whole CPU, and on a small machine that reservation starved the LLM
+        # stage of its CPU budget (measured when it ran 4 actors: only 2 started; the engine's batch drained).
         for row in ds.iter_rows():
             yield {"shard_id": row["shard_id"], "stats": json.loads(row["stats"])}
