@@ -187,15 +187,16 @@ class BuildSession:
     def __enter__(self) -> "BuildSession":
         cfg = self.plan.config
         models_dir = self.plan.root.models_dir
+        early = None if self.local else _EARLY.pop(cfg.config_hash(), None)
         if self.local:
             from stages.engines.host import LocalEngines
             self.engines = LocalEngines(dict(cfg.engines), models_dir)
+        elif early is not None:     # Ray and the first engines were started before the session (early_start)
+            early.adopted = True
+            self.ray_started, self.engines = early.ray_started, early.engines
         else:
             from pipelines.engines import RayEngines
-            need = sum(e.num_cpus_per_actor * e.num_actors for e in {e.key(): e for e in cfg.engines.values()}
-                       .values())
-            cpus = cfg.execution.num_cpus or max(os.cpu_count() or 1, int(need + 1.5))
-            self.ray_started = start_ray(cfg.execution.ray_address, cpus)
+            self.ray_started = start_ray(cfg.execution.ray_address, _ray_cpus(cfg))
             self.engines = RayEngines(dict(cfg.engines), models_dir, self.plan.run_id)
         if self.progress:
             from pipelines.progress import ProgressMonitor
@@ -258,6 +259,62 @@ class BuildSession:
 
     def describe_engines(self) -> dict[str, dict]:
         return self.engines.describe() if self.engines is not None else {}
+
+
+def _ray_cpus(cfg: RecipeConfig) -> int:
+    """CPUs Ray is started with: the machine's, or enough for the engines' actors."""
+    need = sum(e.num_cpus_per_actor * e.num_actors for e in {e.key(): e for e in cfg.engines.values()}.values())
+    return cfg.execution.num_cpus or max(os.cpu_count() or 1, int(need + 1.5))
+
+
+# --- starting Ray and the first engine early --------------------------------------------------------------------
+@dataclass
+class _EarlyStart:
+    ray_started: bool
+    engines: Any
+    adopted: bool = False
+
+
+_EARLY: dict[str, _EarlyStart] = {}   # recipe hash -> what early_start began, for this process's BuildSession
+
+
+@contextlib.contextmanager
+def early_start(config: RecipeConfig) -> Iterator[None]:
+    """Start Ray and begin starting the engine(s) of the recipe's first LLM stage now, for the BuildSession that
+    this process opens for the same recipe inside the block to take over. The Prefect path uses it: Prefect's
+    temporary server takes ~18 s (2-core box) to come up before the flow's first task; Ray and the engine start
+    meanwhile instead of after it. Does nothing on `runner: local`, for a resumed build (its first LLM stage may be
+    done), or when the recipe does not check out (the build itself reports that, as a failed flow run). What no
+    session took over is stopped when the block ends."""
+    started: Optional[_EarlyStart] = None
+    key = config.config_hash()
+    try:
+        if config.execution.runner != "local" and key not in _EARLY:
+            first = next((s for s in check_recipe(config) if s.role), None)
+            root = Root(data_root(config))
+            if first is not None and not Staging(root, config.dataset, f"b-{key}").exists():
+                import uuid
+
+                from pipelines.engines import RayEngines
+                ray_started = start_ray(config.execution.ray_address, _ray_cpus(config))
+                started = _EarlyStart(ray_started, RayEngines(dict(config.engines), root.models_dir,
+                                                              f"early-{uuid.uuid4().hex[:12]}"))
+                _EARLY[key] = started
+                started.engines.begin([first.role])
+    except Exception as e:      # the build checks the same things and reports them in its own way
+        log.debug("early start skipped: %s", e)
+    try:
+        yield
+    finally:
+        if started is not None and _EARLY.get(key) is started:
+            del _EARLY[key]
+        if started is not None and not started.adopted:
+            try:
+                started.engines.stop()
+            finally:
+                if started.ray_started:
+                    import ray
+                    ray.shutdown()
 
 
 def _segments(stages: list[Stage]) -> list[list[Stage]]:

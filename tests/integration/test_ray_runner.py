@@ -56,6 +56,29 @@ def test_stage_by_stage_on_ray_matches_local(fake_recipe, data_root):
     assert strip(local.stages) == strip(staged.stages)
 
 
+def test_early_start_hands_ray_and_the_engine_to_the_build_or_stops_them(fake_recipe, data_root):
+    """The Prefect path starts Ray and the first LLM stage's engine before the flow (pb.early_start): the build's
+    session takes both over (one engine start, Ray shut down by the session); without a build they are stopped."""
+    import ray
+
+    import pipelines.build as pb
+    cfg = fake_recipe(n=4, n_samples=2, shard_size=2, runner="ray")
+    with pb.early_start(cfg):
+        early = pb._EARLY[cfg.config_hash()]
+        assert ray.is_initialized() and early.engines.running() == [cfg.engines["student"].key()]
+        result = pb.run_build(pb.plan_build(cfg, log=lambda s: None), progress=False, log=lambda s: None)
+        assert early.adopted and not ray.is_initialized()
+    assert [e["starts"] for e in result.manifest.engines.values()] == [1]
+    assert result.manifest.tables["attempts"].rows == 8
+    with pb.early_start(cfg):      # published: a new build of the same recipe; no session opens in the block
+        early = pb._EARLY[cfg.config_hash()]
+        name = early.engines.refs().role_actors["student"][0]
+        assert ray.get(ray.get_actor(name, namespace="errata").start.remote())["starts"] == 1
+    assert not early.adopted and not ray.is_initialized() and pb._EARLY == {}
+    with pb.early_start(fake_recipe(n=4, n_samples=2, shard_size=2, runner="local")):
+        assert pb._EARLY == {} and not ray.is_initialized()     # in process: nothing to start early
+
+
 def test_build_on_a_ray_cluster_by_address(fake_recipe, data_root):
     """`--ray-address`: a real head node (`ray start --head --block`), the build connects to it; then the head's
     process group alone is stopped (other Ray instances on the machine are left alone)."""
