@@ -192,7 +192,6 @@ class BuildSession:
             from stages.engines.host import LocalEngines
             self.engines = LocalEngines(dict(cfg.engines), models_dir)
         elif early is not None:     # Ray and the first engines were started before the session (early_start)
-            early.adopted = True
             self.ray_started, self.engines = early.ray_started, early.engines
         else:
             from pipelines.engines import RayEngines
@@ -272,10 +271,9 @@ def _ray_cpus(cfg: RecipeConfig) -> int:
 class _EarlyStart:
     ray_started: bool
     engines: Any
-    adopted: bool = False
 
 
-_EARLY: dict[str, _EarlyStart] = {}   # recipe hash -> what early_start began, for this process's BuildSession
+_EARLY: dict[str, _EarlyStart] = {}   # recipe hash -> what early_start began and no BuildSession has taken yet
 
 
 @contextlib.contextmanager
@@ -306,9 +304,8 @@ def early_start(config: RecipeConfig) -> Iterator[None]:
     try:
         yield
     finally:
-        if started is not None and _EARLY.get(key) is started:
+        if started is not None and _EARLY.get(key) is started:     # no session took it over
             del _EARLY[key]
-        if started is not None and not started.adopted:
             try:
                 started.engines.stop()
             finally:
