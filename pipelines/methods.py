@@ -161,7 +161,8 @@ def _load_agents() -> None:
         (StageSpec("rollout", RolloutStage),),
         roles=("policy",), exports={"sft": "sft_trajectories", "sft-tokenized": "sft_tokenized_trajectories"}))
     import pipelines.agent_r_exports  # noqa: F401  (registers the Agent-R exports)
-    from stages.agent_r import JudgeStage, MCTSStage, PairsStage, SpliceStage
+    from stages.agent_r import MCTSStage, PairsStage
+    from stages.agent_r_revision import JudgeStage, SpliceStage
     register_method(Method(
         "agent_r", "Agent-R: MCTS per env task with the policy, (good, bad) leaf pairs, the policy judges the bad "
                    "path's first error, spliced revision trajectories (and good trajectories)",

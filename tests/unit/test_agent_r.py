@@ -20,7 +20,8 @@ from pipelines.chat_tokens import IGNORE, message_spans
 from pipelines.config import load_recipe, validate_recipe
 from pipelines.export import export
 from schemas.errors import ConfigError
-from stages.agent_r import SpliceConfig, environment_name, pair_from_row, trees_from_tables
+from stages.agent_r import pair_from_row, trees_from_tables
+from stages.agent_r_revision import SpliceConfig, environment_name
 from stages.agents.splice import REVISION_SIGNALS, revision_turn
 from stages.agents.tokens import load_tokenizer
 from stages.engines.fake_engine import register_script, request_text
