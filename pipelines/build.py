@@ -182,7 +182,7 @@ class BuildSession:
         ex = plan.config.execution
         self.local = ex.runner == "local"
         self.runner = (LocalRunner(ex.shards_in_flight) if self.local
-                       else RayRunner(ex.shards_in_flight, ex.cpu_stage_concurrency))
+                       else RayRunner(ex.shards_in_flight, ex.cpu_stage_concurrency, ex.fused()))
 
     def __enter__(self) -> "BuildSession":
         cfg = self.plan.config

@@ -37,7 +37,17 @@ class ExecutionConfig(Options):
     shards_in_flight: int = Field(4, ge=1, description="shards an LLM stage works on at once; their requests "
                                                        "share the engine's batch, so one shard's long tail does "
                                                        "not leave the engine half idle")
-    cpu_stage_concurrency: int = Field(1, ge=1, description="Ray: parallel workers for CPU stages")
+    cpu_stage_concurrency: int = Field(1, ge=1, description="Ray: parallel workers for CPU stages (unfused)")
+    fuse_stages: Optional[bool] = Field(None, description="Ray: run the CPU stages that follow an LLM stage in "
+                                                          "that stage's actor (threads) instead of actor pools "
+                                                          "of their own. Each Ray actor and operator costs the "
+                                                          "engine CPU on a small machine; on a cluster, unfused "
+                                                          "CPU stages scale out. Default: fused on a local Ray, "
+                                                          "unfused with ray_address")
+
+    def fused(self) -> bool:
+        """Whether the Ray runner fuses CPU stages into the LLM stage's actor (`fuse_stages` or its default)."""
+        return self.fuse_stages if self.fuse_stages is not None else not self.ray_address
 
 
 class StorageConfig(Options):
@@ -101,7 +111,8 @@ class RecipeConfig(Options):
     def config_hash(self) -> str:
         """Hash of what determines the output (not where or how it runs)."""
         d = self.model_dump(mode="json", exclude={"execution": {"runner", "ray_address", "num_cpus",
-                                                                 "cpu_stage_concurrency", "shards_in_flight"},
+                                                                 "cpu_stage_concurrency", "shards_in_flight",
+                                                                 "fuse_stages"},
                                                   "storage": True, "description": True})
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -6,7 +6,8 @@ the stage, write its output tables, errors and stats as that shard's checkpoint,
 
 On Ray Data each Ray row is one shard: its id plus one binary column per table, an Arrow IPC stream (not a pickle).
 An LLM stage runs as one light actor calling the build's shared engine for `shards_in_flight` shards at once
-(threads), so several shards' requests share the engine's batch; CPU stages as small actors. This module is the
+(threads), so several shards' requests share the engine's batch; CPU stages as small actors, or, with
+`fuse_stages` (a local Ray), inside the actor of the LLM stage before them. This module is the
 only one that imports Ray.
 """
 from __future__ import annotations
@@ -124,24 +125,28 @@ class LocalRunner:
 
 
 # --- on Ray Data ----------------------------------------------------------------------------------------------
-class _StageUDF:
-    """Ray Data actor: set the stage up once, then one shard per call."""
+class _SegmentUDF:
+    """Ray Data actor for a segment (one stage, or an LLM stage with the CPU stages that follow it): set its stages
+    up once, then one shard per call through each stage in order."""
 
-    def __init__(self, stage: Stage, staging: Staging, shards_total: int, stages_before: list[str], engines: Any,
-                 tables: list[str], hand_on: bool = True):
-        self.stage, self.staging, self.total, self.before = stage, staging, shards_total, stages_before
+    def __init__(self, stages: list[Stage], staging: Staging, shards_total: int, stages_before: list[str],
+                 engines: Any, tables: list[str], hand_on: bool = True):
+        self.stages, self.staging, self.total, self.before = stages, staging, shards_total, stages_before
         self.tables = tables
-        self.hand_on = hand_on      # False for the run's last stage: only the stats go back to the driver
-        stage.setup(engines)
-        if stage.role is not None and hasattr(engines, "wait_ready"):
-            # the engine starts beside this worker; the stage's clock (and tokens/s) starts once it runs
-            engines.wait_ready(stage.role)
+        self.hand_on = hand_on      # False for the run's last segment: only the stats go back to the driver
+        for st in stages:
+            st.setup(engines)
+        for role in dict.fromkeys(st.role for st in stages if st.role is not None):
+            if hasattr(engines, "wait_ready"):
+                # the engine starts beside this worker; the stage's clock (and tokens/s) starts once it runs
+                engines.wait_ready(role)
 
     def __del__(self):
-        try:
-            self.stage.teardown()
-        except Exception:
-            pass
+        for st in getattr(self, "stages", []):
+            try:
+                st.teardown()
+            except Exception:
+                pass
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         out: dict[str, list] = {"shard_id": [], "stats": [], **{f"t_{t}": [] for t in self.tables}}
@@ -149,8 +154,10 @@ class _StageUDF:
         for i, sid in enumerate(cols["shard_id"]):
             carried = {t: from_ipc_bytes(cols[f"t_{t}"][i]) for t in self.tables if cols[f"t_{t}"][i] is not None}
             stats = json.loads(cols["stats"][i])
-            stats[self.stage.name] = run_stage_on_shard(self.stage, self.staging, sid, self.total, self.before,
-                                                        carried)
+            before = list(self.before)
+            for st in self.stages:
+                stats[st.name] = run_stage_on_shard(st, self.staging, sid, self.total, before, carried)
+                before.append(st.name)
             out["shard_id"].append(sid)
             out["stats"].append(json.dumps(stats))
             for t in self.tables:
@@ -224,43 +231,61 @@ def start_ray(address: Optional[str], num_cpus: Optional[int]) -> bool:
     return True
 
 
+def segments(stages: list[Stage], fuse: bool) -> list[list[Stage]]:
+    """How a run's stages map onto Ray Data actors. Unfused: one actor pool per stage. Fused: a new actor starts at
+    each LLM stage and also runs the CPU stages after it, up to the next LLM stage; CPU stages before the first
+    LLM stage run in that first actor too. Same checkpoints and output either way: fusing only saves the Ray
+    processes and operators that CPU stages would otherwise cost."""
+    if not fuse:
+        return [[st] for st in stages]
+    out: list[list[Stage]] = []
+    for st in stages:
+        if out and (st.role is None or all(x.role is None for x in out[-1])):
+            out[-1].append(st)
+        else:
+            out.append([st])
+    return out
+
+
 class RayRunner:
-    def __init__(self, shards_in_flight: int = 4, cpu_stage_concurrency: int = 1):
+    def __init__(self, shards_in_flight: int = 4, cpu_stage_concurrency: int = 1, fuse_stages: bool = False):
         self.shards_in_flight = shards_in_flight
         self.cpu_stage_concurrency = cpu_stage_concurrency
+        self.fuse_stages = fuse_stages
 
-    def resources(self, stage: Stage, shards: Optional[int] = None) -> dict[str, Any]:
-        """Actor pool size, calls at once per actor and per-actor CPUs. An LLM stage only waits on the shared
-        engine (it holds no model): ONE actor runs `shards_in_flight` shards at once in threads (as LocalRunner
-        does), so several shards' requests share the engine's batch without one process per shard; every extra
-        process steals cycles from the engine's CPU threads. CPU stages get a quarter CPU per actor. Never more
-        than there are shards."""
+    def resources(self, segment: list[Stage], shards: Optional[int] = None) -> dict[str, Any]:
+        """Actor pool size, calls at once per actor and per-actor CPUs. A segment with an LLM stage only waits on
+        the shared engine (it holds no model): ONE actor runs `shards_in_flight` shards at once in threads (as
+        LocalRunner does), so several shards' requests share the engine's batch without one process per shard;
+        every extra process steals cycles from the engine's CPU threads. CPU segments get a quarter CPU per
+        actor. Never more than there are shards."""
         cap = max(1, shards) if shards is not None else 10 ** 9
-        if stage.role is not None:
+        if any(st.role is not None for st in segment):
             return {"actors": 1, "calls": min(self.shards_in_flight, cap), "num_cpus": 0.01}
         return {"actors": min(self.cpu_stage_concurrency, cap), "calls": 1, "num_cpus": 0.25}
 
     def run(self, shard_ids: list[int], shards_total: int, stages: list[Stage], stages_before: list[str],
             staging: Staging, engines: Any, progress: bool = True) -> Iterator[dict]:
-        """One Ray Data run: shards -> each stage (an actor pool) -> back to the driver as small stats rows."""
+        """One Ray Data run: shards -> each segment (an actor pool) -> back to the driver as small stats rows."""
         import ray.data
         tables = sorted({t for st in stages for t in [*st.reads, *st.writes]})
         items = _payload_table({"shard_id": list(shard_ids), "stats": ["{}"] * len(shard_ids),
                                 **{f"t_{t}": [None] * len(shard_ids) for t in tables}}, tables)
         ds = ray.data.from_arrow([items.slice(i, 1) for i in range(items.num_rows)])
         before = list(stages_before)
-        for st in stages:
-            res = self.resources(st, len(shard_ids))
+        parts = segments(stages, self.fuse_stages)
+        for seg in parts:
+            res = self.resources(seg, len(shard_ids))
             ds = ds.map_batches(
-                _named(_StageUDF, st.name.title().replace("_", "")),
-                fn_constructor_args=(st, staging, shards_total, list(before), engines, tables,
-                                     st is not stages[-1]),
+                _named(_SegmentUDF, "_".join(st.name.title().replace("_", "") for st in seg)),
+                fn_constructor_args=(seg, staging, shards_total, list(before), engines, tables,
+                                     seg is not parts[-1]),
                 batch_size=1, batch_format="pyarrow",
                 compute=ray.data.ActorPoolStrategy(size=res["actors"], max_concurrent_calls_per_actor=res["calls"],
                                                    enable_true_multi_threading=res["calls"] > 1),
                 num_cpus=res["num_cpus"])
-            before.append(st.name)
-        # The last stage hands no tables on, so no projection is needed here: a projection is one more Ray Data
+            before += [st.name for st in seg]
+        # The last segment hands no tables on, so no projection is needed here: a projection is one more Ray Data
         # operator whose tasks each reserve a whole CPU, and on a small machine that reservation starved the LLM
         # stage of its CPU budget (measured when it ran 4 actors: only 2 started; the engine's batch drained).
         for row in ds.iter_rows():

@@ -20,16 +20,23 @@ def strip(stages):
 
 
 def test_ray_and_local_runners_agree(fake_recipe, data_root):
+    """In process, on Ray with CPU stages fused into the LLM stage's actor (the default on a local Ray), and on Ray
+    with one actor pool per stage: the same rows and counts."""
     local = build(fake_recipe(n=6, n_samples=3, shard_size=2, runner="local"), progress=False).manifest
-    on_ray = build(fake_recipe(n=6, n_samples=3, shard_size=2, runner="ray"), progress=False).manifest
+    fused = build(fake_recipe(n=6, n_samples=3, shard_size=2, runner="ray", shards_in_flight=2),
+                  progress=False).manifest
+    unfused = build(fake_recipe(n=6, n_samples=3, shard_size=2, runner="ray", execution={"fuse_stages": False}),
+                    progress=False).manifest
     store = Catalog(str(data_root))
     rows = {}
-    for m in (local, on_ray):
+    for m in (local, fused, unfused):
         t = store.read_table(m, "attempts").to_pylist()
         rows[m.version] = sorted(tuple(r[c] for c in SAME) for r in t)
-    assert len(rows[1]) == 18 and rows[1] == rows[2]
-    assert strip(local.stages) == strip(on_ray.stages)
-    assert {t: e.rows for t, e in local.tables.items()} == {t: e.rows for t, e in on_ray.tables.items()}
+    assert len(rows[1]) == 18 and rows[1] == rows[2] == rows[3]
+    assert strip(local.stages) == strip(fused.stages) == strip(unfused.stages)
+    assert {t: e.rows for t, e in local.tables.items()} == {t: e.rows for t, e in fused.tables.items()}
+    assert {t: e.rows for t, e in local.tables.items()} == {t: e.rows for t, e in unfused.tables.items()}
+    assert not fused.recipe["execution"]["fuse_stages"] and unfused.recipe["execution"]["fuse_stages"] is False
 
 
 def test_stage_by_stage_on_ray_matches_local(fake_recipe, data_root):

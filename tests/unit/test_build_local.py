@@ -141,10 +141,44 @@ def test_ray_runner_runs_an_llm_stage_as_one_actor_with_shards_in_flight_calls(f
     cfg = fake_recipe(n=2)
     stages = get_method(cfg.method).make_stages(cfg)
     r = RayRunner(shards_in_flight=4, cpu_stage_concurrency=1)
-    got = {s.name: r.resources(s) for s in stages}
+    got = {s.name: r.resources([s]) for s in stages}
     assert got["generate"] == {"actors": 1, "calls": 4, "num_cpus": 0.01}    # threads waiting on the engine
     assert got["verify"] == got["filter"] == {"actors": 1, "calls": 1, "num_cpus": 0.25}
-    assert r.resources(stages[0], shards=2)["calls"] == 2                     # never more than the shards
+    assert r.resources(stages[:1], shards=2)["calls"] == 2                    # never more than the shards
+    assert r.resources(stages) == got["generate"]           # a fused segment with an LLM stage: the LLM shape
+
+
+def test_fused_segments_start_at_each_llm_stage():
+    from pipelines.runner import segments
+    from stages.base import Stage
+
+    class S(Stage):
+        kind = "s"
+
+        def __init__(self, name, role=None):
+            super().__init__(name=name)
+            self._role = role
+
+        @property
+        def role(self):
+            return self._role
+
+    chain = [S("prep"), S("gen", "student"), S("verify"), S("filter"), S("judge", "teacher"), S("score")]
+    names = lambda segs: [[st.name for st in seg] for seg in segs]   # noqa: E731
+    assert names(segments(chain, fuse=False)) == [[n] for n in ("prep", "gen", "verify", "filter", "judge", "score")]
+    assert names(segments(chain, fuse=True)) == [["prep", "gen", "verify", "filter"], ["judge", "score"]]
+    assert names(segments(chain[2:4], fuse=True)) == [["verify", "filter"]]          # CPU stages only: one actor
+    assert names(segments(chain[1:2] + chain[4:5], fuse=True)) == [["gen"], ["judge"]]
+
+
+def test_fuse_stages_defaults_to_local_ray_and_does_not_change_the_recipe_hash(fake_recipe):
+    cfg = fake_recipe(n=2)
+    plan_hash = cfg.config_hash()
+    assert cfg.execution.fuse_stages is None and cfg.execution.fused()
+    on_cluster = cfg.execution.model_copy(update={"ray_address": "10.0.0.1:6379"})
+    assert not on_cluster.fused() and on_cluster.model_copy(update={"fuse_stages": True}).fused()
+    unfused = cfg.model_copy(update={"execution": cfg.execution.model_copy(update={"fuse_stages": False})})
+    assert not unfused.execution.fused() and unfused.config_hash() == plan_hash
 
 
 # --- stage by stage (the Prefect flow's shape) --------------------------------------------------------------
