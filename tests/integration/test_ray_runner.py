@@ -136,6 +136,22 @@ def test_build_on_a_ray_cluster_by_address(fake_recipe, data_root):
             head.wait(timeout=30)
 
 
+def test_start_ray_quiets_ray_data_in_the_run_log(data_root):
+    """errata shows its own progress; Ray Data's bars, per-task memory polling and its high-memory warnings (a
+    dozen multi-line warnings in a 1,024-sequence build's log, about memory Ray 'requests') are off."""
+    import ray
+
+    from pipelines.runner import start_ray
+    started = start_ray(None, 2)
+    try:
+        ctx = ray.data.DataContext.get_current()
+        assert ctx.enable_progress_bars is False and ctx.memory_usage_poll_interval_s is None
+        assert ctx.issue_detectors_config.high_memory_detector_config.detection_time_interval_s == -1
+    finally:
+        if started:
+            ray.shutdown()
+
+
 def test_engine_actor_killed_mid_use_is_restarted_and_the_call_resubmitted(data_root):
     """kill -9 of the process holding an engine: Ray restarts the actor, the client resubmits, nothing is lost."""
     import os
