@@ -39,8 +39,8 @@ def test_unknown_dtype_is_a_config_error():
 
 
 def test_memory_budget_follows_dtype():
-    assert default_memory_utilization("float32", AVX2) == 0.3
-    assert default_memory_utilization("bfloat16", AMX) == 0.15
+    assert default_memory_utilization("float32", AVX2) == 0.4
+    assert default_memory_utilization("bfloat16", AMX) == 0.3
     assert default_memory_utilization("bfloat16", H100, engines_on_device=2) == 0.425
 
 
