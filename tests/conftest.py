@@ -71,3 +71,29 @@ def pytest_sessionfinish(session, exitstatus):
     (a logging traceback at exit). Nothing of value is logged after the session: silence INFO from here on."""
     import logging
     logging.disable(logging.INFO)
+
+
+# --- helpers of the build tests (tests/unit/test_build_local.py, test_recipe_contract.py) ---------------------
+def catalog(data_root):
+    from pipelines.catalog import Catalog
+    return Catalog(str(data_root))
+
+
+def with_extra_stage(name: str, stage: type, after: str | None = None):
+    """Register a test method: sample_verify with `stage` inserted after the stage named `after` (or at the end)."""
+    from pipelines.methods import Method, StageSpec, get_method, register_method
+    base = get_method("sample_verify")
+    stages = list(base.stages)
+    at = len(stages) if after is None else [s.name for s in stages].index(after) + 1
+    stages.insert(at, StageSpec(name, stage))
+    return register_method(Method(f"sv_{name}", "test", tuple(stages), exports=base.exports))
+
+
+@pytest.fixture
+def methods_restored():
+    """Test methods registered inside a test are unregistered after it."""
+    from pipelines.methods import _METHODS
+    saved = dict(_METHODS)
+    yield
+    _METHODS.clear()
+    _METHODS.update(saved)

@@ -28,8 +28,8 @@ class EngineConfig(Options):
     max_num_seqs: int = Field(64, description="sequences batched at once (vllm)")
     gpu_memory_utilization: Optional[float] = Field(
         None, gt=0, le=1, description="vllm: fraction of GPU memory, or on CPU of RAM, reserved for weights + KV "
-                                      "cache; unset: on CPU 0.3 in bfloat16, 0.4 in float32 (of the engine's NUMA node; "
-                                      "less leaves too little KV cache for max_num_seqs sequences), "
+                                      "cache; unset: on CPU 0.3 in bfloat16, 0.4 in float32 (of the engine's NUMA "
+                                      "node; less leaves too little KV cache for max_num_seqs sequences), "
                                       "0.85 of a GPU")
     enforce_eager: bool = Field(True, description="vllm: skip torch.compile (26 s start instead of ~110 s on CPU)")
     enable_prefix_caching: bool = Field(True, description="vllm: reuse KV cache across shared prefixes")
