@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 from schemas.errors import EngineError
 from stages.engines.base import GenerationRequest, GenerationResult
-from stages.engines.config import EngineConfig
+from stages.engines.config import EngineConfig, engines_on_device
 
 log = logging.getLogger(__name__)
 NAMESPACE = "errata"
@@ -166,7 +166,9 @@ class RayEngines:
             names = [f"errata-engine-{self.run_id}-{k}-{i}" for i in range(cfg.num_actors)]
             self.actors[k] = [cls.options(name=n, namespace=NAMESPACE, num_cpus=cfg.num_cpus_per_actor,
                                           num_gpus=cfg.num_gpus_per_actor, max_restarts=ACTOR_RESTARTS,
-                                          max_concurrency=10000).remote(cfg, self.models_dir, k)
+                                          max_concurrency=10000).remote(
+                                              cfg, self.models_dir, k,
+                                              engines_on_device(cfg, list(self.configs.values())))
                               for n in names]
             self.names[k] = names
             self._starting[k] = [a.start.remote() for a in self.actors[k]]

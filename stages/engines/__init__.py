@@ -8,12 +8,13 @@ from stages.engines.config import ENGINE_KINDS, EngineConfig  # noqa: F401
 from schemas.errors import ConfigError
 
 
-def make_engine(config: EngineConfig, models_dir: str = "data/models") -> Engine:
-    """Build (not start) the engine an EngineConfig names. Call `await engine.start()` before generating."""
+def make_engine(config: EngineConfig, models_dir: str = "data/models", engines_on_device: int = 1) -> Engine:
+    """Build (not start) the engine an EngineConfig names. Call `await engine.start()` before generating.
+    `engines_on_device`: vLLM engines of the build sharing this one's device (they split its memory budget)."""
     kind = config.kind
     if kind == "vllm":
         from stages.engines.vllm_engine import VLLMEngine
-        return VLLMEngine(config, models_dir)
+        return VLLMEngine(config, models_dir, engines_on_device)
     if kind == "openai":
         from stages.engines.openai_engine import OpenAIEngine
         return OpenAIEngine(config)

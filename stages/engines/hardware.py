@@ -148,7 +148,8 @@ def choose_dtype(requested: str, device: Device) -> DtypeChoice:
 
 
 def default_memory_utilization(dtype: str, device: Device, engines_on_device: int = 1) -> float:
-    """vLLM's memory budget when engine.gpu_memory_utilization is not set.
+    """vLLM's memory budget when engine.gpu_memory_utilization is not set, for one of `engines_on_device` vLLM
+    engines of a build that share the device (a GPU, or on CPU the RAM of the NUMA node vLLM binds them to).
 
     On CPU it is the fraction of the memory of the NUMA node vLLM binds the engine to (the whole RAM on a one-node
     box) reserved for weights + KV cache; what is left after the weights (~1.1 GiB bf16, ~1.5 GiB fp32 for the
@@ -156,8 +157,11 @@ def default_memory_utilization(dtype: str, device: Device, engines_on_device: in
     node 0 has 8.8 GiB: bf16 at 0.15 gave 8,832 KV tokens, so with max_num_seqs 64 only ~44 sequences ran per step
     while requests waited, 251 preemptions in 512 sequences, 589 tok/s; at 0.3, 72,064 tokens, 63.6 running, no
     preemption, 684-695 tok/s (+16-18%, raw vLLM runs alternated). fp32 at 0.3 holds 28,544 tokens (64 sequences
-    of ~450 tokens), at 0.4 45,056; 0.15 does not start in fp32. On a GPU, 0.85 of the card, split between the
+    of ~450 tokens), at 0.4 45,056; 0.15 does not start in fp32. Engines that share the node split that budget,
+    but never below what still starts (bf16 0.15, fp32 0.3). On a GPU, 0.85 of the card, split between the
     engines that share it."""
+    n = max(1, engines_on_device)
     if device.kind == "cpu":
-        return 0.4 if dtype == "float32" else 0.3
-    return round(0.85 / max(1, engines_on_device), 3)
+        whole, floor = (0.4, 0.3) if dtype == "float32" else (0.3, 0.15)
+        return round(max(floor, whole / n), 3)
+    return round(0.85 / n, 3)

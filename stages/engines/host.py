@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from schemas.errors import ConfigError, EngineError, TransientEngineError
 from stages.engines.base import Engine, GenerationRequest, GenerationResult
-from stages.engines.config import EngineConfig
+from stages.engines.config import EngineConfig, engines_on_device
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +53,12 @@ class EngineHost:
 
     restart_limit = 2   # an engine that died is started again at most this often per host
 
-    def __init__(self, config: EngineConfig, models_dir: str = "data/models", key: str = ""):
+    def __init__(self, config: EngineConfig, models_dir: str = "data/models", key: str = "",
+                 engines_on_device: int = 1):
         self.config = config
         self.models_dir = models_dir
         self.key = key or config.key()
+        self.engines_on_device = engines_on_device   # vLLM engines of the build sharing this one's device
         self.starts = 0
         self.start_seconds: list[float] = []
         self.restarts = 0
@@ -67,7 +69,7 @@ class EngineHost:
 
     def _make_engine(self) -> Engine:
         from stages.engines import make_engine
-        return make_engine(self.config, self.models_dir)
+        return make_engine(self.config, self.models_dir, self.engines_on_device)
 
     async def start(self) -> dict[str, Any]:
         """Start the engine unless it runs; returns describe(). Start failures raise (TransientEngineError when
@@ -164,10 +166,11 @@ class LocalEngines:
         self.models_dir = models_dir
         self.hosts: dict[str, EngineHost] = {}
         self.role_keys: dict[str, str] = {}
+        distinct = list({cfg.key(): cfg for cfg in self.roles.values()}.values())
         for role, cfg in self.roles.items():
             k = cfg.key()
             self.role_keys[role] = k
-            self.hosts.setdefault(k, EngineHost(cfg, models_dir, k))
+            self.hosts.setdefault(k, EngineHost(cfg, models_dir, k, engines_on_device(cfg, distinct)))
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._thread: Optional[threading.Thread] = None
 

@@ -73,9 +73,10 @@ class LiveStats:
 class VLLMEngine(Engine):
     kind = "vllm"
 
-    def __init__(self, config: Any, models_dir: str = "data/models"):
+    def __init__(self, config: Any, models_dir: str = "data/models", engines_on_device: int = 1):
         super().__init__(config)
         self.models_dir = models_dir
+        self.engines_on_device = engines_on_device     # the build's vLLM engines on this device share its memory
         self.model_path: Optional[str] = None
         self._llm = None
         self._tokenizer = None
@@ -116,7 +117,8 @@ class VLLMEngine(Engine):
         if self.dtype_choice.warning:
             log.warning(self.dtype_choice.warning)
         self.memory_utilization = (c.gpu_memory_utilization if c.gpu_memory_utilization is not None
-                                   else default_memory_utilization(self.dtype_choice.dtype, self.device))
+                                   else default_memory_utilization(self.dtype_choice.dtype, self.device,
+                                                                   self.engines_on_device))
         args = AsyncEngineArgs(model=self.model_path, dtype=self.dtype_choice.dtype, max_model_len=c.max_model_len,
                                max_num_seqs=c.max_num_seqs, gpu_memory_utilization=self.memory_utilization,
                                enforce_eager=c.enforce_eager, enable_prefix_caching=c.enable_prefix_caching,
@@ -150,6 +152,7 @@ class VLLMEngine(Engine):
         if self.dtype_choice is not None:   # resolved where the engine runs
             d.update(dtype=self.dtype_choice.dtype, dtype_requested=self.dtype_choice.requested,
                      dtype_reason=self.dtype_choice.reason, gpu_memory_utilization=self.memory_utilization,
+                     engines_on_device=self.engines_on_device,
                      device=self.device.as_dict())
             if self.dtype_choice.warning:
                 d["dtype_warning"] = self.dtype_choice.warning

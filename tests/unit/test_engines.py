@@ -447,3 +447,52 @@ def test_check_model_rejects_relative_missing_path(tmp_path, monkeypatch):
     for model in ("./models/mine", "~/nope-errata/model", "a/b/c"):
         with pytest.raises(ConfigError, match="engine.model: no such directory"):
             check_model(model)
+
+
+# ---------------------------------------------------------------- engines sharing a device
+
+def test_engines_on_device_counts_the_builds_vllm_replicas_that_share_it():
+    from stages.engines.config import engines_on_device
+    student, teacher = EngineConfig(kind="vllm"), EngineConfig(kind="vllm", seed=1)
+    judge = EngineConfig(kind="openai", base_url="http://x/v1")
+    assert engines_on_device(student, [student]) == 1
+    assert engines_on_device(student, [student, teacher, judge]) == 2
+    assert engines_on_device(judge, [student, teacher, judge]) == 1       # a server's memory is not ours
+    two = EngineConfig(kind="vllm", num_actors=2)
+    assert engines_on_device(two, [two, teacher]) == 3                   # replicas count too
+    half = EngineConfig(kind="vllm", num_gpus_per_actor=0.5)
+    assert engines_on_device(half, [half, student]) == 2                  # half a GPU: up to two per card
+    whole = EngineConfig(kind="vllm", num_gpus_per_actor=1)
+    assert engines_on_device(whole, [whole, student]) == 1                # its own GPU
+    assert engines_on_device(student, [whole, student]) == 1
+
+
+def test_two_distinct_vllm_engines_each_start_with_half_the_budget(monkeypatch):
+    """The count reaches vLLM: LocalEngines gives each host the number of engines sharing the device, and the
+    engine passes the split budget to vLLM's engine arguments (captured here; no engine starts)."""
+    import vllm.engine.arg_utils as arg_utils
+    from stages.engines import hardware
+    from stages.engines.host import LocalEngines
+
+    seen = []
+
+    def capture(**kw):
+        seen.append(kw["gpu_memory_utilization"])
+        raise ValueError("captured")
+
+    monkeypatch.setattr(arg_utils, "AsyncEngineArgs", capture)
+    cpu = hardware.Device("cpu", "test cpu", "AVX512", True, "AVX512 with amx")
+    monkeypatch.setattr("stages.engines.vllm_engine.detect_device", lambda allow_gpu=True: cpu)
+    monkeypatch.setattr("stages.engines.vllm_engine.resolve_model", lambda model, models_dir: "/nonexistent")
+    engines = LocalEngines({"student": EngineConfig(kind="vllm"), "teacher": EngineConfig(kind="vllm", seed=1),
+                            "judge": EngineConfig(kind="openai", base_url="http://x/v1")})
+    assert sorted(h.engines_on_device for h in engines.hosts.values()) == [1, 2, 2]
+    for h in engines.hosts.values():
+        if h.config.kind == "vllm":
+            with pytest.raises(ValueError, match="captured"):
+                asyncio.run(h._make_engine().start())
+    assert seen == [0.15, 0.15]
+    alone = LocalEngines({"student": EngineConfig(kind="vllm")})
+    with pytest.raises(ValueError, match="captured"):
+        asyncio.run(next(iter(alone.hosts.values()))._make_engine().start())
+    assert seen[-1] == 0.3

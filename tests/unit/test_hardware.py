@@ -44,6 +44,13 @@ def test_memory_budget_follows_dtype():
     assert default_memory_utilization("bfloat16", H100, engines_on_device=2) == 0.425
 
 
+def test_engines_on_one_cpu_node_split_its_budget_down_to_what_still_starts():
+    assert default_memory_utilization("bfloat16", AMX, engines_on_device=2) == 0.15
+    assert default_memory_utilization("bfloat16", AMX, engines_on_device=3) == 0.15   # floor: below, no KV room
+    assert default_memory_utilization("float32", AVX2, engines_on_device=2) == 0.3    # fp32 at 0.15 did not start
+    assert default_memory_utilization("bfloat16", H100, engines_on_device=4) == 0.212
+
+
 def _fake_cpu(monkeypatch, capability, bf16_hw, flags=()):
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: bf16_hw)
