@@ -106,8 +106,11 @@ def print_build_summary(result, log_file: str | None = None) -> None:
     print("tables:  " + "  ".join(f"{t}={e.rows}" for t, e in m.tables.items()), file=o)
     for k, e in m.engines.items():
         dtype = f", {e['dtype']} ({e.get('dtype_reason', 'dtype set')})" if e.get("dtype") else ""
+        b = e.get("batch") or {}
+        batch = (f"; batch: {b['mean_running']} of {b['max_num_seqs']} sequences per step on average, "
+                 f"{b['preempted']} preempted" if b.get("mean_running") is not None else "")
         print(f"engine:  {', '.join(e.get('roles', []))} -> {e.get('kind')} {e.get('model')}{dtype}, "
-              f"started {e.get('starts', 0)}x", file=o)
+              f"started {e.get('starts', 0)}x{batch}", file=o)
     print("stages:", file=o)
     skip = ("in", "out", "seconds", "wall_seconds", "t_start", "t_end", "error_reasons", "counts", "tokens_per_s",
             "prompt_tokens", "completion_tokens")

@@ -31,19 +31,43 @@ SHUTDOWN_TIMEOUT_S = 1.0
 
 class LiveStats:
     """Counters fed by vLLM every engine step (a custom stat logger): tokens generated so far (so progress shows
-    tokens/s before whole requests finish) and prefix-cache queries/hits (the hit rate the manifest reports)."""
+    tokens/s before whole requests finish), prefix-cache queries/hits (the hit rate the manifest reports), and how
+    full the batch was: steps, mean running sequences per step, steps where requests waited while fewer than
+    `max_num_seqs` ran (a KV cache too small for the batch shows here, with preemptions)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_num_seqs: int = 0) -> None:
+        self.max_num_seqs = max_num_seqs
         self.generation_tokens = 0
         self.prompt_tokens = 0
         self.prefix_queries = 0
         self.prefix_hits = 0
+        self.steps = 0
+        self.running_sum = 0
+        self.short_while_waiting = 0
+        self.max_waiting = 0
+        self.preempted = 0
+
+    def step(self, running: int, waiting: int, preempted: int) -> None:
+        """One engine step that ran sequences."""
+        self.steps += 1
+        self.running_sum += running
+        self.max_waiting = max(self.max_waiting, waiting)
+        self.preempted += preempted
+        if waiting > 0 and running < self.max_num_seqs:
+            self.short_while_waiting += 1
 
     def as_dict(self) -> dict[str, Any]:
         rate = self.prefix_hits / self.prefix_queries if self.prefix_queries else None
         return {"generation_tokens": self.generation_tokens, "prompt_tokens": self.prompt_tokens,
                 "prefix_cache_queries": self.prefix_queries, "prefix_cache_hits": self.prefix_hits,
                 "prefix_cache_hit_rate": round(rate, 4) if rate is not None else None}
+
+    def batch(self) -> dict[str, Any]:
+        """How full the engine's batch was over its life (the manifest's `engines.*.batch`)."""
+        return {"steps": self.steps, "max_num_seqs": self.max_num_seqs,
+                "mean_running": round(self.running_sum / self.steps, 2) if self.steps else None,
+                "steps_short_while_waiting": self.short_while_waiting, "max_waiting": self.max_waiting,
+                "preempted": self.preempted}
 
     def factory(self):
         """A vLLM StatLoggerFactory writing into this object."""
@@ -59,6 +83,11 @@ class LiveStats:
                 if iteration_stats is not None:
                     live.generation_tokens += int(getattr(iteration_stats, "num_generation_tokens", 0) or 0)
                     live.prompt_tokens += int(getattr(iteration_stats, "num_prompt_tokens", 0) or 0)
+                if scheduler_stats is not None:
+                    running = int(getattr(scheduler_stats, "num_running_reqs", 0) or 0)
+                    if running:
+                        live.step(running, int(getattr(scheduler_stats, "num_waiting_reqs", 0) or 0),
+                                  int(getattr(iteration_stats, "num_preempted_reqs", 0) or 0))
                 pc = getattr(scheduler_stats, "prefix_cache_stats", None) if scheduler_stats is not None else None
                 if pc is not None:
                     live.prefix_queries += int(getattr(pc, "queries", 0) or 0)
@@ -84,7 +113,7 @@ class VLLMEngine(Engine):
         self.device = None          # hardware.Device, known after start()
         self.dtype_choice = None    # hardware.DtypeChoice, known after start()
         self.memory_utilization: Optional[float] = None
-        self.live = LiveStats()
+        self.live = LiveStats(config.max_num_seqs)
 
     @property
     def model_name(self) -> str:
@@ -93,7 +122,7 @@ class VLLMEngine(Engine):
     def __getstate__(self) -> dict:
         d = dict(self.__dict__)
         d["_llm"], d["_tokenizer"] = None, None
-        d["live"] = LiveStats()
+        d["live"] = LiveStats(self.config.max_num_seqs)
         return d
 
     def live_stats(self) -> dict[str, Any]:
@@ -157,6 +186,7 @@ class VLLMEngine(Engine):
             if self.dtype_choice.warning:
                 d["dtype_warning"] = self.dtype_choice.warning
         d["prefix_cache"] = {k: v for k, v in self.live.as_dict().items() if k.startswith("prefix")}
+        d["batch"] = self.live.batch()
         return d
 
     # ---- requests

@@ -44,6 +44,9 @@ def test_three_llm_stages_one_engine_start_and_nothing_left(tmp_path, mode):
     assert eng["dtype"] == "float32" and "no native bf16" in eng["dtype_reason"], eng
     assert eng["device"]["capability"] == "AVX2"
     assert "started 1x" in p.stdout and "float32" in p.stdout
+    # how full the one engine's batch was, over all three stages (vLLM's per-step stats, read in the engine actor)
+    assert eng["batch"]["steps"] > 0 and 0 < eng["batch"]["mean_running"] <= eng["batch"]["max_num_seqs"], eng
+    assert "sequences per step on average" in p.stdout
     assert man["stages"]["self_check"]["counts"].get("parse_ok", 0) + \
         man["stages"]["self_check"]["counts"].get("unparsed", 0) == man["stages"]["self_check"]["out"]
     time.sleep(2)

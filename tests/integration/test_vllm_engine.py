@@ -99,6 +99,9 @@ def test_generate_stage_on_vllm(engine, embedded_model):
     out, stats = res.tables["attempts"], res.stats
     (eng,) = described.values()
     assert eng["starts"] == 1 and eng["dtype"] in ("float32", "bfloat16") and "->" in eng["dtype_reason"]
+    batch = eng["batch"]    # counted from vLLM's own per-step stats: 3 requests x n=2 run together
+    assert batch["steps"] > 0 and 1 <= batch["mean_running"] <= 6 and batch["max_num_seqs"] == 64
+    assert batch["preempted"] == 0 and batch["steps_short_while_waiting"] == 0
     assert len(out) == 6 and stats.rows_out == 6 and stats.errors == 0
     assert stats.completion_tokens == sum(r["completion_tokens"] for r in out) > 0
     assert all(r["completion"].strip() and r["steps"] and r["model"] == "embedded:SmolLM2-135M-Instruct"

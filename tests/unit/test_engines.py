@@ -496,3 +496,25 @@ def test_two_distinct_vllm_engines_each_start_with_half_the_budget(monkeypatch):
     with pytest.raises(ValueError, match="captured"):
         asyncio.run(next(iter(alone.hosts.values()))._make_engine().start())
     assert seen[-1] == 0.3
+
+
+def test_live_stats_count_how_full_the_engines_batch_was():
+    """vLLM calls the stat logger once per engine step; the batch record is what a too-small KV cache shows in:
+    fewer than max_num_seqs running while requests wait, and preemptions."""
+    from stages.engines.vllm_engine import LiveStats
+    live = LiveStats(max_num_seqs=4)
+    logger = live.factory()(None)
+
+    def step(running, waiting, preempted=0, tokens=None):
+        logger.record(types.SimpleNamespace(num_running_reqs=running, num_waiting_reqs=waiting,
+                                            prefix_cache_stats=None),
+                      types.SimpleNamespace(num_generation_tokens=running if tokens is None else tokens,
+                                            num_prompt_tokens=0, num_preempted_reqs=preempted))
+    step(4, 3)
+    step(3, 2, preempted=1)     # one sequence preempted: the batch is short while requests wait
+    step(2, 0)                  # the tail: nothing waits
+    logger.record(types.SimpleNamespace(num_running_reqs=0, num_waiting_reqs=0, prefix_cache_stats=None), None)
+    assert live.batch() == {"steps": 3, "max_num_seqs": 4, "mean_running": 3.0, "steps_short_while_waiting": 1,
+                            "max_waiting": 3, "preempted": 1}
+    assert live.generation_tokens == 9
+    assert LiveStats(4).batch()["mean_running"] is None
