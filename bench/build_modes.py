@@ -61,7 +61,8 @@ def run_build(mode: str, recipe: str, sets: list[str]) -> dict:
             "stage_seconds": {k: v.get("wall_seconds", v.get("seconds")) for k, v in manifest["stages"].items()},
             "llm_stages": llm, "completion_tokens": manifest["tokens"].get("completion"),
             "engines": {k: {"roles": e.get("roles"), "starts": e.get("starts"), "dtype": e.get("dtype"),
-                            "start_seconds": e.get("start_seconds")} for k, e in manifest["engines"].items()},
+                            "start_seconds": e.get("start_seconds"), "batch": e.get("batch")}
+                        for k, e in manifest["engines"].items()},
             "engine_starts": sum(e.get("starts", 0) for e in manifest["engines"].values()),
             "rows": {t: e["rows"] for t, e in manifest["tables"].items()},
             "error_reasons": {k: v.get("error_reasons") for k, v in manifest["stages"].items() if v.get("errors")}}
@@ -170,7 +171,8 @@ def main() -> None:
                 "generate_tokens_per_s": round(r["completion_tokens"] / r["stage_seconds"]["generate"], 1),
                 "raw_generate_tokens_per_s_around": [round(x["completion_tokens"] / x["generation_s"], 1)
                                                      for x in near],
-                "engine_starts": r["engine_starts"]}
+                "engine_starts": r["engine_starts"],
+                "engine_batch": [e.get("batch") for e in r["engines"].values()]}
         e2e["raw_end_to_end_tokens_per_s"] = round(raw_tps, 1)
         e2e["target"] = "build wall <= 1.1 x raw (throughput >= 0.9 x raw)"
         e2e["runs"] = runs
