@@ -156,7 +156,7 @@ def test_split_lines():
 
 def test_generate_stage_over_openai_engine_end_to_end():
     """The stage over a real HTTP server: a 400 for one problem becomes its error record, the rest are attempts."""
-    from tests.unit.test_engines import ScriptedServer
+    from tests.unit.test_openai_engine import ScriptedServer
     with ScriptedServer() as s:
         s.plan["What is 1 plus"] = [(400, {"error": "bad"})]
         st = GenerateStage(GenerateConfig(n=2), context=context(

@@ -1,0 +1,252 @@
+"""The OpenAI engine against a real local HTTP server: retries only on transient failures (429, 5xx, timeouts,
+disconnects), row errors for the rest, key handling (sent, never logged), raw prompts, bounded concurrency."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import pickle
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from pipelines.config import EngineConfig
+from schemas.errors import ConfigError
+from stages.engines import make_engine
+from stages.engines.base import GenerationRequest, SamplingParams
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def chat(text, n=1, rid="r"):
+    return GenerationRequest(messages=[{"role": "user", "content": text}], sampling=SamplingParams(n=n),
+                             request_id=rid)
+
+
+class ScriptedServer:
+    """A local OpenAI-compatible server. `plan[key]` is a list of (status, body) served in order for requests whose
+    content (chat) or prompt (completions) contains `key`; the last entry repeats; status 0 closes the connection
+    without a response (a server killed mid-request). Records every request."""
+
+    def __init__(self, delay: float = 0.0):
+        self.plan: dict[str, list[tuple[int, dict | str]]] = {}
+        self.hits: list[dict] = []
+        self.lock = threading.Lock()
+        self.delay = delay
+        self.in_flight = 0
+        self.max_in_flight = 0
+        outer = self
+
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                text = (body["messages"][-1]["content"] if "messages" in body else body.get("prompt", ""))
+                with outer.lock:
+                    outer.in_flight += 1
+                    outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
+                    outer.hits.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization"),
+                                       "text": text})
+                    key = next((k for k in outer.plan if k in text), None)
+                    seq = outer.plan.get(key) or [(200, None)]
+                    status, payload = seq.pop(0) if len(seq) > 1 else seq[0]
+                time.sleep(outer.delay)
+                if payload is None:
+                    payload = outer.ok_payload(body, text)
+                raw = payload if isinstance(payload, str) else json.dumps(payload)
+                with outer.lock:
+                    outer.in_flight -= 1
+                if status == 0:       # the server goes away mid-request: no response at all
+                    self.close_connection = True
+                    return
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(raw)))
+                    self.end_headers()
+                    self.wfile.write(raw.encode())
+                except (BrokenPipeError, ConnectionResetError):   # the client timed out and left
+                    pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @staticmethod
+    def ok_payload(body, text):
+        n = body.get("n", 1)
+        if "messages" in body:
+            choices = [{"index": i, "message": {"role": "assistant", "content": f"reply {i} to {text}"},
+                        "finish_reason": "stop"} for i in range(n)]
+        else:
+            choices = [{"index": i, "text": f" completion {i}", "finish_reason": "length"} for i in range(n)]
+        return {"choices": list(reversed(choices)), "usage": {"prompt_tokens": 11, "completion_tokens": 7 * n}}
+
+    def hits_for(self, key):
+        return [h for h in self.hits if key in h["text"]]
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *a):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+SECRET = "sk-test-SECRET-never-log-me-123"
+
+
+@pytest.fixture
+def server():
+    with ScriptedServer() as s:
+        yield s
+
+
+def openai_engine(url, monkeypatch, **kw):
+    monkeypatch.setenv("ERRATA_TEST_KEY", SECRET)
+    cfg = EngineConfig(kind="openai", model="served-model", base_url=url, api_key_env="ERRATA_TEST_KEY",
+                       max_retries=kw.pop("max_retries", 3), request_timeout_s=kw.pop("timeout", 5.0), **kw)
+    e = make_engine(cfg)
+    e.backoff_base_s = 0.01
+    return e
+
+
+async def _gen(engine, reqs):
+    await engine.start()
+    try:
+        return await engine.generate(reqs)
+    finally:
+        await engine.close()
+
+
+def test_openai_retries_503_then_succeeds(server, monkeypatch):
+    server.plan["flaky"] = [(503, {"error": "overloaded"}), (200, None)]
+    e = openai_engine(server.url, monkeypatch)
+    [r] = run(_gen(e, [chat("flaky question", n=2)]))
+    assert r.ok and len(server.hits_for("flaky")) == 2 and e.retries == 1
+    assert [c.text for c in r.completions] == ["reply 0 to flaky question", "reply 1 to flaky question"]
+    assert r.prompt_tokens == 11 and [c.completion_tokens for c in r.completions] == [7, 7]
+    h = server.hits[-1]
+    assert h["path"] == "/v1/chat/completions" and h["body"]["model"] == "served-model" and h["body"]["n"] == 2
+    assert "seed" not in h["body"]
+
+
+def test_openai_429_exhausts_retries_without_killing_the_batch(server, monkeypatch):
+    server.plan["busy"] = [(429, {"error": "rate limited"})]
+    e = openai_engine(server.url, monkeypatch, max_retries=2)
+    res = run(_gen(e, [chat("busy one", rid="x"), chat("fine one", rid="y")]))
+    assert [r.request_id for r in res] == ["x", "y"]
+    assert res[0].error_reason == "transient_exhausted" and "429" in res[0].error_message
+    assert len(server.hits_for("busy")) == 3          # 1 try + max_retries
+    assert res[1].ok and res[1].completions[0].text == "reply 0 to fine one"
+
+
+@pytest.mark.parametrize("status", [400, 401, 404, 422])
+def test_openai_non_transient_4xx_is_a_row_error_not_retried(server, monkeypatch, status):
+    server.plan["bad"] = [(status, {"error": {"message": "invalid request"}}), (200, None)]
+    e = openai_engine(server.url, monkeypatch)
+    res = run(_gen(e, [chat("bad request"), chat("good request")]))
+    assert res[0].error_reason == f"http_{status}" and "invalid request" in res[0].error_message
+    assert len(server.hits_for("bad")) == 1 and e.retries == 0
+    assert res[1].ok
+
+
+def test_openai_transient_5xx_family_all_retried(server, monkeypatch):
+    for code in (500, 502, 503, 504):
+        server.plan[f"c{code}"] = [(code, "oops"), (200, None)]
+    e = openai_engine(server.url, monkeypatch)
+    res = run(_gen(e, [chat(f"c{code}") for code in (500, 502, 503, 504)]))
+    assert all(r.ok for r in res) and e.retries == 4
+    for code in (500, 502, 503, 504):
+        assert len(server.hits_for(f"c{code}")) == 2
+
+
+def test_openai_server_disconnect_is_retried(server, monkeypatch):
+    """'Server disconnected without sending a response' (a vLLM server killed mid-build) is retried like a 5xx."""
+    server.plan["drop"] = [(0, None), (0, None), (200, None)]
+    e = openai_engine(server.url, monkeypatch)
+    [r] = asyncio.run(_gen(e, [GenerationRequest(messages=[{"role": "user", "content": "drop me"}])]))
+    assert r.ok and r.completions[0].text == "reply 0 to drop me"
+    assert len(server.hits_for("drop")) == 3 and e.retries == 2
+
+
+def test_openai_timeout_is_transient(monkeypatch):
+    with ScriptedServer(delay=0.5) as slow:
+        e = openai_engine(slow.url, monkeypatch, max_retries=1, timeout=0.1)
+        [r] = run(_gen(e, [chat("slow")]))
+    assert r.error_reason == "transient_exhausted" and "Timeout" in r.error_message
+    assert len(slow.hits) == 2
+
+
+def test_openai_connect_error_is_transient(monkeypatch):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()                                           # nothing listens there now
+    e = openai_engine(f"http://127.0.0.1:{port}/v1", monkeypatch, max_retries=2)
+    [r] = run(_gen(e, [chat("anyone?")]))
+    assert r.error_reason == "transient_exhausted" and "ConnectError" in r.error_message and e.retries == 2
+
+
+def test_openai_malformed_body_is_a_row_error(server, monkeypatch):
+    server.plan["junk"] = [(200, "not json at all")]
+    e = openai_engine(server.url, monkeypatch)
+    [r] = run(_gen(e, [chat("junk")]))
+    assert r.error_reason == "bad_response" and e.retries == 0
+
+
+def test_openai_raw_prompt_uses_completions(server, monkeypatch):
+    e = openai_engine(server.url, monkeypatch)
+    req = GenerationRequest(prompt="Once upon a time", sampling=SamplingParams(n=3, max_tokens=5, stop=["\n"]))
+    [r] = run(_gen(e, [req]))
+    h = server.hits[-1]
+    assert h["path"] == "/v1/completions" and h["body"]["prompt"] == "Once upon a time"
+    assert h["body"]["max_tokens"] == 5 and h["body"]["stop"] == ["\n"]
+    assert [c.text for c in r.completions] == [" completion 0", " completion 1", " completion 2"]
+    assert [c.finish_reason for c in r.completions] == ["length"] * 3
+    assert sum(c.completion_tokens for c in r.completions) == 21
+
+
+def test_openai_key_is_sent_but_never_logged_or_described(server, monkeypatch, caplog):
+    caplog.set_level(logging.DEBUG)
+    server.plan["flaky"] = [(503, "x"), (200, None)]
+    server.plan["bad"] = [(400, "nope")]
+    e = openai_engine(server.url, monkeypatch)
+    res = run(_gen(e, [chat("flaky"), chat("bad")]))
+    assert all(h["auth"] == f"Bearer {SECRET}" for h in server.hits) and len(server.hits) == 3
+    assert any("transient" in rec.message for rec in caplog.records)   # the retry was logged...
+    assert SECRET not in caplog.text                                      # ...without the key
+    assert SECRET not in json.dumps(e.describe()) and SECRET not in repr(e)
+    assert all(SECRET not in (r.error_message or "") for r in res)
+    assert SECRET not in pickle.dumps(e).decode("latin-1")
+
+
+def test_openai_without_key_sends_no_auth_header(server, monkeypatch):
+    monkeypatch.delenv("ERRATA_NO_SUCH_KEY", raising=False)
+    e = make_engine(EngineConfig(kind="openai", base_url=server.url, api_key_env="ERRATA_NO_SUCH_KEY"))
+    [r] = run(_gen(e, [chat("hi")]))
+    assert r.ok and server.hits[-1]["auth"] is None
+
+
+def test_openai_needs_base_url():
+    with pytest.raises(ConfigError, match="base_url"):
+        run(make_engine(EngineConfig(kind="openai")).start())
+
+
+def test_openai_concurrency_is_bounded(monkeypatch):
+    with ScriptedServer(delay=0.15) as s:
+        e = openai_engine(s.url, monkeypatch, max_concurrency=2)
+        t0 = time.perf_counter()
+        res = run(_gen(e, [chat(f"q{i}", rid=str(i)) for i in range(6)]))
+        dt = time.perf_counter() - t0
+    assert all(r.ok for r in res) and [r.request_id for r in res] == [str(i) for i in range(6)]
+    assert s.max_in_flight == 2          # all submitted at once, never more than 2 on the wire
+    assert dt >= 3 * 0.15 * 0.9
