@@ -20,21 +20,11 @@ from typing import Any, Optional
 
 from schemas.errors import EngineError
 from stages.engines.base import GenerationRequest, GenerationResult
-from stages.engines.config import EngineConfig, engines_on_device
+from stages.engines.config import EngineConfig, engines_on_device, group_roles
 
 log = logging.getLogger(__name__)
 NAMESPACE = "errata"
 ACTOR_RESTARTS = 2
-
-
-def group_roles(roles: dict[str, EngineConfig]) -> tuple[dict[str, str], dict[str, EngineConfig]]:
-    """role -> engine key, and key -> config: roles with identical settings share a key (one engine)."""
-    role_keys, configs = {}, {}
-    for role, cfg in roles.items():
-        k = cfg.key()
-        role_keys[role] = k
-        configs.setdefault(k, cfg)
-    return role_keys, configs
 
 
 class EngineRefs:

@@ -69,6 +69,16 @@ class EngineConfig(Options):
         return model_label(self.model)
 
 
+def group_roles(roles: dict[str, EngineConfig]) -> tuple[dict[str, str], dict[str, EngineConfig]]:
+    """role -> engine key, and key -> config: roles with identical settings share a key (one engine)."""
+    role_keys, configs = {}, {}
+    for role, cfg in roles.items():
+        k = cfg.key()
+        role_keys[role] = k
+        configs.setdefault(k, cfg)
+    return role_keys, configs
+
+
 def engines_on_device(config: EngineConfig, configs: list[EngineConfig]) -> int:
     """How many vLLM engines of a build share the device `config`'s engine runs on, for its default memory budget:
     `configs` are the build's distinct engine settings (one engine each, `num_actors` replicas). A replica with

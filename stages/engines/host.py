@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from schemas.errors import ConfigError, EngineError, TransientEngineError
 from stages.engines.base import Engine, GenerationRequest, GenerationResult
-from stages.engines.config import EngineConfig, engines_on_device
+from stages.engines.config import EngineConfig, engines_on_device, group_roles
 
 log = logging.getLogger(__name__)
 
@@ -164,13 +164,10 @@ class LocalEngines:
     def __init__(self, roles: dict[str, EngineConfig], models_dir: str = "data/models"):
         self.roles = dict(roles)
         self.models_dir = models_dir
-        self.hosts: dict[str, EngineHost] = {}
-        self.role_keys: dict[str, str] = {}
-        distinct = list({cfg.key(): cfg for cfg in self.roles.values()}.values())
-        for role, cfg in self.roles.items():
-            k = cfg.key()
-            self.role_keys[role] = k
-            self.hosts.setdefault(k, EngineHost(cfg, models_dir, k, engines_on_device(cfg, distinct)))
+        self.role_keys, configs = group_roles(self.roles)
+        self.hosts: dict[str, EngineHost] = {
+            k: EngineHost(cfg, models_dir, k, engines_on_device(cfg, list(configs.values())))
+            for k, cfg in configs.items()}
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._thread: Optional[threading.Thread] = None
 
