@@ -92,7 +92,8 @@ def with_extra_stage(name: str, stage: type, after: str | None = None):
 @pytest.fixture
 def methods_restored():
     """Test methods registered inside a test are unregistered after it."""
-    from pipelines.methods import _METHODS
+    from pipelines.methods import _METHODS, methods
+    methods()       # the built-in methods load once per process: load them before saving, or the restore drops them
     saved = dict(_METHODS)
     yield
     _METHODS.clear()
