@@ -157,7 +157,7 @@ def build_flow(recipe: Optional[str] = None, overrides: Optional[list[str]] = No
     add_tags([f"dataset:{cfg.dataset}", f"recipe:{label}", f"recipe_hash:{cfg.config_hash()}"])
     plan = plan_task(cfg)
     with pb.build_lock(plan):
-        with pb.BuildSession(plan, progress) as session:
+        with pb.BuildSession(plan, progress, stage_by_stage=True) as session:
             _SESSIONS[plan.run_id] = session
             try:
                 for name in pb.stage_names(cfg):

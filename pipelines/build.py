@@ -39,6 +39,7 @@ from schemas.errors import StorageError
 from schemas.manifest import Manifest
 from schemas.tables import ERRORS
 from stages.base import Stage, StageStats
+from stages.engines.config import engines_sharing
 
 Log = Callable[[str], None]
 log = logging.getLogger("errata.build")
@@ -171,9 +172,10 @@ def build_lock(plan: BuildPlan) -> Iterator[None]:
 class BuildSession:
     """What lives for the whole build: the runner, Ray (started here unless already up), and the engines."""
 
-    def __init__(self, plan: BuildPlan, progress: bool = True):
+    def __init__(self, plan: BuildPlan, progress: bool = True, stage_by_stage: bool = False):
         self.plan = plan
         self.progress = progress
+        self.stage_by_stage = stage_by_stage    # run_stage per stage (Prefect) rather than execute (streaming)
         self.ray_started = False
         self.engines: Any = None
         self.monitor: Any = None
@@ -188,15 +190,16 @@ class BuildSession:
         cfg = self.plan.config
         models_dir = self.plan.root.models_dir
         early = None if self.local else _EARLY.pop(cfg.config_hash(), None)
+        sharing = engine_sharing(self.plan.make_stages(), cfg, self.stage_by_stage)
         if self.local:
             from stages.engines.host import LocalEngines
-            self.engines = LocalEngines(dict(cfg.engines), models_dir)
+            self.engines = LocalEngines(dict(cfg.engines), models_dir, sharing)
         elif early is not None:     # Ray and the first engines were started before the session (early_start)
             self.ray_started, self.engines = early.ray_started, early.engines
         else:
             from pipelines.engines import RayEngines
             self.ray_started = start_ray(cfg.execution.ray_address, _ray_cpus(cfg))
-            self.engines = RayEngines(dict(cfg.engines), models_dir, self.plan.run_id)
+            self.engines = RayEngines(dict(cfg.engines), models_dir, self.plan.run_id, sharing)
         if self.progress:
             from pipelines.progress import ProgressMonitor
             self.monitor = ProgressMonitor(self.engines, self.plan).start()
@@ -260,6 +263,14 @@ class BuildSession:
         return self.engines.describe() if self.engines is not None else {}
 
 
+def engine_sharing(stages: list[Stage], cfg: RecipeConfig, stage_by_stage: bool) -> dict[str, int]:
+    """engine key -> how many vLLM engines share its device while it runs, for its default memory budget. The
+    build starts a step's engines before the step and stops those no later stage uses after it; a step is one
+    stage (stage by stage) or a segment of stages that stream together."""
+    steps = [[s] for s in stages] if stage_by_stage else _segments(stages)
+    return engines_sharing([[s.role for s in step if s.role] for step in steps], dict(cfg.engines))
+
+
 def _ray_cpus(cfg: RecipeConfig) -> int:
     """CPUs Ray is started with: the machine's, or enough for the engines' actors."""
     need = sum(e.num_cpus_per_actor * e.num_actors for e in {e.key(): e for e in cfg.engines.values()}.values())
@@ -288,7 +299,8 @@ def early_start(config: RecipeConfig) -> Iterator[None]:
     key = config.config_hash()
     try:
         if config.execution.runner != "local" and key not in _EARLY:
-            first = next((s for s in check_recipe(config) if s.role), None)
+            stages = check_recipe(config)
+            first = next((s for s in stages if s.role), None)
             root = Root(data_root(config))
             if first is not None and not Staging(root, config.dataset, f"b-{key}").exists():
                 import uuid
@@ -296,7 +308,8 @@ def early_start(config: RecipeConfig) -> Iterator[None]:
                 from pipelines.engines import RayEngines
                 ray_started = start_ray(config.execution.ray_address, _ray_cpus(config))
                 started = _EarlyStart(ray_started, RayEngines(dict(config.engines), root.models_dir,
-                                                              f"early-{uuid.uuid4().hex[:12]}"))
+                                                              f"early-{uuid.uuid4().hex[:12]}",
+                                                              engine_sharing(stages, config, stage_by_stage=True)))
                 _EARLY[key] = started
                 started.engines.begin([first.role])
     except Exception as e:      # the build checks the same things and reports them in its own way

@@ -128,8 +128,10 @@ class RayEngineClient:
 class RayEngines:
     """The build's engines as Ray actors. `start(roles)` creates and starts what is missing; `stop(keys)`."""
 
-    def __init__(self, roles: dict[str, EngineConfig], models_dir: str, run_id: str):
+    def __init__(self, roles: dict[str, EngineConfig], models_dir: str, run_id: str,
+                 sharing: Optional[dict[str, int]] = None):
         self.role_keys, self.configs = group_roles(roles)
+        self.sharing = sharing or {}     # engine key -> engines on its device at once (engines_sharing)
         self.models_dir, self.run_id = models_dir, run_id
         self.actors: dict[str, list[Any]] = {}
         self.names: dict[str, list[str]] = {}
@@ -157,7 +159,7 @@ class RayEngines:
             self.actors[k] = [cls.options(name=n, namespace=NAMESPACE, num_cpus=cfg.num_cpus_per_actor,
                                           num_gpus=cfg.num_gpus_per_actor, max_restarts=ACTOR_RESTARTS,
                                           max_concurrency=10000).remote(
-                                              cfg, self.models_dir, k,
+                                              cfg, self.models_dir, k, self.sharing.get(k) or
                                               engines_on_device(cfg, list(self.configs.values())))
                               for n in names]
             self.names[k] = names

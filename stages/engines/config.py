@@ -93,3 +93,19 @@ def engines_on_device(config: EngineConfig, configs: list[EngineConfig]) -> int:
     if f > 0:
         return max(1, int(1 / f + 1e-9))
     return max(1, sum(c.num_actors for c in configs if c.kind == "vllm" and c.num_gpus_per_actor == 0))
+
+
+def engines_sharing(steps: list[list[str]], roles: dict[str, EngineConfig]) -> dict[str, int]:
+    """engine key -> engines_on_device for its memory budget, counting only the engines that run at the same time.
+    `steps`: the roles each step of the build uses, in order (a streaming segment's stages run together; stage by
+    stage, each stage is a step). A build starts an engine for the first step that uses it and stops it after the
+    last (`release_engines`), so an engine shares its device with the engines alive at some step with it: its count
+    is the most vLLM engines on its device at any one of its steps. A role no step uses is never started and counts
+    nowhere. Engines absent from the result (no step uses them) fall back to engines_on_device over all of `roles`."""
+    role_keys, configs = group_roles(roles)
+    span: dict[str, tuple[int, int]] = {}
+    for i, step in enumerate(steps):
+        for k in {role_keys[r] for r in step if r in role_keys}:
+            span[k] = (span.get(k, (i, i))[0], i)
+    alive = [[configs[k] for k, (a, b) in span.items() if a <= i <= b] for i in range(len(steps))]
+    return {k: max(engines_on_device(configs[k], alive[i]) for i in range(a, b + 1)) for k, (a, b) in span.items()}

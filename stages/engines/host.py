@@ -161,12 +161,14 @@ class LocalEngines:
     background event loop (engines such as vLLM's AsyncLLM belong to the loop they started in), shared by every
     stage of the process. `client(role)` gives a stage its engine."""
 
-    def __init__(self, roles: dict[str, EngineConfig], models_dir: str = "data/models"):
+    def __init__(self, roles: dict[str, EngineConfig], models_dir: str = "data/models",
+                 sharing: Optional[dict[str, int]] = None):
         self.roles = dict(roles)
         self.models_dir = models_dir
         self.role_keys, configs = group_roles(self.roles)
+        sharing = sharing or {}     # engine key -> engines on its device at once (engines_sharing)
         self.hosts: dict[str, EngineHost] = {
-            k: EngineHost(cfg, models_dir, k, engines_on_device(cfg, list(configs.values())))
+            k: EngineHost(cfg, models_dir, k, sharing.get(k) or engines_on_device(cfg, list(configs.values())))
             for k, cfg in configs.items()}
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._thread: Optional[threading.Thread] = None

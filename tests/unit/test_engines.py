@@ -236,6 +236,26 @@ def test_engines_on_device_counts_the_builds_vllm_replicas_that_share_it():
     assert engines_on_device(student, [whole, student]) == 1
 
 
+def test_engines_sharing_counts_only_the_engines_that_run_at_the_same_time():
+    from stages.engines.config import engines_sharing
+    student, teacher = EngineConfig(kind="vllm"), EngineConfig(kind="vllm", seed=1)
+    spare = EngineConfig(kind="vllm", seed=2)
+    roles = {"student": student, "teacher": teacher, "spare": spare}
+    s, t = student.key(), teacher.key()
+    # streaming: both roles in one segment run together; the unused role's engine never starts
+    assert engines_sharing([["student", "teacher"]], roles) == {s: 2, t: 2}
+    # stage by stage: the student's engine stops before the teacher's starts
+    assert engines_sharing([["student"], [], ["teacher"], ["teacher"]], roles) == {s: 1, t: 1}
+    # the student is used again later, so it stays up while the teacher runs
+    assert engines_sharing([["student"], ["teacher"], ["student"]], roles) == {s: 2, t: 2}
+    # roles with the same settings are one engine
+    assert engines_sharing([["student", "same"]], {"student": student, "same": EngineConfig(kind="vllm")}) == {s: 1}
+    # an engine counts the most engines beside it at any of its steps, not all it ever met
+    third = EngineConfig(kind="vllm", seed=3)
+    roles3 = {"a": student, "b": teacher, "c": third}
+    assert engines_sharing([["a", "b"], ["a"], ["a", "c"]], roles3) == {s: 2, t: 2, third.key(): 2}
+
+
 def test_two_distinct_vllm_engines_each_start_with_half_the_budget(monkeypatch):
     """The count reaches vLLM: LocalEngines gives each host the number of engines sharing the device, and the
     engine passes the split budget to vLLM's engine arguments (captured here; no engine starts)."""

@@ -131,3 +131,16 @@ def test_a_published_version_feeds_a_recipe_with_a_where_clause(fake_recipe, dat
         bad.tasks.where = where
         with pytest.raises((ConfigError, InputError), match=msg):
             plan_build(bad, log=lambda s: None)
+
+
+@pytest.mark.parametrize("stage_by_stage,expected", [(False, [2, 2]), (True, [1, 1])])
+def test_lemmas_two_engines_split_the_device_only_when_they_run_together(stage_by_stage, expected):
+    """LEMMA with a distinct teacher: streaming runs generate (student) and judge (teacher) in one segment, so both
+    engines are up at once and each gets half the memory budget; stage by stage (Prefect) the student's engine
+    stops after generate, before the teacher's starts, so each gets all of it."""
+    from pipelines.build import check_recipe, engine_sharing
+    from pipelines.config import load_recipe
+    cfg = load_recipe("lemma", ["engines.teacher.seed=1"])
+    assert sorted(engine_sharing(check_recipe(cfg), cfg, stage_by_stage).values()) == expected
+    same = load_recipe("lemma")        # one engine for both roles: alone either way
+    assert list(engine_sharing(check_recipe(same), same, stage_by_stage).values()) == [1]
