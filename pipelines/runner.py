@@ -27,7 +27,7 @@ from schemas.errors import ConfigError
 from schemas.rows import from_ipc_bytes, ipc_bytes
 from stages.base import ShardInfo, Stage
 
-RAY_ENV_VARS = {
+RAY_ENV_VARS = {   # defaults for Ray's workers; the caller's environment wins (ray_env_vars)
     "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",   # on 2 cores, let vLLM compute on both (+47% measured)
     "HF_HUB_OFFLINE": "1",                  # nothing may download at run time
     "TOKENIZERS_PARALLELISM": "false",
@@ -189,18 +189,26 @@ def _named(cls: type, name: str) -> type:
     return type(name, (cls,), {"__module__": cls.__module__})
 
 
+def ray_env_vars() -> dict[str, str]:
+    """The environment errata gives Ray's workers (and so the engines): its defaults, where this process's
+    environment does not set them (a user's VLLM_CPU_NUM_OF_RESERVED_CPU=1 holds on Ray as it does in process),
+    and the CPU caps that decide the dtype."""
+    env = {k: os.environ.get(k, v) for k, v in RAY_ENV_VARS.items()}
+    env["VLLM_LOGGING_LEVEL"] = os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")
+    for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA"):   # CPU caps reach the engines (dtype choice)
+        if os.environ.get(k):
+            env[k] = os.environ[k]
+    return env
+
+
 def start_ray(address: Optional[str], num_cpus: Optional[int]) -> bool:
     """Connect to (or start) Ray unless this process already did; True if this call started it. Workers' output is
     forwarded to this process (and so, in quiet mode, into the run's log file)."""
     import ray
     if ray.is_initialized():
         return False
-    env = dict(RAY_ENV_VARS)
-    env["VLLM_LOGGING_LEVEL"] = os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")
-    for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA"):   # CPU caps reach the engines (dtype choice)
-        if os.environ.get(k):
-            env[k] = os.environ[k]
-    kwargs: dict[str, Any] = {"include_dashboard": False, "runtime_env": {"env_vars": env}, "log_to_driver": True}
+    kwargs: dict[str, Any] = {"include_dashboard": False, "runtime_env": {"env_vars": ray_env_vars()},
+                              "log_to_driver": True}
     if address:
         _check_reachable(address)
         kwargs["address"] = address

@@ -152,6 +152,26 @@ def test_start_ray_quiets_ray_data_in_the_run_log(data_root):
             ray.shutdown()
 
 
+def test_ray_workers_keep_the_users_engine_environment(data_root, monkeypatch):
+    """errata's defaults for Ray's workers (VLLM_CPU_NUM_OF_RESERVED_CPU=0 and the rest) give way to what the user
+    set: a worker, where the engine runs, sees the user's value, as an in-process engine does."""
+    import ray
+
+    from pipelines.runner import start_ray
+    monkeypatch.setenv("VLLM_CPU_NUM_OF_RESERVED_CPU", "1")
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+    started = start_ray(None, 2)
+    try:
+        seen = ray.get(ray.remote(lambda: {k: os.environ.get(k) for k in (
+            "VLLM_CPU_NUM_OF_RESERVED_CPU", "TOKENIZERS_PARALLELISM", "HF_HUB_OFFLINE")}).remote())
+        assert seen["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "1"        # the user's, not errata's "0"
+        assert seen["TOKENIZERS_PARALLELISM"] == "false"          # errata's default where the user set nothing
+        assert seen["HF_HUB_OFFLINE"] == os.environ.get("HF_HUB_OFFLINE", "1")
+    finally:
+        if started:
+            ray.shutdown()
+
+
 def test_engine_actor_killed_mid_use_is_restarted_and_the_call_resubmitted(data_root):
     """kill -9 of the process holding an engine: Ray restarts the actor, the client resubmits, nothing is lost."""
     import os
