@@ -14,6 +14,9 @@ start-up: Prefect's temporary server, Ray, the engine):
    before the first build and again after each build: each build is compared with the mean of the raw runs just
    before and after it (`wall_over_raw`); the ratio to the mean of all raw runs and the drift are reported too.
    `--modes streaming,prefect,local` adds the in-process runner (no Ray) as a reference for what Ray costs.
+   `--reserved-cpus 1` keeps one core out of the engine's compute threads, in the raw process and in the builds
+   alike (vLLM's VLLM_CPU_NUM_OF_RESERVED_CPU; errata's default is 0): the engine then does not share its cores with
+   Ray's and errata's processes, as on a GPU box. Reported under `e2e_reserved_cpus_N`.
 
 Writes bench/results/build_modes.json.
 
@@ -114,13 +117,19 @@ def main() -> None:
                     help="e2e: comma-separated build modes, of: " + ", ".join(MODES))
     ap.add_argument("--repeat", type=int, default=1, help="e2e: run the list of modes this many times (the "
                                                           "second run of a mode is reported as MODE#2)")
+    ap.add_argument("--reserved-cpus", type=int, default=None,
+                    help="e2e: cores vLLM keeps out of its compute threads, raw and builds alike (default: errata's, 0)")
     args = ap.parse_args()
+    e2e_key = "e2e"
+    if args.reserved_cpus is not None:   # inherited by the raw process and every build (errata only sets a default)
+        os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(args.reserved_cpus)
+        e2e_key = f"e2e_reserved_cpus_{args.reserved_cpus}"
     report: dict = {"what": "errata build: Prefect stage-by-stage vs --no-prefect streaming; three LLM stages on one "
                             "engine; end to end vs one raw vLLM process",
                     "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     if RESULTS.exists():    # keep the other measurement's last result
         old = json.loads(RESULTS.read_text())
-        report.update({k: old[k] for k in ("stages", "e2e") if k in old})
+        report.update({k: v for k, v in old.items() if k == "stages" or k.startswith("e2e")})
     if args.what in ("stages", "all"):
         runs = []
         for mode in ("prefect", "streaming"):
@@ -175,11 +184,13 @@ def main() -> None:
                 "engine_batch": [e.get("batch") for e in r["engines"].values()]}
         e2e["raw_end_to_end_tokens_per_s"] = round(raw_tps, 1)
         e2e["target"] = "build wall <= 1.1 x raw (throughput >= 0.9 x raw)"
+        e2e["reserved_cpus"] = int(os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU", "0"))
+        e2e["date"] = report["date"]
         e2e["runs"] = runs
-        report["e2e"] = e2e
+        report[e2e_key] = e2e
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    for k in ("stages", "e2e"):
+    for k in ("stages", e2e_key):
         if k in report:
             print(k, json.dumps({kk: v for kk, v in report[k].items() if kk != "runs"}, indent=1))
     print(f"wrote {RESULTS}")
