@@ -13,7 +13,9 @@ start-up: Prefect's temporary server, Ray, the engine):
    time <= 1.1 x raw (>= 0.9 x its throughput). The box's speed drifts (other tenants), so the raw process runs
    before the first build and again after each build: each build is compared with the mean of the raw runs just
    before and after it (`wall_over_raw`); the ratio to the mean of all raw runs and the drift are reported too.
-   `--modes streaming,prefect,local` adds the in-process runner (no Ray) as a reference for what Ray costs.
+   `--modes streaming,prefect,local` adds the in-process runner (no Ray) as a reference for what Ray costs;
+   `prefect_local` is the Prefect flow with the in-process runner. Modes other than the default two are reported
+   under `e2e_<modes>`.
    `--reserved-cpus 1` keeps one core out of the engine's compute threads, in the raw process and in the builds
    alike (vLLM's VLLM_CPU_NUM_OF_RESERVED_CPU; errata's default is 0): the engine then does not share its cores with
    Ray's and errata's processes, as on a GPU box. Reported under `e2e_reserved_cpus_N`.
@@ -38,7 +40,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "build_modes.json"
 MODES = {"prefect": [], "streaming": ["--no-prefect"],
-         "local": ["--no-prefect", "--set", "execution.runner=local"]}   # in process, no Ray: a reference
+         "local": ["--no-prefect", "--set", "execution.runner=local"],   # in process, no Ray: a reference
+         "prefect_local": ["--set", "execution.runner=local"]}           # a Prefect flow, stages in process
 sys.path.insert(0, str(REPO / "bench"))
 from generation import machine  # noqa: E402
 
@@ -142,6 +145,8 @@ def main() -> None:
     if args.what in ("e2e", "all"):
         sets = [f"tasks.count={args.problems}", "generate.n=4", "execution.shard_size=16"]
         modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+        if modes != ["streaming", "prefect"]:
+            e2e_key += "_" + "_".join(modes)
         if bad := [m for m in modes if m not in MODES]:
             raise SystemExit(f"unknown mode(s) {bad}; choose from {sorted(MODES)}")
         # raw, build, raw, build, ..., raw: the box's speed drifts (other tenants), so each build is compared
