@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 from schemas.errors import EngineError
 from stages.engines.base import GenerationRequest, GenerationResult
-from stages.engines.config import EngineConfig, engines_on_device, group_roles
+from stages.engines.config import EngineConfig, budget_counts, group_roles
 
 log = logging.getLogger(__name__)
 NAMESPACE = "errata"
@@ -131,7 +131,7 @@ class RayEngines:
     def __init__(self, roles: dict[str, EngineConfig], models_dir: str, run_id: str,
                  sharing: Optional[dict[str, int]] = None):
         self.role_keys, self.configs = group_roles(roles)
-        self.sharing = sharing or {}     # engine key -> engines on its device at once (engines_sharing)
+        self.counts = budget_counts(self.configs, sharing)  # sharing: engine key -> engines up with it
         self.models_dir, self.run_id = models_dir, run_id
         self.actors: dict[str, list[Any]] = {}
         self.names: dict[str, list[str]] = {}
@@ -159,8 +159,7 @@ class RayEngines:
             self.actors[k] = [cls.options(name=n, namespace=NAMESPACE, num_cpus=cfg.num_cpus_per_actor,
                                           num_gpus=cfg.num_gpus_per_actor, max_restarts=ACTOR_RESTARTS,
                                           max_concurrency=10000).remote(
-                                              cfg, self.models_dir, k, self.sharing.get(k) or
-                                              engines_on_device(cfg, list(self.configs.values())))
+                                              cfg, self.models_dir, k, self.counts[k])
                               for n in names]
             self.names[k] = names
             self._starting[k] = [a.start.remote() for a in self.actors[k]]

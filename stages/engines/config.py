@@ -95,6 +95,13 @@ def engines_on_device(config: EngineConfig, configs: list[EngineConfig]) -> int:
     return max(1, sum(c.num_actors for c in configs if c.kind == "vllm" and c.num_gpus_per_actor == 0))
 
 
+def budget_counts(configs: dict[str, EngineConfig], sharing: Optional[dict[str, int]] = None) -> dict[str, int]:
+    """engine key -> engines_on_device for each of `configs` (key -> settings, from group_roles): the count in
+    `sharing` (engines_sharing) where it has the engine, else every vLLM engine of `configs` at once."""
+    everything = list(configs.values())
+    return {k: (sharing or {}).get(k) or engines_on_device(cfg, everything) for k, cfg in configs.items()}
+
+
 def engines_sharing(steps: list[list[str]], roles: dict[str, EngineConfig]) -> dict[str, int]:
     """engine key -> engines_on_device for its memory budget, counting only the engines that run at the same time.
     `steps`: the roles each step of the build uses, in order (a streaming segment's stages run together; stage by

@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from schemas.errors import ConfigError, EngineError, TransientEngineError
 from stages.engines.base import Engine, GenerationRequest, GenerationResult
-from stages.engines.config import EngineConfig, engines_on_device, group_roles
+from stages.engines.config import EngineConfig, budget_counts, group_roles
 
 log = logging.getLogger(__name__)
 
@@ -166,10 +166,8 @@ class LocalEngines:
         self.roles = dict(roles)
         self.models_dir = models_dir
         self.role_keys, configs = group_roles(self.roles)
-        sharing = sharing or {}     # engine key -> engines on its device at once (engines_sharing)
-        self.hosts: dict[str, EngineHost] = {
-            k: EngineHost(cfg, models_dir, k, sharing.get(k) or engines_on_device(cfg, list(configs.values())))
-            for k, cfg in configs.items()}
+        counts = budget_counts(configs, sharing)    # sharing: engine key -> engines up with it (engines_sharing)
+        self.hosts: dict[str, EngineHost] = {k: EngineHost(cfg, models_dir, k, counts[k]) for k, cfg in configs.items()}
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._thread: Optional[threading.Thread] = None
 
