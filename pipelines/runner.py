@@ -31,7 +31,9 @@ RAY_ENV_VARS = {   # defaults for Ray's workers; the caller's environment wins (
     "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",   # on 2 cores, let vLLM compute on both (+47% measured)
     "HF_HUB_OFFLINE": "1",                  # nothing may download at run time
     "TOKENIZERS_PARALLELISM": "false",
+    "VLLM_LOGGING_LEVEL": "WARNING",
 }
+CPU_CAP_VARS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")   # passed on when set: they decide the engines' dtype
 
 
 def run_stage_on_shard(stage: Stage, staging: Staging, shard_id: int, shards_total: int,
@@ -194,10 +196,7 @@ def ray_env_vars() -> dict[str, str]:
     environment does not set them (a user's VLLM_CPU_NUM_OF_RESERVED_CPU=1 holds on Ray as it does in process),
     and the CPU caps that decide the dtype."""
     env = {k: os.environ.get(k, v) for k, v in RAY_ENV_VARS.items()}
-    env["VLLM_LOGGING_LEVEL"] = os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")
-    for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA"):   # CPU caps reach the engines (dtype choice)
-        if os.environ.get(k):
-            env[k] = os.environ[k]
+    env.update({k: os.environ[k] for k in CPU_CAP_VARS if os.environ.get(k)})
     return env
 
 
