@@ -1,21 +1,23 @@
-"""Whole builds, as a user runs them, in both execution modes:
+"""Whole builds, as a user runs them, in both execution modes, with the default runner (`execution.runner: auto`:
+in process on a CPU-only box of 2 cores or fewer, Ray otherwise; each build's record says which ran):
 
-- `prefect`: `errata build` (a Prefect flow, one task per stage, Ray and the engines kept for the whole run)
-- `streaming`: `errata build --no-prefect` (one Ray Data run per segment; every shard flows through the stages)
+- `prefect`: `errata build` (a Prefect flow, one task per stage, the engines kept for the whole run)
+- `streaming`: `errata build --no-prefect` (every shard flows through the stages; on Ray, one Ray Data run per
+  segment)
+- `ray`, `prefect_ray` (the same on Ray whatever the box) and `local`, `prefect_local` (in process)
 
 Two measurements (each build is the `errata` CLI in its own process with a fresh data root, so each pays its own
 start-up: Prefect's temporary server, Ray, the engine):
 
 1. `stages`: the `self_correct` recipe, three LLM stages on one model (generate -> self_check -> retry): the
-   manifest's engine record must show one engine start per build in both modes.
+   manifest's engine record must show one engine start per build in both modes, with the default runner and on Ray.
 2. `e2e`: 1,024 sampled sequences (the demo recipe with 256 problems x 4 samples) against one raw vLLM process
    doing the same requests (`LLM.chat`, same prompts, sampling and dtype, engine start included). Target: build wall
    time <= 1.1 x raw (>= 0.9 x its throughput). The box's speed drifts (other tenants), so the raw process runs
    before the first build and again after each build: each build is compared with the mean of the raw runs just
    before and after it (`wall_over_raw`); the ratio to the mean of all raw runs and the drift are reported too.
-   `--modes streaming,prefect,local` adds the in-process runner (no Ray) as a reference for what Ray costs;
-   `prefect_local` is the Prefect flow with the in-process runner. Modes other than the default two are reported
-   under `e2e_<modes>`.
+   `--modes ray,prefect_ray` measures both modes on Ray, `--modes local,prefect_local` in process, whatever the
+   box. Modes other than the default two are reported under `e2e_<modes>`.
    `--reserved-cpus 1` keeps one core out of the engine's compute threads, in the raw process and in the builds
    alike (vLLM's VLLM_CPU_NUM_OF_RESERVED_CPU; errata's default is 0): the engine then does not share its cores with
    Ray's and errata's processes, as on a GPU box. Reported under `e2e_reserved_cpus_N`.
@@ -39,8 +41,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "build_modes.json"
-MODES = {"prefect": [], "streaming": ["--no-prefect"],
-         "local": ["--no-prefect", "--set", "execution.runner=local"],   # in process, no Ray: a reference
+MODES = {"prefect": [], "streaming": ["--no-prefect"],        # the defaults (execution.runner: auto)
+         "ray": ["--no-prefect", "--set", "execution.runner=ray"],      # streaming on Ray, whatever the box
+         "prefect_ray": ["--set", "execution.runner=ray"],              # a Prefect flow, stages on Ray
+         "local": ["--no-prefect", "--set", "execution.runner=local"],   # in process, no Ray
          "prefect_local": ["--set", "execution.runner=local"]}           # a Prefect flow, stages in process
 sys.path.insert(0, str(REPO / "bench"))
 from generation import machine  # noqa: E402
@@ -63,6 +67,7 @@ def run_build(mode: str, recipe: str, sets: list[str]) -> dict:
         manifest = json.loads(sorted(dataset.glob("v*/manifest.json"))[-1].read_text())
     llm = [k for k, v in manifest["stages"].items() if v.get("completion_tokens")]
     return {"mode": mode, "recipe": recipe, "overrides": sets, "wall_seconds": round(wall, 1),
+            "runner": manifest.get("execution", {}).get("runner"),
             "build_seconds": manifest["timings"]["build_seconds"],
             "stage_seconds": {k: v.get("wall_seconds", v.get("seconds")) for k, v in manifest["stages"].items()},
             "llm_stages": llm, "completion_tokens": manifest["tokens"].get("completion"),
@@ -135,7 +140,7 @@ def main() -> None:
         report.update({k: v for k, v in old.items() if k == "stages" or k.startswith("e2e")})
     if args.what in ("stages", "all"):
         runs = []
-        for mode in ("prefect", "streaming"):
+        for mode in ("prefect", "streaming", "prefect_ray", "ray"):   # the defaults, then on Ray whatever the box
             r = run_build(mode, "self_correct", [f"tasks.count={args.stages_problems}"])
             print(json.dumps(r), flush=True)
             runs.append(r)
@@ -185,7 +190,7 @@ def main() -> None:
                 "generate_tokens_per_s": round(r["completion_tokens"] / r["stage_seconds"]["generate"], 1),
                 "raw_generate_tokens_per_s_around": [round(x["completion_tokens"] / x["generation_s"], 1)
                                                      for x in near],
-                "engine_starts": r["engine_starts"],
+                "engine_starts": r["engine_starts"], "runner": r["runner"],
                 "engine_batch": [e.get("batch") for e in r["engines"].values()]}
         e2e["raw_end_to_end_tokens_per_s"] = round(raw_tps, 1)
         e2e["target"] = "build wall <= 1.1 x raw (throughput >= 0.9 x raw)"

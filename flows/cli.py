@@ -104,6 +104,8 @@ def print_build_summary(result, log_file: str | None = None) -> None:
           + (f", {result.resumed_shards} shards resumed" if result.resumed_shards else "") + ")", file=o)
     print(f"data: {result.path}", file=o)
     print("tables:  " + "  ".join(f"{t}={e.rows}" for t, e in m.tables.items()), file=o)
+    if m.execution:
+        print(f"runner:  {m.execution.get('runner')} ({m.execution.get('reason')})", file=o)
     for k, e in m.engines.items():
         dtype = f", {e['dtype']} ({e.get('dtype_reason', 'dtype set')})" if e.get("dtype") else ""
         b = e.get("batch") or {}
@@ -297,7 +299,9 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--limit", type=int, help="use only the first N problems")
     b.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe setting (repeatable)")
     b.add_argument("--ray-address", help="run on this Ray cluster instead of a local ray.init")
-    b.add_argument("--runner", choices=["ray", "local"], help="ray (default) or local (in process, debugging)")
+    b.add_argument("--runner", choices=["auto", "ray", "local"],
+                   help="auto (default: in process on a CPU-only box with 2 cores or fewer, else Ray), ray, or local "
+                        "(in process)")
     b.add_argument("--no-progress", action="store_true", help="no progress bars or progress lines")
     b.add_argument("-v", "--verbose", action="store_true",
                    help="show everything the libraries say, live (default: only in the run's log file)")

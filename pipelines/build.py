@@ -33,7 +33,7 @@ from pipelines.files import Root
 from pipelines.inputs import input_tables, load_inputs, shard_inputs
 from pipelines.methods import Method, get_method
 from pipelines.publish import publish as publish_version
-from pipelines.runner import LocalRunner, RayRunner, run_global_stage, start_ray
+from pipelines.runner import LocalRunner, RayRunner, choose_runner, run_global_stage, start_ray
 from pipelines.staging import Staging
 from schemas.errors import StorageError
 from schemas.manifest import Manifest
@@ -89,6 +89,8 @@ class BuildPlan:
     input_tables: list[str] = field(default_factory=list)
     resumed_shards: int = 0
     started: float = field(default_factory=time.time)
+    runner: str = "local"           # what runs the stages, "ray" or "local" (choose_runner), and why
+    runner_reason: str = ""
 
     @property
     def method(self) -> Method:
@@ -143,6 +145,7 @@ def plan_build(config: RecipeConfig, log: Log = print) -> BuildPlan:
             staging.write_inputs(sid, tables)
     plan = BuildPlan(config, root, staging, run_id, resumed, list(range(len(shards))), inputs.describe,
                      inputs.parents, inputs.names)
+    plan.runner, plan.runner_reason = choose_runner(config.execution.runner, config.execution.ray_address)
     if resumed:
         names = stage_names(config)
         finished = [s for s in plan.shard_ids if names and staging.done(s, names[-1])]
@@ -182,24 +185,27 @@ class BuildSession:
         self._announced: set[str] = set()
         self._starter: Optional[ThreadPoolExecutor] = None    # waits for engines started beside a run
         ex = plan.config.execution
-        self.local = ex.runner == "local"
+        self.local = plan.runner == "local"
         self.runner = (LocalRunner(ex.shards_in_flight) if self.local
                        else RayRunner(ex.shards_in_flight, ex.cpu_stage_concurrency, ex.fused()))
 
     def __enter__(self) -> "BuildSession":
         cfg = self.plan.config
         models_dir = self.plan.root.models_dir
-        early = None if self.local else _EARLY.pop(cfg.config_hash(), None)
-        sharing = engine_sharing(self.plan.make_stages(), cfg, self.stage_by_stage)
-        if self.local:
-            from stages.engines.host import LocalEngines
-            self.engines = LocalEngines(dict(cfg.engines), models_dir, sharing)
-        elif early is not None:     # Ray and the first engines were started before the session (early_start)
+        early = _EARLY.get(cfg.config_hash())
+        if early is not None and early.runner == self.plan.runner:
+            # Ray (on the Ray runner) and the first engines were started before the session (early_start)
+            del _EARLY[cfg.config_hash()]
             self.ray_started, self.engines = early.ray_started, early.engines
+        elif self.local:
+            from stages.engines.host import LocalEngines
+            self.engines = LocalEngines(dict(cfg.engines), models_dir,
+                                        engine_sharing(self.plan.make_stages(), cfg, self.stage_by_stage))
         else:
             from pipelines.engines import RayEngines
             self.ray_started = start_ray(cfg.execution.ray_address, _ray_cpus(cfg))
-            self.engines = RayEngines(dict(cfg.engines), models_dir, self.plan.run_id, sharing)
+            self.engines = RayEngines(dict(cfg.engines), models_dir, self.plan.run_id,
+                                      engine_sharing(self.plan.make_stages(), cfg, self.stage_by_stage))
         if self.progress:
             from pipelines.progress import ProgressMonitor
             self.monitor = ProgressMonitor(self.engines, self.plan).start()
@@ -280,6 +286,7 @@ def _ray_cpus(cfg: RecipeConfig) -> int:
 # --- starting Ray and the first engine early --------------------------------------------------------------------
 @dataclass
 class _EarlyStart:
+    runner: str                 # "ray": Ray and RayEngines; "local": LocalEngines in this process
     ray_started: bool
     engines: Any
 
@@ -289,27 +296,34 @@ _EARLY: dict[str, _EarlyStart] = {}   # recipe hash -> what early_start began an
 
 @contextlib.contextmanager
 def early_start(config: RecipeConfig) -> Iterator[None]:
-    """Start Ray and begin starting the engine(s) of the recipe's first LLM stage now, for the BuildSession that
-    this process opens for the same recipe inside the block to take over. The Prefect path uses it: Prefect's
-    temporary server takes ~18 s (2-core box) to come up before the flow's first task; Ray and the engine start
-    meanwhile instead of after it. Does nothing on `runner: local`, for a resumed build (its first LLM stage may be
-    done), or when the recipe does not check out (the build itself reports that, as a failed flow run). What no
+    """Begin starting the engine(s) of the recipe's first LLM stage now (and Ray first, on the Ray runner), for
+    the BuildSession that this process opens for the same recipe inside the block to take over. The Prefect path
+    uses it: Prefect's temporary server takes ~18 s (2-core box) to come up before the flow's first task; the
+    engine starts meanwhile instead of after it. Does nothing for a resumed build (its first LLM stage may be
+    done) or when the recipe does not check out (the build itself reports that, as a failed flow run). What no
     session took over is stopped when the block ends."""
     started: Optional[_EarlyStart] = None
     key = config.config_hash()
     try:
-        if config.execution.runner != "local" and key not in _EARLY:
+        if key not in _EARLY:
             stages = check_recipe(config)
             first = next((s for s in stages if s.role), None)
             root = Root(data_root(config))
             if first is not None and not Staging(root, config.dataset, f"b-{key}").exists():
-                import uuid
+                runner, _ = choose_runner(config.execution.runner, config.execution.ray_address)
+                sharing = engine_sharing(stages, config, stage_by_stage=True)
+                if runner == "local":
+                    from stages.engines.host import LocalEngines
+                    started = _EarlyStart(runner, False,
+                                          LocalEngines(dict(config.engines), root.models_dir, sharing))
+                else:
+                    import uuid
 
-                from pipelines.engines import RayEngines
-                ray_started = start_ray(config.execution.ray_address, _ray_cpus(config))
-                started = _EarlyStart(ray_started, RayEngines(dict(config.engines), root.models_dir,
-                                                              f"early-{uuid.uuid4().hex[:12]}",
-                                                              engine_sharing(stages, config, stage_by_stage=True)))
+                    from pipelines.engines import RayEngines
+                    ray_started = start_ray(config.execution.ray_address, _ray_cpus(config))
+                    started = _EarlyStart(runner, ray_started,
+                                          RayEngines(dict(config.engines), root.models_dir,
+                                                     f"early-{uuid.uuid4().hex[:12]}", sharing))
                 _EARLY[key] = started
                 started.engines.begin([first.role])
     except Exception as e:      # the build checks the same things and reports them in its own way
@@ -446,6 +460,7 @@ def publish(plan: BuildPlan, engines: Optional[dict] = None) -> Manifest:
         timings={"build_seconds": round(time.time() - plan.started, 3),
                  **{f"{k}_seconds": v.get("wall_seconds", v.get("seconds", 0.0)) for k, v in stats.items()}},
         shards={"total": len(plan.shard_ids), "resumed": plan.resumed_shards},
+        execution={"runner": plan.runner, "reason": plan.runner_reason},
         summary=method_summary(cfg.method, stats))
     shard_steps = [s.name for s in stages if not s.is_global or s.table]
     return publish_version(plan.staging, plan.catalog, plan.shard_ids, shard_steps,

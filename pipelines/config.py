@@ -29,10 +29,13 @@ DEFAULT_METHOD = "sample_verify"
 
 
 class ExecutionConfig(Options):
-    runner: Literal["ray", "local"] = Field("ray", description="ray: Ray Data stages; local: in process, "
-                                                               "same output (debugging)")
+    runner: Literal["auto", "ray", "local"] = Field(
+        "auto", description="ray: Ray Data stages and engine actors; local: in process, same output; auto: local on "
+                            "a CPU-only machine with 2 cores or fewer (where Ray's processes slow the engine), "
+                            "unless ray_address is set, else ray. The manifest records which ran and why")
     ray_address: Optional[str] = Field(None, description="Ray cluster address; none = local ray.init")
-    num_cpus: Optional[int] = Field(None, description="logical CPUs for a local ray.init (default: machine)")
+    num_cpus: Optional[int] = Field(None, description="logical CPUs for a local ray.init (default: machine); "
+                                                      "used when the runner is ray")
     shard_size: int = Field(32, ge=1, description="problems per shard: the unit of checkpointing and of resume")
     shards_in_flight: int = Field(4, ge=1, description="shards an LLM stage works on at once; their requests "
                                                        "share the engine's batch, so one shard's long tail does "

@@ -1,4 +1,4 @@
-"""Executing stages over shards: on Ray Data (default) or in process (debugging), same output.
+"""Executing stages over shards: on Ray Data or in process, same output (`choose_runner` picks for `auto`).
 
 Both runners do the same thing for each (shard, stage): if the stage already finished the shard (its checkpoint
 exists) skip it; else read the tables the stage needs (from the earlier stages in this run, or from staging), run
@@ -12,9 +12,11 @@ only one that imports Ray.
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +36,46 @@ RAY_ENV_VARS = {   # defaults for Ray's workers; the caller's environment wins (
     "VLLM_LOGGING_LEVEL": "WARNING",
 }
 CPU_CAP_VARS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")   # passed on when set: they decide the engines' dtype
+
+
+SMALL_BOX_CORES = 2   # auto runs in process on a CPU-only machine with at most this many usable cores
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity: a container's or taskset's limit, not the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def gpu_present() -> bool:
+    """Whether the machine shows a GPU device (NVIDIA or AMD), without importing torch or CUDA."""
+    return bool(glob.glob("/dev/nvidia[0-9]*")) or os.path.exists("/dev/kfd")
+
+
+def choose_runner(runner: str, ray_address: Optional[str]) -> tuple[str, str]:
+    """The runner a build uses ("ray" or "local") and why. `auto` is Ray, except when errata would start its own
+    local Ray on a CPU-only machine of SMALL_BOX_CORES cores or fewer: there the engine computes on every core and
+    each wakeup of Ray's processes (raylet, GCS, the stages' actors, the calls between them) stalls it, measured
+    at 1.13-1.22x the wall time of one raw vLLM process on a 2-core box, against 1.00-1.09x in process and
+    1.03-1.06x on Ray with a core kept from the engine (bench/build_modes.py, issue 9's notes)."""
+    if runner in ("ray", "local"):
+        return runner, "execution.runner=" + runner
+    if ray_address:
+        return "ray", "auto: a Ray cluster address is set"
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        return "ray", "auto: this process is already connected to Ray"
+    if gpu_present():
+        return "ray", "auto: a GPU is present"
+    if int(os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU") or 0) > 0:
+        return "ray", "auto: VLLM_CPU_NUM_OF_RESERVED_CPU keeps cores from the engine"
+    cores = usable_cores()
+    if cores > SMALL_BOX_CORES:
+        return "ray", f"auto: {cores} CPU cores"
+    return "local", (f"auto: {cores} CPU core{'s' if cores > 1 else ''} and no GPU, where Ray's own processes would "
+                     f"slow the engine; execution.runner=ray to use Ray anyway")
 
 
 def run_stage_on_shard(stage: Stage, staging: Staging, shard_id: int, shards_total: int,

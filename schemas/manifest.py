@@ -47,6 +47,8 @@ class Manifest(BaseModel):
     tokens: dict[str, int] = Field(default_factory=dict, description="prompt/completion tokens in total")
     timings: dict[str, float] = Field(default_factory=dict, description="wall-clock seconds of the build")
     shards: dict[str, int] = Field(default_factory=dict, description="shards total / resumed from an earlier run")
+    execution: dict[str, str] = Field(default_factory=dict, description="how the build ran: runner (ray or local) "
+                                                                        "and the reason it was chosen")
 
     @property
     def ref(self) -> str:

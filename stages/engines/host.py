@@ -170,6 +170,7 @@ class LocalEngines:
         self.hosts: dict[str, EngineHost] = {k: EngineHost(cfg, models_dir, k, counts[k]) for k, cfg in configs.items()}
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._thread: Optional[threading.Thread] = None
+        self._starting: dict[str, concurrent.futures.Future] = {}     # begun, not yet waited for (begin)
 
     def __getstate__(self):
         raise TypeError("LocalEngines cannot be pickled: it serves stages of this process only")
@@ -185,9 +186,17 @@ class LocalEngines:
     def submit(self, coro) -> concurrent.futures.Future:
         return asyncio.run_coroutine_threadsafe(coro, self._ensure_loop())
 
+    def begin(self, roles: Optional[list[str]] = None) -> None:
+        """Ask the engines these roles need to start and return at once (they load on the engines' loop while
+        the caller does other work); `start` waits for them and raises what their start raised."""
+        for k in sorted({self.role_keys[r] for r in (roles if roles is not None else self.roles)}):
+            if k not in self._starting:
+                self._starting[k] = self.submit(self.hosts[k].start())
+
     def start(self, roles: Optional[list[str]] = None) -> dict[str, dict]:
-        keys = {self.role_keys[r] for r in (roles if roles is not None else self.roles)}
-        return {k: self.submit(self.hosts[k].start()).result() for k in sorted(keys)}
+        keys = sorted({self.role_keys[r] for r in (roles if roles is not None else self.roles)})
+        self.begin(roles)
+        return {k: self._starting.pop(k).result() for k in keys}
 
     def running(self) -> list[str]:
         return sorted(k for k, h in self.hosts.items() if h._engine is not None)
@@ -213,6 +222,9 @@ class LocalEngines:
             return
         for k in (keys if keys is not None else list(self.hosts)):
             try:
+                pending = self._starting.pop(k, None)
+                if pending is not None:     # a start in flight would leave its engine running after the close
+                    concurrent.futures.wait([pending], timeout=600)
                 self.submit(self.hosts[k].close()).result(timeout=120)
             except Exception as e:  # never let a close failure hide the build's result
                 log.warning("closing engine %s failed: %s", k, e)

@@ -1,4 +1,4 @@
-"""Three LLM stages on the real embedded model share one engine, started once per build; nothing is left running
+"""Three LLM stages on the real embedded model share one engine actor on Ray, started once per build; nothing is left running
 after the build; under the AVX2 caps (`ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`) the engine computes in
 float32 and the manifest says why."""
 import json
@@ -34,7 +34,7 @@ def test_three_llm_stages_one_engine_start_and_nothing_left(tmp_path, mode):
     t0 = time.time()
     p = errata("build", "self_correct", "--set", "tasks.count=4", "--set", "tasks.max_steps=1",
                "--set", "generate.n=2", "--set", "generate.max_tokens=64", "--set", "self_check.max_tokens=48",
-               "--set", "retry.max_tokens=64", "--set", "execution.shard_size=2", "--no-progress",
+               "--set", "retry.max_tokens=64", "--set", "execution.shard_size=2", "--no-progress", "--runner", "ray",
                *(["--no-prefect"] if mode == "no-prefect" else []), env=env)
     man = json.loads(next(root.glob("datasets/self_correct/v0001/manifest.json")).read_text())
     llm = [s for s in ("generate", "self_check", "retry") if man["stages"][s].get("completion_tokens")]

@@ -40,10 +40,11 @@ def _kill_tree(pid: int) -> None:
     psutil.wait_procs(procs, timeout=30)
 
 
-@pytest.mark.parametrize("mode", ["prefect", "no-prefect"])
-def test_kill_9_then_rerun(tmp_path, mode):
-    """prefect: stage by stage (killed during generate, checkpoints reused); no-prefect: streaming (shards)."""
-    args = ARGS + (["--no-prefect"] if mode == "no-prefect" else [])
+@pytest.mark.parametrize("mode,runner", [("prefect", "ray"), ("no-prefect", "ray"), ("prefect", "local")])
+def test_kill_9_then_rerun(tmp_path, mode, runner):
+    """prefect: stage by stage (killed during generate, checkpoints reused); no-prefect: streaming (shards). On Ray
+    and in process (what `runner: auto` picks on a 2-core box)."""
+    args = ARGS + ["--runner", runner] + (["--no-prefect"] if mode == "no-prefect" else [])
     root = tmp_path / "data"
     env = dict(os.environ, ERRATA_DATA=str(root), ERRATA_MODELS=str(MODELS_DIR))
     exe = str(Path(sys.executable).parent / "errata")
@@ -96,21 +97,23 @@ def test_kill_9_then_rerun(tmp_path, mode):
     assert store.verify_version(m) == []
 
 
-def test_sigterm_stops_a_prefect_build_like_ctrl_c_and_leaves_nothing_running(tmp_path):
+@pytest.mark.parametrize("runner", ["ray", "local"])
+def test_sigterm_stops_a_prefect_build_like_ctrl_c_and_leaves_nothing_running(tmp_path, runner):
     """`kill <pid>` (SIGTERM) mid-build: exits as Ctrl-C does (rc 130, the resume hint), stops Prefect's temporary
     server, Ray and the engine (before: Ray's handler aborted the process and left the server and two Ray agents
     running), and the rerun resumes the finished shards."""
     root = tmp_path / "data"
     env = dict(os.environ, ERRATA_DATA=str(root), ERRATA_MODELS=str(MODELS_DIR))
     exe = str(Path(sys.executable).parent / "errata")
-    p = subprocess.Popen([exe, *ARGS], env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    args = [*ARGS, "--runner", runner]
+    p = subprocess.Popen([exe, *args], env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                          text=True, start_new_session=True)
     deadline = time.time() + 400
     while _markers(root) < 2 and time.time() < deadline and p.poll() is None:
         time.sleep(0.2)
     kids = psutil.Process(p.pid).children(recursive=True)
     names = " ".join(" ".join(k.cmdline()) for k in kids if k.is_running())
-    assert "prefect.server" in names and "raylet" in names and "VLLM" in names, names[:2000]
+    assert "prefect.server" in names and "VLLM" in names and ("raylet" in names) == (runner == "ray"), names[:2000]
     p.send_signal(signal.SIGTERM)
     t0 = time.time()
     try:
@@ -122,7 +125,7 @@ def test_sigterm_stops_a_prefect_build_like_ctrl_c_and_leaves_nothing_running(tm
     _, alive = psutil.wait_procs(kids, timeout=15)
     left = [k for k in alive if k.is_running() and k.status() != psutil.STATUS_ZOMBIE]
     assert left == [], [" ".join(k.cmdline())[:120] for k in left]
-    r = subprocess.run([exe, *ARGS], env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    r = subprocess.run([exe, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resuming" in r.stdout + r.stderr
     assert Catalog(str(root)).manifest("demo").shards["resumed"] >= 2

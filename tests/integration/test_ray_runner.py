@@ -83,7 +83,8 @@ def test_early_start_hands_ray_and_the_engine_to_the_build_or_stops_them(fake_re
         assert ray.get(ray.get_actor(name, namespace="errata").start.remote())["starts"] == 1
     assert not ray.is_initialized() and pb._EARLY == {}     # not taken over: stopped with Ray at the block's end
     with pb.early_start(fake_recipe(n=4, n_samples=2, shard_size=2, runner="local")):
-        assert pb._EARLY == {} and not ray.is_initialized()     # in process: nothing to start early
+        assert pb._EARLY and not ray.is_initialized()     # in process: the engine starts early, Ray not at all
+    assert pb._EARLY == {}
 
 
 def test_build_on_a_ray_cluster_by_address(fake_recipe, data_root):
