@@ -358,7 +358,8 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    from stages.engines.hardware import set_engine_env_defaults
+    set_engine_env_defaults()
     args = make_parser().parse_args(argv)
     if args.data:  # before anything imports Prefect: its home lives under the data root
         os.environ["ERRATA_DATA"] = args.data

