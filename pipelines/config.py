@@ -31,8 +31,10 @@ DEFAULT_METHOD = "sample_verify"
 class ExecutionConfig(Options):
     runner: Literal["auto", "ray", "local"] = Field(
         "auto", description="ray: Ray Data stages and engine actors; local: in process, same output; auto: local on "
-                            "a CPU-only machine with 2 cores or fewer (where Ray's processes slow the engine), "
-                            "unless ray_address is set, else ray. The manifest records which ran and why")
+                            "a CPU-only machine with 2 usable cores or fewer (where Ray's processes slow the "
+                            "engine) unless ray_address is set, Ray is already up in this process or "
+                            "VLLM_CPU_NUM_OF_RESERVED_CPU keeps a core from the engine; else ray. The manifest "
+                            "records which ran and why")
     ray_address: Optional[str] = Field(None, description="Ray cluster address; none = local ray.init")
     num_cpus: Optional[int] = Field(None, description="logical CPUs for a local ray.init (default: machine); "
                                                       "used when the runner is ray")

@@ -31,6 +31,8 @@ def set_engine_env_defaults() -> None:
     """Put ENGINE_ENV_DEFAULTS into this process's environment where it does not set them."""
     for k, v in ENGINE_ENV_DEFAULTS.items():
         os.environ.setdefault(k, v)
+
+
 _ALIASES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp32": "float32", "float32": "float32",
             "float": "float32", "fp16": "float16", "float16": "float16", "half": "float16"}
 # oneDNN ISA names in increasing order; bf16 is native from AVX512_CORE_BF16 on (AMX variants included)
