@@ -370,6 +370,8 @@ def _run_segment(session: BuildSession, segment: list[Stage], before: list[str],
                                     session.provider(), progress=session.progress):
             if session.monitor is not None:
                 session.monitor.shard_done(r)
+        if session.monitor is not None:
+            session.monitor.flush()
     finally:
         if starting is not None:
             # an engine that could not start is the reason (raised here), not the stage that waited on it

@@ -69,6 +69,7 @@ class ProgressMonitor:
         self._pending: dict[str, int] = {}
         self._last_log = 0.0
         self._finished: set[str] = set()
+        self._lock = threading.Lock()        # the poll thread and flush() both render
         self._live: dict[str, list[tuple[float, int]]] = {}   # engine -> recent (time, tokens generated)
 
     def start(self) -> "ProgressMonitor":
@@ -82,9 +83,19 @@ class ProgressMonitor:
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                self.render(self.engines.progress())
+                with self._lock:
+                    self.render(self.engines.progress())
             except Exception as e:  # progress must never break a build
                 log.debug("progress poll failed: %s", e)
+
+    def flush(self) -> None:
+        """Show the stages that have just finished, now: the build calls this when a run of stages ends, so a stage's
+        last progress line comes before the line that reports the stage done (not after the whole build)."""
+        try:
+            with self._lock:
+                self.render(self.engines.progress(), finished_only=True)
+        except Exception as e:  # progress must never break a build
+            log.debug("progress flush failed: %s", e)
 
     def _shards_pending(self, tag: str) -> int:
         if tag not in self._pending:
@@ -105,7 +116,9 @@ class ProgressMonitor:
             return None
         return (hist[-1][1] - hist[0][1]) / (hist[-1][0] - hist[0][0])
 
-    def render(self, progress: dict[str, dict], final: bool = False) -> list[dict]:
+    def render(self, progress: dict[str, dict], final: bool = False, finished_only: bool = False) -> list[dict]:
+        """Draw (terminal) or print (otherwise) each stage's status. Printing happens every `log_every` seconds, at
+        `final`, or with `finished_only` for the stages that reached their total since they were last shown."""
         now = time.time()
         progress = dict(progress)
         rates = {k: self._engine_rate(k, live) for k, live in progress.pop("__engine__", {}).items()}
@@ -129,6 +142,11 @@ class ProgressMonitor:
                 bar.n = ln["done"]
                 bar.set_postfix_str(f"{ln['tokens_per_s']:.0f} tok/s", refresh=False)
                 bar.refresh()
+        elif finished_only:
+            for ln in lines:
+                if ln["total"] and ln["done"] >= ln["total"] and ln["tag"] not in self._finished:
+                    print(ln["text"], file=self.stream, flush=True)
+                    self._finished.add(ln["tag"])
         elif final or now - self._last_log >= self.log_every:
             self._last_log = now
             for ln in lines:
@@ -143,7 +161,8 @@ class ProgressMonitor:
         if self._thread is not None:
             self._thread.join(timeout=5)
         try:
-            self.render(self.engines.progress(), final=True)
+            with self._lock:
+                self.render(self.engines.progress(), final=True)
         except Exception:
             pass
         for bar in self._bars.values():

@@ -320,6 +320,35 @@ def test_progress_lines_count_sequences_shards_tokens_and_eta():
     assert "generate: 8/~32 sequences, 1/2 shards, 50 tok/s" in out.getvalue()
 
 
+
+def test_a_stage_s_last_progress_line_comes_before_the_line_that_reports_it_done(fake_recipe, data_root, monkeypatch):
+    """Seen in a fresh `make demo`: "generate: 256/256 sequences ..." was printed after every stage's summary line
+    (at the end of the build); it must come when the stage ends."""
+    import pipelines.console as console
+    said: list[str] = []
+
+    class Stream:
+        def write(self, text):
+            if text.strip():
+                said.append(text.strip())
+
+        def flush(self):
+            pass
+
+        def isatty(self):
+            return False
+    monkeypatch.setattr(console, "console_stream", lambda: Stream())
+    cfg = fake_recipe(n=6, n_samples=2, shard_size=4)
+    plan = plan_build(cfg, log=lambda s: None)
+    with build_mod.BuildSession(plan, progress=True, stage_by_stage=True) as session:
+        for name in build_mod.stage_names(cfg):
+            build_mod.run_stage(session, name, log=said.append)
+    last = [i for i, s in enumerate(said) if s.startswith("generate: 12/12 sequences")]
+    done = [i for i, s in enumerate(said) if s.startswith("generate: 2 shard(s) run")]
+    verify_done = [i for i, s in enumerate(said) if s.startswith("verify: 2 shard(s) run")]
+    assert len(last) == 1 and len(done) == 1 and len(verify_done) == 1, said
+    assert last[0] < done[0] < verify_done[0], said
+
 # --- build-scope tables: measured over every shard, read by every shard ----------------------------------------
 @dataclass
 class Share(Lineage):
