@@ -411,10 +411,13 @@ def run_stage(session: BuildSession, stage_name: str, log: Log = print) -> dict:
         _run_segment(session, [stage], names[:k], log)
     session.release_engines(stages[k + 1:])
     stats = merged_stats(plan, [stage_name], todo).get(stage_name, {})
-    log(f"{stage_name}: {len(todo)} shard(s) run, {len(plan.shard_ids) - len(todo)} already done; rows in "
-        f"{stats.get('in', 0)}, out {stats.get('out', 0)}, errors {stats.get('errors', 0)}"
-        + (f", {stats['tokens_per_s']} tok/s" if stats.get("tokens_per_s") else "")
-        + f", {time.time() - t0:.1f} s")
+    if not stage.is_global:
+        log(f"{stage_name}: {len(todo)} shard(s) run, {len(plan.shard_ids) - len(todo)} already done; rows in "
+            f"{stats.get('in', 0)}, out {stats.get('out', 0)}, errors {stats.get('errors', 0)}"
+            + (f", {stats['tokens_per_s']} tok/s" if stats.get("tokens_per_s") else "")
+            + f", {time.time() - t0:.1f} s")
+    elif not todo:      # a global stage that ran has said so ("<stage>: global, in .., out ..") in _run_segment
+        log(f"{stage_name}: global, already done")
     return {"stage": stage_name, "shards_run": len(todo), "shards_skipped": len(plan.shard_ids) - len(todo),
             "stats": stats}
 

@@ -237,6 +237,9 @@ def test_stage_by_stage_checkpoints_skip_finished_shards(fake_recipe, data_root,
     assert m.tables["attempts"].rows == 12 == len(set(att))
     assert m.stages["verify"]["in"] == 12 and m.stages["generate"]["out"] == 12
     assert any("generate: 0 shard(s) run, 3 already done" in s for s in logs)
+    # a global stage reports once, as global, not as if it had run per shard
+    assert [s for s in logs if s.startswith("dedup:")][0].startswith("dedup: global, in 12, out ")
+    assert len([s for s in logs if s.startswith("dedup:")]) == 1, logs
 
 
 
