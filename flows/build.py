@@ -178,5 +178,7 @@ def build_flow(recipe: Optional[str] = None, overrides: Optional[list[str]] = No
 def build_flow_run(config: RecipeConfig, progress: bool = True, recipe: Optional[str] = None) -> pb.BuildResult:
     """Run one build as a Prefect flow run (the `errata build` path). Raises the build's own error on failure.
     Ray and the first LLM stage's engine start while Prefect's temporary server starts (pb.early_start)."""
+    from flows.temporary_server import start_temporary_server
     with pb.early_start(config):
+        start_temporary_server()
         return build_flow(recipe=recipe, config=config.model_dump(mode="json"), progress=progress)

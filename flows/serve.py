@@ -14,7 +14,6 @@ by the next one.
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import signal
@@ -27,19 +26,11 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from flows._env import prefect_env, server_file
+from flows.children import die_with_parent
 from schemas.errors import ErrataError
 
 Log = Callable[[str], None]
 STOP_DEADLINE_S = 8.0
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Ask Linux to SIGTERM this process when its parent dies (no orphaned server after a kill -9 of serve)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -76,7 +67,7 @@ class LocalServer:
         self.proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", self.host,
                                       "--port", str(self.port)], env=env, stdout=logf, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True,
-                                     preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+                                     preexec_fn=die_with_parent())
         logf.close()
         log(f"starting a local Prefect server on {self.ui_url} (log: {self.home / 'server.log'})")
         while time.time() - t0 < timeout:

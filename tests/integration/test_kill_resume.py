@@ -129,3 +129,58 @@ def test_sigterm_stops_a_prefect_build_like_ctrl_c_and_leaves_nothing_running(tm
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resuming" in r.stdout + r.stderr
     assert Catalog(str(root)).manifest("demo").shards["resumed"] >= 2
+
+
+def _slow_fake_build(tmp_path: Path) -> tuple[list[str], dict, Path]:
+    """A Prefect build on the scripted fake engine whose calls take seconds: real Prefect, real CLI, no model."""
+    from tests.conftest import write_gsm8k_style
+    tasks = write_gsm8k_style(tmp_path / "tasks.jsonl", 8)
+    recipe = tmp_path / "slow.yaml"
+    recipe.write_text(f"dataset: slow\ntasks: {{kind: jsonl, path: {tasks}}}\n"
+                      "engines: {student: {kind: fake, fake_script: mixed, fake_delay_s: 3}}\n"
+                      "generate: {n: 2, max_tokens: 64}\nexecution: {runner: local, shard_size: 1}\n")
+    root = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(ERRATA_DATA=str(root), PREFECT_HOME=str(tmp_path / "prefect"))
+    exe = str(Path(sys.executable).parent / "errata")
+    return [exe, "build", str(recipe), "--no-progress"], env, root
+
+
+def _start_and_wait_for_a_shard(cmd: list[str], env: dict, root: Path) -> tuple[subprocess.Popen, list]:
+    """Start the build in a process group of its own, as a shell runs a foreground command; return it and its
+    children once a shard has finished generating (the flow is running, Prefect's server is up)."""
+    p = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         start_new_session=True)
+    deadline = time.time() + 120
+    while not list(root.glob("staging/slow/*/shards/*/generate/_SUCCESS")) and time.time() < deadline:
+        assert p.poll() is None, p.communicate()[0][-3000:]
+        time.sleep(0.2)
+    kids = psutil.Process(p.pid).children(recursive=True)
+    assert any("uvicorn" in " ".join(k.cmdline()) for k in kids), "Prefect's temporary server is not running"
+    return p, kids
+
+
+def test_ctrl_c_in_a_terminal_stops_a_prefect_build_at_once(tmp_path):
+    """A terminal's Ctrl-C goes to the whole foreground process group. Prefect's temporary server used to be in it:
+    it died at once, and the build spent over a minute failing to report its crash to it (78 s on the real model,
+    138 s here), then exited with rc 1 and Prefect's 'Error logging to API'. Now the server is apart: the build stops within seconds, says
+    how to resume, leaves nothing running, and the rerun resumes."""
+    cmd, env, root = _slow_fake_build(tmp_path)
+    p, kids = _start_and_wait_for_a_shard(cmd, env, root)
+    server = [k for k in kids if "uvicorn" in " ".join(k.cmdline())]
+    # what decides it: the terminal's signal cannot reach the server
+    assert [os.getpgid(k.pid) for k in server] != [os.getpgid(p.pid)], "the server is in the build's process group"
+    t0 = time.time()
+    os.killpg(p.pid, signal.SIGINT)
+    try:
+        out, _ = p.communicate(timeout=90)
+    finally:
+        _kill_tree(p.pid)
+    took = time.time() - t0
+    assert p.returncode == 130 and "run the same command again to resume" in out, out[-3000:]
+    assert "Error logging to API" not in out and took < 20, (took, out[-3000:])
+    _, alive = psutil.wait_procs(kids, timeout=15)
+    assert [k for k in alive if k.is_running() and k.status() != psutil.STATUS_ZOMBIE] == []
+    r = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "resuming" in r.stdout + r.stderr, r.stderr[-3000:]
+
