@@ -26,6 +26,17 @@ def write_gsm8k_style(path: Path, n: int = 6, bad: dict | None = None) -> Path:
     return path
 
 
+def write_slow_fake_recipe(folder: Path, delay_s: float) -> Path:
+    """Recipe `slow`: 8 GSM8K-style tasks, one per shard, on the scripted fake engine whose calls take `delay_s`
+    seconds, in process: a build that is still running when a test stops it."""
+    tasks = write_gsm8k_style(folder / "tasks.jsonl", 8)
+    recipe = folder / "slow.yaml"
+    recipe.write_text(f"dataset: slow\ntasks: {{kind: jsonl, path: {tasks}}}\n"
+                      f"engines: {{student: {{kind: fake, fake_script: mixed, fake_delay_s: {delay_s}}}}}\n"
+                      "generate: {n: 2, max_tokens: 64}\nexecution: {runner: local, shard_size: 1}\n")
+    return recipe
+
+
 @pytest.fixture
 def data_root(tmp_path, monkeypatch):
     root = tmp_path / "data"

@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from pipelines.catalog import Catalog
-from tests.conftest import MODELS_DIR, REPO
+from tests.conftest import MODELS_DIR, REPO, write_slow_fake_recipe
 
 pytestmark = pytest.mark.integration
 
@@ -133,12 +133,7 @@ def test_sigterm_stops_a_prefect_build_like_ctrl_c_and_leaves_nothing_running(tm
 
 def _slow_fake_build(tmp_path: Path) -> tuple[list[str], dict, Path]:
     """A Prefect build on the scripted fake engine whose calls take seconds: real Prefect, real CLI, no model."""
-    from tests.conftest import write_gsm8k_style
-    tasks = write_gsm8k_style(tmp_path / "tasks.jsonl", 8)
-    recipe = tmp_path / "slow.yaml"
-    recipe.write_text(f"dataset: slow\ntasks: {{kind: jsonl, path: {tasks}}}\n"
-                      "engines: {student: {kind: fake, fake_script: mixed, fake_delay_s: 3}}\n"
-                      "generate: {n: 2, max_tokens: 64}\nexecution: {runner: local, shard_size: 1}\n")
+    recipe = write_slow_fake_recipe(tmp_path, delay_s=3)
     root = tmp_path / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(ERRATA_DATA=str(root), PREFECT_HOME=str(tmp_path / "prefect"))

@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from conftest import REPO, errata, write_gsm8k_style  # noqa: E402
+from conftest import REPO, errata, write_gsm8k_style, write_slow_fake_recipe  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -138,11 +138,7 @@ def test_ctrl_c_with_a_build_in_flight_stops_within_seconds_and_the_build_resume
     """A slow scheduled build is running (engine calls take seconds); Ctrl-C ends serve, the run and the server
     within ~10 s, nothing is left running, and the same recipe built again resumes the finished shards."""
     data, home = tmp_path / "data", tmp_path / "prefect"
-    tasks = write_gsm8k_style(tmp_path / "tasks.jsonl", 8)
-    recipe = tmp_path / "slow.yaml"
-    recipe.write_text(f"dataset: slow\ntasks: {{kind: jsonl, path: {tasks}}}\n"
-                      "engines: {student: {kind: fake, fake_script: mixed, fake_delay_s: 4}}\n"
-                      "generate: {n: 2, max_tokens: 64}\nexecution: {runner: local, shard_size: 1}\n")
+    recipe = write_slow_fake_recipe(tmp_path, delay_s=4)
     schedules = tmp_path / "schedules.yaml"
     schedules.write_text(f"schedules:\n  - name: slow-build\n    recipe: {recipe}\n    every: 5s\n")
     env, log = _env(data, home), tmp_path / "serve.log"
