@@ -77,12 +77,18 @@ def cmd_build(args) -> int:
 def _terminate_like_interrupt() -> None:
     """SIGTERM (`kill`, a scheduler, a container stop) stops a build the way Ctrl-C does: the engines, Ray and
     Prefect's temporary server are shut down, finished shards are kept. (Ray's own handler exits at once and
-    left Prefect's server and two Ray agents running; start_ray keeps this handler.)"""
+    left Prefect's server and two Ray agents running; start_ray keeps this handler.) Both signals also tell the
+    in-process engines not to restart an engine that dies now: a terminal's Ctrl-C reaches vLLM's engine process
+    too, and restarting it delayed the exit by a minute (two ~30 s starts)."""
     import signal
 
+    from stages.engines.host import stop_restarting
+
     def interrupt(signum, frame):
+        stop_restarting()
         raise KeyboardInterrupt(f"signal {signum}")
     signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
 
 
 def root_cause(exc: BaseException) -> str:

@@ -48,6 +48,21 @@ def _normal_priority() -> None:
         pass
 
 
+_STOPPING = threading.Event()     # the process is being interrupted (stop_restarting)
+RESTART_GRACE_S = 1.0             # how long a death waits for an interrupt that may have caused it
+
+
+def stop_restarting() -> None:
+    """This process is being interrupted (Ctrl-C, SIGTERM): an engine that dies now most likely died of the same
+    signal (a terminal's Ctrl-C reaches vLLM's engine process too), so it is not started again. Safe to call from
+    a signal handler."""
+    _STOPPING.set()
+
+
+def restarting_stopped() -> bool:
+    return _STOPPING.is_set()
+
+
 class EngineHost:
     """One engine of a build. `await start()`, `await generate(requests, tag, shard)`, `progress()`, `describe()`."""
 
@@ -118,19 +133,26 @@ class EngineHost:
 
         while True:
             await self.start()
+            engine = self._engine
             try:
-                return await self._engine.generate(requests, on_result=on_result)
+                return await engine.generate(requests, on_result=on_result)
             except (ConfigError, TransientEngineError):
                 raise
             except EngineError as e:   # the engine died under us: start a new one and resubmit the batch
-                if self.restarts >= self.restart_limit:
+                if not _STOPPING.is_set():
+                    await asyncio.sleep(RESTART_GRACE_S)   # a Ctrl-C that killed it reaches errata's handler too
+                if self._engine is not engine:   # another batch on the same engine saw it die and replaced it
+                    if _STOPPING.is_set():
+                        raise
+                    continue
+                if self.restarts >= self.restart_limit or _STOPPING.is_set():
                     raise
                 self.restarts += 1
                 log.warning("engine %s died (%s); restarting it (%d/%d) and resubmitting %d request(s)",
                             self.key, e, self.restarts, self.restart_limit, len(requests))
-                dead, self._engine = self._engine, None
+                self._engine = None
                 try:
-                    await dead.close()
+                    await engine.close()
                 except Exception:
                     pass
 

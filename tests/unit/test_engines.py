@@ -307,3 +307,54 @@ def test_live_stats_count_how_full_the_engines_batch_was():
                             "max_waiting": 3, "preempted": 1}
     assert live.generation_tokens == 9
     assert LiveStats(4).batch()["mean_running"] is None
+
+
+# ---------------------------------------------------------------- an engine that dies under the build
+class _DyingFirst(FakeEngine):
+    """The first engine made dies under every batch in flight on it; the ones after it answer."""
+    made = 0
+
+    def __init__(self, config):
+        super().__init__(config)
+        type(self).made += 1
+        self.dies = type(self).made == 1
+
+    async def generate(self, requests, on_result=None):
+        if self.dies:
+            await asyncio.sleep(0.05)         # every batch is in flight when it dies
+            raise EngineError("vLLM engine died: EngineCore encountered an issue")
+        return await super().generate(requests, on_result=on_result)
+
+
+def _dying_host(monkeypatch):
+    import stages.engines.host as host_mod
+    monkeypatch.setattr(host_mod, "RESTART_GRACE_S", 0.01)
+    monkeypatch.setattr(_DyingFirst, "made", 0)
+    host = host_mod.EngineHost(EngineConfig(kind="fake", fake_script="mixed"), key="k")
+    monkeypatch.setattr(host, "_make_engine", lambda: _DyingFirst(host.config))
+    return host
+
+
+def test_an_engine_that_dies_under_two_batches_is_restarted_once_and_both_are_resubmitted(monkeypatch):
+    """Both batches saw the same death: the second used to count a second restart and close the engine the first had
+    just started (seen: 'restarting it (1/2)' then '(2/2)', two ~25 s starts, for one death)."""
+    host = _dying_host(monkeypatch)
+
+    async def both():
+        return await asyncio.gather(host.generate([chat("What is 2 plus 3? [gold=5]", rid="a")], tag="t"),
+                                    host.generate([chat("What is 4 plus 1? [gold=5]", rid="b")], tag="t"))
+    a, b = run(both())
+    assert a[0].ok and b[0].ok and a[0].request_id == "a" and b[0].request_id == "b"
+    assert (host.restarts, host.starts, _DyingFirst.made) == (1, 2, 2)
+
+
+def test_an_engine_that_dies_while_the_process_is_interrupted_is_not_restarted(monkeypatch):
+    """Ctrl-C in a terminal reaches vLLM's engine process too; restarting it delayed the exit by a minute."""
+    import stages.engines.host as host_mod
+    host = _dying_host(monkeypatch)
+    monkeypatch.setattr(host_mod, "_STOPPING", __import__("threading").Event())
+    host_mod.stop_restarting()
+    assert host_mod.restarting_stopped()
+    with pytest.raises(EngineError, match="engine died"):
+        run(host.generate([chat("What is 2 plus 3? [gold=5]")], tag="t"))
+    assert (host.restarts, host.starts, _DyingFirst.made) == (0, 1, 1)
