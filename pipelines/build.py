@@ -197,15 +197,10 @@ class BuildSession:
             # Ray (on the Ray runner) and the first engines were started before the session (early_start)
             del _EARLY[cfg.config_hash()]
             self.ray_started, self.engines = early.ray_started, early.engines
-        elif self.local:
-            from stages.engines.host import LocalEngines
-            self.engines = LocalEngines(dict(cfg.engines), models_dir,
-                                        engine_sharing(self.plan.make_stages(), cfg, self.stage_by_stage))
         else:
-            from pipelines.engines import RayEngines
-            self.ray_started = start_ray(cfg.execution.ray_address, _ray_cpus(cfg))
-            self.engines = RayEngines(dict(cfg.engines), models_dir, self.plan.run_id,
-                                      engine_sharing(self.plan.make_stages(), cfg, self.stage_by_stage))
+            self.ray_started, self.engines = _make_engines(
+                self.plan.runner, cfg, models_dir, self.plan.run_id,
+                engine_sharing(self.plan.make_stages(), cfg, self.stage_by_stage))
         if self.progress:
             from pipelines.progress import ProgressMonitor
             self.monitor = ProgressMonitor(self.engines, self.plan).start()
@@ -283,6 +278,18 @@ def _ray_cpus(cfg: RecipeConfig) -> int:
     return cfg.execution.num_cpus or max(os.cpu_count() or 1, int(need + 1.5))
 
 
+def _make_engines(runner: str, cfg: RecipeConfig, models_dir: str, run_id: str,
+                  sharing: dict[str, int]) -> tuple[bool, Any]:
+    """The build's engines on `runner`: in this process, or as Ray actors (Ray started first). Returns
+    (whether this call started Ray, the engines)."""
+    if runner == "local":
+        from stages.engines.host import LocalEngines
+        return False, LocalEngines(dict(cfg.engines), models_dir, sharing)
+    from pipelines.engines import RayEngines
+    ray_started = start_ray(cfg.execution.ray_address, _ray_cpus(cfg))
+    return ray_started, RayEngines(dict(cfg.engines), models_dir, run_id, sharing)
+
+
 # --- starting Ray and the first engine early --------------------------------------------------------------------
 @dataclass
 class _EarlyStart:
@@ -310,20 +317,11 @@ def early_start(config: RecipeConfig) -> Iterator[None]:
             first = next((s for s in stages if s.role), None)
             root = Root(data_root(config))
             if first is not None and not Staging(root, config.dataset, f"b-{key}").exists():
+                import uuid
                 runner, _ = choose_runner(config.execution.runner, config.execution.ray_address)
-                sharing = engine_sharing(stages, config, stage_by_stage=True)
-                if runner == "local":
-                    from stages.engines.host import LocalEngines
-                    started = _EarlyStart(runner, False,
-                                          LocalEngines(dict(config.engines), root.models_dir, sharing))
-                else:
-                    import uuid
-
-                    from pipelines.engines import RayEngines
-                    ray_started = start_ray(config.execution.ray_address, _ray_cpus(config))
-                    started = _EarlyStart(runner, ray_started,
-                                          RayEngines(dict(config.engines), root.models_dir,
-                                                     f"early-{uuid.uuid4().hex[:12]}", sharing))
+                started = _EarlyStart(runner, *_make_engines(runner, config, root.models_dir,
+                                                             f"early-{uuid.uuid4().hex[:12]}",
+                                                             engine_sharing(stages, config, stage_by_stage=True)))
                 _EARLY[key] = started
                 started.engines.begin([first.role])
     except Exception as e:      # the build checks the same things and reports them in its own way
