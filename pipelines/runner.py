@@ -65,9 +65,6 @@ def choose_runner(runner: str, ray_address: Optional[str]) -> tuple[str, str]:
         return runner, "execution.runner=" + runner
     if ray_address:
         return "ray", "auto: a Ray cluster address is set"
-    ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
-        return "ray", "auto: this process is already connected to Ray"
     if gpu_present():
         return "ray", "auto: a GPU is present"
     if int(os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU") or 0) > 0:
@@ -75,6 +72,10 @@ def choose_runner(runner: str, ray_address: Optional[str]) -> tuple[str, str]:
     cores = usable_cores()
     if cores > SMALL_BOX_CORES:
         return "ray", f"auto: {cores} CPU cores"
+    # last: the Prefect path's early_start may have started Ray for this same choice; the reason is the one above
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        return "ray", "auto: this process is already connected to Ray"
     return "local", (f"auto: {cores} CPU core{'s' if cores > 1 else ''} and no GPU, where Ray's own processes would "
                      f"slow the engine; execution.runner=ray to use Ray anyway")
 
