@@ -39,7 +39,7 @@ def cmd_build(args) -> int:
         overrides.append(f"storage.root={args.data}")
     config = load_recipe(args.recipe, overrides)
     path = new_log_path(data_root(config), f"build-{config.dataset}")
-    _terminate_like_interrupt()
+    _interrupt_on_signals()
     with quiet_console(path, verbose=args.verbose):
         say = logging.getLogger("errata.build").info
         say(f"building {config.dataset} (method {config.method}); full log: {path}")
@@ -74,7 +74,7 @@ def cmd_build(args) -> int:
     return 0
 
 
-def _terminate_like_interrupt() -> None:
+def _interrupt_on_signals() -> None:
     """SIGTERM (`kill`, a scheduler, a container stop) stops a build the way Ctrl-C does: the engines, Ray and
     Prefect's temporary server are shut down, finished shards are kept. (Ray's own handler exits at once and
     left Prefect's server and two Ray agents running; start_ray keeps this handler.) Both signals also tell the

@@ -141,11 +141,11 @@ class EngineHost:
             except EngineError as e:   # the engine died under us: start a new one and resubmit the batch
                 if not _STOPPING.is_set():
                     await asyncio.sleep(RESTART_GRACE_S)   # a Ctrl-C that killed it reaches errata's handler too
+                if _STOPPING.is_set():
+                    raise
                 if self._engine is not engine:   # another batch on the same engine saw it die and replaced it
-                    if _STOPPING.is_set():
-                        raise
                     continue
-                if self.restarts >= self.restart_limit or _STOPPING.is_set():
+                if self.restarts >= self.restart_limit:
                     raise
                 self.restarts += 1
                 log.warning("engine %s died (%s); restarting it (%d/%d) and resubmitting %d request(s)",
