@@ -140,7 +140,7 @@ def bench_rollouts(n_tasks: int, concurrency: int, max_steps: int, max_tokens: i
     from stages.engines.config import EngineConfig
     from stages.engines.host import LocalEngines
     from stages.envs.spec import EnvSpec
-    from stages.rollout import RolloutConfig, RolloutStage
+    from pipelines.methods.agent_rollout.rollout_stages import RolloutConfig, RolloutStage
     from stages.tasks import env_problems
 
     spec = EnvSpec(kind="craft", config={"generate": {"seed": 0, "depth": 3}, "max_goal_depth": 2,

@@ -3,7 +3,7 @@
 
 Reports (bench/results/lemma.json):
 - problems per minute (build wall time, engine start included) and the yield per stage
-  (stages.lemma.summary.lemma_yield);
+  (pipelines.methods.lemma.summary.lemma_yield);
 - teacher tokens (completion tokens of judge, injections, judge_injections, revise) per kept revision, over all
   kept revisions and over the kept revisions a teacher wrote (the rules revisions cost no tokens);
 - the judge's first-error accuracy on the rules-labelled injections (exact and within one step).
@@ -37,7 +37,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="more recipe overrides")
     args = ap.parse_args()
     from pipelines.catalog import Catalog
-    from stages.lemma.summary import TEACHER_STAGES, judge_accuracy, lemma_yield
+    from pipelines.methods.lemma.summary import TEACHER_STAGES, judge_accuracy, lemma_yield
 
     sets = [f"tasks.count={args.problems}", f"tasks.max_steps={args.max_steps}", f"generate.n={args.samples}",
             "execution.shard_size=8", *args.set]

@@ -63,7 +63,7 @@ def ceiling(client, n_trees: int, children: int, max_tokens: int, rounds: int = 
 
 def bench(n_trees: int, seq_trees: int, iterations: int, children: int, max_depth: int, max_tokens: int) -> dict:
     from pipelines.files import Root
-    from stages.agent_r import MCTSConfig, MCTSStage
+    from pipelines.methods.agent_r.search_stages import MCTSConfig, MCTSStage
     from stages.base import StageContext
     from stages.engines.base import GenerationRequest, SamplingParams
     from stages.engines.config import EngineConfig

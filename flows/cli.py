@@ -166,7 +166,7 @@ def cmd_versions(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from schemas.tables import id_column
+    from schemas.registry import id_column
     catalog = _catalog(args)
     m = catalog.resolve(args.ref)
     if args.id:
@@ -262,20 +262,19 @@ def cmd_export(args) -> int:
 
 
 def cmd_recipes(args) -> int:
-    from pipelines.config import RECIPES_DIR, read_yaml_mapping, recipe_names
-    from pipelines.methods import methods
+    from pipelines.config import builtin_recipes, read_yaml_mapping
+    from schemas.registry import methods
     print("methods (a recipe's `method:` selects its stages):")
     for name, m in sorted(methods().items()):
         print(f"  {name:<16} {m.description}  [stages: {' -> '.join(m.stage_names())}; roles: "
               f"{', '.join(m.roles)}]")
     print("recipes (errata build NAME):")
-    for n in recipe_names():
-        path = RECIPES_DIR / f"{n}.yaml"
+    for n, path in builtin_recipes().items():
         try:
             d = read_yaml_mapping(path, "")
         except ErrataError:
             d = {}
-        print(f"  {n:<16} {d.get('method', 'sample_verify'):<14} {d.get('description', '')}  ({path})")
+        print(f"  {n:<16} {d.get('method', 'sample_verify'):<14} {d.get('description', '')}  ({os.path.relpath(path)})")
     return 0
 
 

@@ -31,14 +31,13 @@ from pipelines.chain import check_chain
 from pipelines.config import RecipeConfig, data_root
 from pipelines.files import Root
 from pipelines.inputs import input_tables, load_inputs, shard_inputs
-from pipelines.methods import Method, get_method
 from pipelines.publish import publish as publish_version
 from pipelines.runner import LocalRunner, RayRunner, choose_runner, run_global_stage, start_ray
 from pipelines.staging import Staging
 from schemas.errors import StorageError
 from schemas.manifest import Manifest
-from schemas.tables import ERRORS
-from stages.base import Stage, StageStats
+from schemas.registry import ERRORS, Method, get_method
+from stages.base import Stage, StageContext, StageStats
 from stages.engines.config import engines_sharing
 
 Log = Callable[[str], None]
@@ -64,10 +63,15 @@ def code_version() -> str:
     return v
 
 
+def make_stages(method: Method, config: RecipeConfig, run_id: str = "") -> list[Stage]:
+    """Stage objects for this recipe (cheap: no engine or worker starts)."""
+    ctx = StageContext(run_id=run_id, method=config.method, engines=dict(config.engines))
+    return [s.stage(config.stage_config(s.name), name=s.name, context=ctx) for s in method.stages]
+
+
 def check_recipe(config: RecipeConfig) -> list[Stage]:
     """The recipe's stages, after checking the chain (tables, columns, roles). No engine starts."""
-    method = get_method(config.method)
-    stages = method.make_stages(config)
+    stages = make_stages(get_method(config.method), config)
     check_chain(stages, input_tables(config.tasks), list(config.engines))
     return stages
 
@@ -105,7 +109,7 @@ class BuildPlan:
         return self.staging.build_key
 
     def make_stages(self) -> list[Stage]:
-        return self.method.make_stages(self.config, self.run_id)
+        return make_stages(self.method, self.config, self.run_id)
 
     def pending(self, stage: str) -> list[int]:
         return [s for s in self.shard_ids if not self.staging.done(s, stage)]

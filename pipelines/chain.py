@@ -5,7 +5,7 @@ table and column."""
 from __future__ import annotations
 
 from schemas.errors import ConfigError
-from schemas.tables import get_table
+from schemas.registry import get_table
 from stages.base import Stage
 
 

@@ -17,7 +17,7 @@ import hashlib
 from functools import lru_cache
 from typing import Any, Callable
 
-from pipelines.export import ExportSpec
+from schemas.registry import ExportSpec
 from schemas.errors import ConfigError
 
 IGNORE = -100

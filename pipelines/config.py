@@ -3,7 +3,7 @@
 A recipe is YAML mapped onto the typed model of its method (pipelines/methods.py): the common sections (dataset,
 method, tasks, limit, engines, execution, storage) plus one section per stage of the method, named after the stage
 and typed by the stage's own options class (which lives beside the stage). `load_recipe("demo", ["generate.n=8"])`
-finds the built-in recipe `pipelines/recipes/demo.yaml` (or takes a path), applies overrides, validates, and raises
+finds the built-in recipe `pipelines/methods/sample_verify/recipes/demo.yaml` (or takes a path), applies overrides, validates, and raises
 ConfigError naming the offending key on any problem.
 """
 from __future__ import annotations
@@ -16,15 +16,15 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
 
 from schemas.errors import ConfigError
+from schemas.registry import Method, get_method, methods
 from stages.engines.config import EMBEDDED_MODEL, EngineConfig  # noqa: F401  (re-exported)
 from stages.envs.spec import EnvSpec
 from stages.options import Options
 from stages.tasks import TaskSourceConfig
 
-RECIPES_DIR = Path(__file__).parent / "recipes"
 DEFAULT_METHOD = "sample_verify"
 
 
@@ -122,8 +122,18 @@ class RecipeConfig(Options):
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def builtin_recipes() -> dict[str, Path]:
+    """Recipe name -> file, from every registered method's `recipes/` folder."""
+    out: dict[str, Path] = {}
+    for m in methods().values():
+        if m.home is not None:
+            for p in sorted((Path(m.home) / "recipes").glob("*.yaml")):
+                out.setdefault(p.stem, p)
+    return dict(sorted(out.items()))
+
+
 def recipe_names() -> list[str]:
-    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+    return list(builtin_recipes())
 
 
 def _parse_value(text: str) -> Any:
@@ -194,8 +204,8 @@ def resolve_recipe_path(recipe: str) -> Path:
         if not p.exists():
             raise ConfigError(f"recipe file not found: {p}")
         return p
-    builtin = RECIPES_DIR / f"{recipe}.yaml"
-    if not builtin.exists():
+    builtin = builtin_recipes().get(recipe)
+    if builtin is None:
         raise ConfigError(f"unknown recipe '{recipe}': not a file and not a built-in recipe "
                           f"(built-in: {', '.join(recipe_names())})")
     return builtin
@@ -212,9 +222,23 @@ def read_yaml_mapping(path: Path, what: str) -> dict:
     return data
 
 
-def recipe_model(method: str) -> type[RecipeConfig]:
-    from pipelines.methods import get_method
-    return get_method(method).recipe_model()
+_MODELS: dict[tuple[str, int], type[RecipeConfig]] = {}
+
+
+def recipe_model(method: str | Method) -> type[RecipeConfig]:
+    """The typed recipe of a method: the common sections plus one section per stage, typed by the stage's options."""
+    m = get_method(method) if isinstance(method, str) else method
+    key = (m.name, id(m))
+    if key not in _MODELS:
+        sections = {s.name: (s.stage.config_class,
+                             Field(default_factory=s.stage.config_class,
+                                   description=f"stage '{s.name}' ({s.stage.kind}): {s.stage.description}"))
+                    for s in m.stages}
+        model = create_model(f"Recipe_{m.name}", __base__=RecipeConfig, **sections)
+        model.roles = tuple(m.roles)
+        model.stage_sections = tuple(sections)
+        _MODELS[key] = model
+    return _MODELS[key]
 
 
 def load_recipe(recipe: str, overrides: list[str] | tuple[str, ...] = ()) -> RecipeConfig:

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections import defaultdict
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -23,123 +22,30 @@ from pipelines.catalog import Catalog
 from pipelines.files import Root
 from schemas.errors import ConfigError, StorageError
 from schemas.manifest import Manifest
+from schemas.registry import ExportSpec, get_export, get_method, methods, registered_exports
 
 MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 
 
-@dataclass(frozen=True)
-class ExportSpec:
-    name: str
-    reads: tuple[str, ...]
-    description: str
-    schema: pa.Schema
-    convert: Callable[[dict[str, list[dict]], str, dict[str, Any]], list[dict]]   # tables, source ref, options
-    trl_format: str = ""          # what the card says TRL sees
-    options: dict[str, str] = field(default_factory=dict)   # option -> description
-    # options -> facts recorded with the export (card and export_metadata.json), e.g. the tokenizer and its
-    # chat template's hash of a pre-tokenized export; None: nothing beyond the card
-    metadata: Callable[[dict[str, Any]], dict[str, Any]] | None = None
-
-
-_EXPORTS: dict[str, ExportSpec] = {}
-
-
-def register_export(spec: ExportSpec) -> ExportSpec:
-    _EXPORTS[spec.name] = spec
-    return spec
-
-
-def get_export(name: str) -> ExportSpec:
-    try:
-        return _EXPORTS[name]
-    except KeyError:
-        raise ConfigError(f"unknown export '{name}' (registered: {', '.join(sorted(_EXPORTS))})") from None
-
-
-def registered_exports() -> dict[str, ExportSpec]:
-    return dict(_EXPORTS)
-
-
 def known_formats() -> list[str]:
     """Every --format a version may be exported as: the methods' aliases and the registered exports."""
-    from pipelines.methods import methods
-    return sorted({a for m in methods().values() for a in m.exports} | set(_EXPORTS))
+    return sorted({a for m in methods().values() for a in m.exports} | set(registered_exports()))
 
 
 def export_for(m: Manifest, fmt: str) -> ExportSpec:
     """The export serving `fmt` for this version: the method's choice for an alias (sft, dpo), or a registered
     export by name."""
-    from pipelines.methods import get_method
     try:
         aliases = get_method(m.method).exports
     except ConfigError:
         aliases = {}
     if fmt in aliases:
         return get_export(aliases[fmt])
-    if fmt in _EXPORTS:
-        return _EXPORTS[fmt]
-    known = sorted(set(aliases) | set(_EXPORTS))
+    exports = registered_exports()
+    if fmt in exports:
+        return exports[fmt]
+    known = sorted(set(aliases) | set(exports))
     raise ConfigError(f"unknown export format '{fmt}' for {m.ref} (method {m.method}; known: {', '.join(known)})")
-
-
-# --- sample_verify: attempts ------------------------------------------------------------------------------------
-def _kept(a: dict) -> bool:
-    return a.get("drop_reason") is None and a.get("is_correct") is not None
-
-
-def sft_row(attempt: dict, source_version: str) -> dict[str, Any]:
-    """A verified-correct attempt as one conversational SFT example."""
-    return {"messages": [{"role": "user", "content": attempt["prompt"]},
-                         {"role": "assistant", "content": attempt["completion"]}],
-            "problem_id": attempt["problem_id"], "attempt_id": attempt["attempt_id"],
-            "source_version": source_version}
-
-
-def dpo_row(chosen: dict, rejected: dict, source_version: str) -> dict[str, Any]:
-    """A correct (chosen) and an incorrect (rejected) attempt of the same problem as one DPO pair."""
-    if chosen["problem_id"] != rejected["problem_id"]:
-        raise ValueError("a DPO pair must come from one problem")
-    return {"prompt": [{"role": "user", "content": chosen["prompt"]}],
-            "chosen": [{"role": "assistant", "content": chosen["completion"]}],
-            "rejected": [{"role": "assistant", "content": rejected["completion"]}],
-            "pair_source": "correct_vs_incorrect",
-            "margin": float((chosen.get("reward") or 0.0) - (rejected.get("reward") or 0.0)),
-            "problem_id": chosen["problem_id"], "chosen_id": chosen["attempt_id"],
-            "rejected_id": rejected["attempt_id"], "source_version": source_version}
-
-
-def sft_attempt_rows(tables: dict[str, list[dict]], source: str, options: dict[str, Any]) -> list[dict]:
-    keep = [a for a in tables["attempts"] if _kept(a) and a["is_correct"]]
-    keep.sort(key=lambda a: (a["problem_id"], a["sample_index"]))
-    return [sft_row(a, source) for a in keep]
-
-
-def dpo_attempt_rows(tables: dict[str, list[dict]], source: str, options: dict[str, Any]) -> list[dict]:
-    max_pairs = int(options.get("max_pairs_per_problem", 1))
-    by_problem: dict[str, dict[bool, list[dict]]] = defaultdict(lambda: {True: [], False: []})
-    for a in tables["attempts"]:
-        if _kept(a):
-            by_problem[a["problem_id"]][bool(a["is_correct"])].append(a)
-    out = []
-    for pid in sorted(by_problem):
-        good = sorted(by_problem[pid][True], key=lambda a: a["sample_index"])
-        bad = sorted(by_problem[pid][False], key=lambda a: a["sample_index"])
-        for c, r in list(zip(good, bad))[:max_pairs]:
-            out.append(dpo_row(c, r, source))
-    return out
-
-
-SFT_SCHEMA = pa.schema([("messages", MESSAGES), ("problem_id", pa.string()), ("attempt_id", pa.string()),
-                        ("source_version", pa.string())])
-DPO_SCHEMA = pa.schema([("prompt", MESSAGES), ("chosen", MESSAGES), ("rejected", MESSAGES),
-                        ("pair_source", pa.string()), ("margin", pa.float64()), ("problem_id", pa.string()),
-                        ("chosen_id", pa.string()), ("rejected_id", pa.string()), ("source_version", pa.string())])
-
-register_export(ExportSpec("sft_attempts", ("attempts",), "verified-correct attempts as user/assistant messages",
-                           SFT_SCHEMA, sft_attempt_rows, "conversational language-modeling (`messages`)"))
-register_export(ExportSpec("dpo_attempts", ("attempts",), "a correct and an incorrect attempt of one problem",
-                           DPO_SCHEMA, dpo_attempt_rows, "preference (`prompt`, `chosen`, `rejected`)",
-                           {"max_pairs_per_problem": "pairs per problem (default 1)"}))
 
 
 # --- running an export ------------------------------------------------------------------------------------------

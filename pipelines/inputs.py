@@ -13,7 +13,7 @@ from typing import Any
 from pipelines.catalog import Catalog
 from pipelines.files import Root
 from schemas.errors import ConfigError, InputError
-from schemas.tables import get_table
+from schemas.registry import get_table
 from stages.tasks import TaskSourceConfig, load_problems
 
 

@@ -14,7 +14,7 @@ from pipelines.catalog import MANIFEST, Catalog
 from pipelines.staging import INPUT, Staging, table_from_rows
 from schemas.errors import StorageError
 from schemas.manifest import FileEntry, Manifest, TableEntry
-from schemas.tables import ERRORS, get_table
+from schemas.registry import ERRORS, get_table
 
 
 def publish(staging: Staging, catalog: Catalog, shard_ids: list[int], stages: list[str], tables: list[str],

@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from pipelines.files import Root
 from schemas.rows import to_table
-from schemas.tables import ERRORS, get_table
+from schemas.registry import ERRORS, get_table
 
 SUCCESS = "_SUCCESS"
 INPUT = "input"

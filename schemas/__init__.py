@@ -2,7 +2,7 @@
 from schemas.errors import (ConfigError, EngineError, ErrataError, InputError, RowError, StorageError,
                             TransientEngineError, VersionNotFound)
 from schemas.rows import Attempt, ErrorRecord, Problem, Step, arrow_schema, make_id, to_table
-from schemas.tables import TableSpec, get_table, register_table, registered_tables
+from schemas.registry import TableSpec, get_table, register_table, registered_tables
 from schemas import agent_rows  # noqa: E402,F401  (registers the agent tables: trajectories)
 
 __all__ = ["ErrataError", "ConfigError", "InputError", "EngineError", "TransientEngineError", "StorageError",

@@ -6,7 +6,7 @@ same turns as parsed steps: the raw model text beside the parsed thought and act
 observation, reward, done and whether the env called the action invalid. Exports keep the loss flags end to end.
 
 An episode that failed (the env died, a request failed, the context could not fit) is not a trajectory: it is an
-`errors` row of the rollout stage with the partial trajectory as its raw output (see stages/rollout.py).
+`errors` row of the rollout stage with the partial trajectory as its raw output (see pipelines/methods/agent_rollout/rollout_stages.py).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from schemas.rows import Lineage
-from schemas.tables import TableSpec, register_table
+from schemas.registry import TableSpec, register_table
 
 
 @dataclass

@@ -31,7 +31,7 @@ from typing import Optional
 
 from schemas.agent_rows import Message
 from schemas.rows import Lineage
-from schemas.tables import TableSpec, register_table
+from schemas.registry import TableSpec, register_table
 
 
 @dataclass

@@ -8,7 +8,7 @@ operands and the result of the one calculation each step writes out ("a * b = c"
 the question (``question``), the result of an earlier step (``step``, with its 1-based index), or a number the
 question implies in words (``constant``, with a role: ``half`` for "half as old", ``count`` for "their three
 ages", ``percent`` for the 100 in a percentage). Operations apply left to right: ``ops=("*", "/")`` over
-``(price, pct, 100)`` is ``price * pct / 100``. The injector in stages/lemma/rules_injector.py uses this to
+``(price, pct, 100)`` is ``price * pct / 100``. The injector in pipelines/methods/lemma/rules_injector.py uses this to
 make errors whose effect it can recompute exactly.
 
 How a row carries it: `builtin_problems` rows have a ``gold_steps_json`` field (a JSON list, see

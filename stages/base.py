@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Optional
 
 from schemas.rows import make_id, utcnow
-from schemas.tables import ERRORS, get_table
+from schemas.registry import ERRORS, get_table
 from stages.options import NoOptions, Options
 
 

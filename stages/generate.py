@@ -40,7 +40,7 @@ def attempt_row(stage: LLMMixin, attempt_id: str, problem_id: str, sample_index:
 
 
 class GenerateConfig(LLMOptions):
-    template: str = Field("math_step_by_step", description="prompt template name (stages/prompts/<name>.txt)")
+    template: str = Field("math_step_by_step", description="prompt template name (a <name>.txt in stages/prompts/ or the method's prompts/)")
     n: int = Field(4, ge=1, description="samples per problem")
 
 

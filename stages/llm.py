@@ -25,7 +25,7 @@ from stages.prompts import PromptTemplate, load_template
 
 class LLMOptions(Options):
     role: str = Field("student", description="engine role this stage uses (a key of the recipe's `engines`)")
-    template: str = Field("", description="prompt template name (stages/prompts/<name>.txt)")
+    template: str = Field("", description="prompt template name (a <name>.txt in stages/prompts/ or the method's prompts/)")
     system_prompt: Optional[str] = Field(None, description="optional system message")
     temperature: float = Field(0.7, ge=0, description="sampling temperature")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from schemas.rows import Lineage
-from schemas.tables import TableSpec, register_table
+from schemas.registry import TableSpec, register_table
 from stages.base import ExpandStage, Failed
 from stages.engines.base import GenerationRequest
 from stages.llm import LLMMixin, LLMOptions

@@ -92,7 +92,7 @@ def catalog(data_root):
 
 def with_extra_stage(name: str, stage: type, after: str | None = None):
     """Register a test method: sample_verify with `stage` inserted after the stage named `after` (or at the end)."""
-    from pipelines.methods import Method, StageSpec, get_method, register_method
+    from schemas.registry import Method, StageSpec, get_method, register_method
     base = get_method("sample_verify")
     stages = list(base.stages)
     at = len(stages) if after is None else [s.name for s in stages].index(after) + 1
@@ -103,7 +103,7 @@ def with_extra_stage(name: str, stage: type, after: str | None = None):
 @pytest.fixture
 def methods_restored():
     """Test methods registered inside a test are unregistered after it."""
-    from pipelines.methods import _METHODS, methods
+    from schemas.registry import _METHODS, methods
     methods()       # the built-in methods load once per process: load them before saving, or the restore drops them
     saved = dict(_METHODS)
     yield

@@ -10,7 +10,7 @@ Built-in scripts read the gold answer from a marker in the prompt, `[gold=<answe
 - `no_answer`: step lines and no final answer line.
 - `truncated`: a cut-off text with finish_reason "length".
 - `reviewer`: `mixed`, but answers self-check prompts with a verdict and retry prompts with a correct solution.
-- `lemma`: `mixed` for solving prompts; plays LEMMA's teacher on its prompts (stages/prompts/lemma_*.txt): the
+- `lemma`: `mixed` for solving prompts; plays LEMMA's teacher on its prompts (pipelines/methods/lemma/prompts/lemma_*.txt): the
   judge names step 2 (or the last step) as the first wrong one, a calculation_error ("Verdict: correct" when the
   question carries `[judge=correct]`, an unparseable reply with `[judge=garbage]`); the injector writes a solution
   whose answer is gold + 1 with an <explanation>; fix/restart prompts get the prefix copied, the asked transition

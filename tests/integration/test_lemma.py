@@ -8,9 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.catalog import Catalog
-from stages.lemma.revisions import mentions_forbidden
-from stages.lemma.summary import judge_accuracy
-from stages.lemma.taxonomy import TRANSITION_PHRASES, check_transition_after
+from pipelines.methods.lemma.revision_checks import mentions_forbidden
+from pipelines.methods.lemma.summary import judge_accuracy
+from pipelines.methods.lemma.taxonomy import TRANSITION_PHRASES, check_transition_after
 from tests.conftest import MODELS_DIR, REPO, errata
 
 pytestmark = pytest.mark.integration

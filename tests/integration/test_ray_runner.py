@@ -210,7 +210,7 @@ def test_engine_actor_killed_mid_use_is_restarted_and_the_call_resubmitted(data_
 def test_one_engine_actor_per_distinct_model_on_ray(tmp_path, data_root):
     """Three LLM roles, two with the same settings: two engine actors, each started once, in a streaming build."""
     from pipelines.config import validate_recipe
-    from pipelines.methods import Method, StageSpec, register_method
+    from schemas.registry import Method, StageSpec, register_method
     from stages.generate import GenerateStage
     from tests.conftest import write_gsm8k_style
     from tests.check_stage import CheckStage

@@ -10,12 +10,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from flows.cli import main
-from pipelines.agent_exports import (SFT_TRAJ_SCHEMA, selected, sft_trajectory_row, sft_trajectory_rows,
+from pipelines.methods.agent_rollout.exports import (SFT_TRAJ_SCHEMA, selected, sft_trajectory_row, sft_trajectory_rows,
                                      sft_tokenized_rows)
 from pipelines.build import build
 from pipelines.catalog import Catalog
 from pipelines.chat_tokens import IGNORE, message_spans, tokenize_conversation
-from pipelines.export import export, get_export
+from pipelines.export import export
+from schemas.registry import get_export
 from schemas.errors import ConfigError
 from stages.agents.tokens import load_tokenizer
 from stages.engines.model_prep import embedded_model_dir

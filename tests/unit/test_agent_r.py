@@ -12,17 +12,17 @@ import pyarrow.parquet as pq
 import pytest
 
 from flows.cli import main
-from pipelines.agent_r_exports import dpo_rows, general_needed, sft_row, sft_rows, sft_tokenized_rows
-from pipelines.agent_exports import sft_trajectory_row
+from pipelines.methods.agent_r.exports import dpo_rows, general_needed, sft_row, sft_rows, sft_tokenized_rows
+from pipelines.methods.agent_rollout.exports import sft_trajectory_row
 from pipelines.build import build
 from pipelines.catalog import Catalog
 from pipelines.chat_tokens import IGNORE, message_spans
 from pipelines.config import load_recipe, validate_recipe
 from pipelines.export import export
 from schemas.errors import ConfigError
-from stages.agent_r import pair_from_row, trees_from_tables
-from stages.agent_r_revision import SpliceConfig, environment_name
-from stages.agents.splice import REVISION_SIGNALS, revision_turn
+from pipelines.methods.agent_r.search_stages import pair_from_row, trees_from_tables
+from pipelines.methods.agent_r.revision_stages import SpliceConfig, environment_name
+from pipelines.methods.agent_r.splice import REVISION_SIGNALS, revision_turn
 from stages.agents.tokens import load_tokenizer
 from stages.engines.fake_engine import register_script, request_text
 from stages.engines.model_prep import embedded_model_dir
@@ -272,7 +272,7 @@ def test_a_later_round_starts_from_the_previous_version(built, data_root):
 
 # ---- signals ------------------------------------------------------------------------------------------------------
 def test_every_revision_signal_is_used():
-    from stages.agents.splice import choose_signal
+    from pipelines.methods.agent_r.splice import choose_signal
     assert len(REVISION_SIGNALS) >= 20 and len(set(REVISION_SIGNALS)) == len(REVISION_SIGNALS)
     drawn = Counter(choose_signal(f"pair-{k}")[0] for k in range(2000))
     assert set(drawn) == set(range(len(REVISION_SIGNALS)))
@@ -357,7 +357,7 @@ def test_dpo_export_at_the_divergence_parent(built, data_root, tmp_path):
         assert ch["parent_id"] == rj["parent_id"] == div["node_id"] and ch["node_id"] != rj["node_id"]
         assert row["chosen"] == [{"role": "assistant", "content": ch["raw_text"]}]
         assert row["rejected"] == [{"role": "assistant", "content": rj["raw_text"]}]
-        from stages.agents.tree import path_messages
+        from pipelines.methods.agent_r.tree import path_messages
         tree = trees[div["tree_id"]]
         want = [{"role": x["role"], "content": x["content"]} for x in path_messages(tree, tree.node(div["node_id"]))]
         assert row["prompt"] == want and row["prompt"][-1]["role"] == "user"

@@ -10,9 +10,9 @@ import string
 import pytest
 
 from agent_r_toys import RandomWalker, Scripted, SnapLineWorld, line_task, parse_action, turn
-from stages.agents.judge import JudgeSettings, StepJudge, first_error_walk, judge_prompt, parse_judgement
-from stages.agents.mcts import MCTSSettings, search_tree
-from stages.agents.pairs import PairSettings, divergence, leaf_value, make_pairs, sorted_leaves
+from pipelines.methods.agent_r.step_judge import JudgeSettings, StepJudge, first_error_walk, judge_prompt, parse_judgement
+from pipelines.methods.agent_r.mcts import MCTSSettings, search_tree
+from pipelines.methods.agent_r.pairs import PairSettings, divergence, leaf_value, make_pairs, sorted_leaves
 
 
 def tree_of(k=0, **cfg):

@@ -10,12 +10,12 @@ from typing import Optional
 import pytest
 
 import pipelines.build as build_mod
-from pipelines.build import build, plan_build, run_build
+from pipelines.build import build, make_stages, plan_build, run_build
 from pipelines.config import validate_recipe
-from pipelines.methods import Method, StageSpec, get_method, register_method
+from schemas.registry import Method, StageSpec, get_method, register_method
 from schemas.errors import InputError
 from schemas.rows import Lineage
-from schemas.tables import TableSpec, register_table
+from schemas.registry import TableSpec, register_table
 from stages.base import MapStage
 from stages.generate import GenerateStage
 from stages.verify import VerifyStage
@@ -116,7 +116,7 @@ def test_bad_input_fails_before_anything_is_written(fake_recipe, data_root, tmp_
 def test_ray_runner_runs_an_llm_stage_as_one_actor_with_shards_in_flight_calls(fake_recipe):
     from pipelines.runner import RayRunner
     cfg = fake_recipe(n=2)
-    stages = get_method(cfg.method).make_stages(cfg)
+    stages = make_stages(get_method(cfg.method), cfg)
     r = RayRunner(shards_in_flight=4, cpu_stage_concurrency=1)
     got = {s.name: r.resources([s]) for s in stages}
     assert got["generate"] == {"actors": 1, "calls": 4, "num_cpus": 0.01}    # threads waiting on the engine
@@ -263,7 +263,7 @@ def test_global_stage_runs_between_per_shard_stages_in_both_modes(tmp_path, data
 
 
 def test_self_correct_method_reviews_and_retries_wrong_attempts_with_one_engine(fake_recipe, data_root):
-    from stages.self_check import parse_verdict
+    from pipelines.methods.self_correct.self_check_stages import parse_verdict
     cfg = fake_recipe(n=4, n_samples=2, shard_size=2, script="reviewer", method="self_correct",
                       verify_retry={"only_unverified": True})
     m = build(cfg, progress=False).manifest

@@ -13,9 +13,9 @@ import pytest
 from pipelines.build import build
 from pipelines.catalog import Catalog
 from pipelines.config import validate_recipe
-from stages.lemma.revisions import FORBIDDEN_PHRASES
-from stages.lemma.summary import judge_accuracy, lemma_yield, type_histograms
-from stages.lemma.taxonomy import TRANSITION_PHRASES, check_transition_after
+from pipelines.methods.lemma.revision_checks import FORBIDDEN_PHRASES
+from pipelines.methods.lemma.summary import judge_accuracy, lemma_yield, type_histograms
+from pipelines.methods.lemma.taxonomy import TRANSITION_PHRASES, check_transition_after
 from tests.conftest import write_gsm8k_style
 
 
@@ -197,7 +197,7 @@ def test_sft_and_dpo_exports_of_revisions(data_root, tmp_path):
 # --- type weights ------------------------------------------------------------------------------------------------
 def test_type_weights_measured_uniform_explicit():
     from stages.base import StageStats
-    from stages.lemma.weights import TypeWeightsConfig, TypeWeightsStage
+    from pipelines.methods.lemma.type_weights_stages import TypeWeightsConfig, TypeWeightsStage
     js = ([{"target_table": "attempts", "verdict": "located", "error_type": "calculation_error"}] * 3
           + [{"target_table": "attempts", "verdict": "located", "error_type": "missing_step"}]
           + [{"target_table": "attempts", "verdict": "unparsed", "error_type": "missing_step"}] * 5      # not located

@@ -1,9 +1,9 @@
-"""stages.lemma.inject_parse: splitting an injected solution from its explanation, and the injection filter."""
+"""pipelines.methods.lemma.injection_reply: splitting an injected solution from its explanation, and the injection filter."""
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stages.lemma.inject_parse import injection_drop_reason, parse_injection, same_answer
+from pipelines.methods.lemma.injection_reply import injection_drop_reason, parse_injection, same_answer
 
 
 def test_parse_injection_well_formed():

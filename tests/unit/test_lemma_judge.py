@@ -1,4 +1,4 @@
-"""stages.lemma.judge: the judge output format, robust parsing, parse rates, and a fuzz test."""
+"""pipelines.methods.lemma.judge_reply: the judge output format, robust parsing, parse rates, and a fuzz test."""
 import random
 import re
 
@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stages.lemma.judge import (UNPARSED_REASONS, VERDICTS, JudgeResult, format_judgement, parse_judgement,
+from pipelines.methods.lemma.judge_reply import (UNPARSED_REASONS, VERDICTS, JudgeResult, format_judgement, parse_judgement,
                                 parse_rates)
-from stages.lemma.taxonomy import ERROR_LABELS
+from pipelines.methods.lemma.taxonomy import ERROR_LABELS
 
 
 def located(raw, n=5):

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from stages.lemma.judge import format_judgement, parse_judgement
-from stages.lemma.inject_parse import parse_injection
-from stages.lemma.revisions import revision_drop_reason, smoothing_drop_reason
-from stages.lemma.taxonomy import ERROR_LABELS, TRANSITION_PHRASES, definition, format_label_list
+from pipelines.methods.lemma.judge_reply import format_judgement, parse_judgement
+from pipelines.methods.lemma.injection_reply import parse_injection
+from pipelines.methods.lemma.revision_checks import revision_drop_reason, smoothing_drop_reason
+from pipelines.methods.lemma.taxonomy import ERROR_LABELS, TRANSITION_PHRASES, definition, format_label_list
 from stages.prompts import load_template, template_names
 from stages.steps import number_steps, prefix_through, split_solution
 

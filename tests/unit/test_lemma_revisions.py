@@ -1,13 +1,13 @@
-"""stages.lemma.revisions: segments, prefix fidelity, transition and forbidden-phrase checks, smoothing checks."""
+"""pipelines.methods.lemma.revision_checks: segments, prefix fidelity, transition and forbidden-phrase checks, smoothing checks."""
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stages.lemma.revisions import (DROP_REASONS, FORBIDDEN_PHRASES, fix_continue_segments, fresh_restart_segments,
+from pipelines.methods.lemma.revision_checks import (DROP_REASONS, FORBIDDEN_PHRASES, fix_continue_segments, fresh_restart_segments,
                                     make_segments, mentions_forbidden, prefix_end, prefix_intact, prefix_segment,
                                     revision_drop_reason, segments_from_teacher, segments_text,
                                     smoothing_drop_reason, transition_count_after_prefix)
-from stages.lemma.taxonomy import TRANSITION_PHRASES
+from pipelines.methods.lemma.taxonomy import TRANSITION_PHRASES
 
 PREFIX = "The pens cost 3 * 4 = 12 dollars.\nThe pencils cost 5 * 2 = 12 dollars."
 T = TRANSITION_PHRASES[0]

@@ -1,7 +1,7 @@
-"""stages.lemma.taxonomy: labels, definitions, the label-drift mapping, transition phrases."""
+"""pipelines.methods.lemma.taxonomy: labels, definitions, the label-drift mapping, transition phrases."""
 import pytest
 
-from stages.lemma.taxonomy import (ERROR_LABELS, ERROR_TYPES, INJECTION_TYPES, LABEL_ALIASES, RULES_INJECTABLE,
+from pipelines.methods.lemma.taxonomy import (ERROR_LABELS, ERROR_TYPES, INJECTION_TYPES, LABEL_ALIASES, RULES_INJECTABLE,
                                    TRANSITION_PHRASES, canonical_label, check_transition_after, choose_transition,
                                    definition, find_transitions, format_label_list, lemma_injector_name)
 

@@ -1,4 +1,4 @@
-"""Agent-R's tree search (stages/agents/mcts.py) on a deterministic line world and scripted async policies."""
+"""Agent-R's tree search (pipelines/methods/agent_r/mcts.py) on a deterministic line world and scripted async policies."""
 from __future__ import annotations
 
 import asyncio
@@ -10,8 +10,8 @@ from pydantic import ValidationError
 
 from agent_r_toys import (DriftingLineWorld, LineWorld, RandomWalker, Scripted, SnapLineWorld, line_task,
                           parse_action, turn)
-from stages.agents.mcts import INVALID_ACTION, MCTSSettings, env_reply, search_many, search_tree, select_child, uct
-from stages.agents.tree import Node, path_messages, path_to, total_stats, tree_from_rows, tree_rows, tree_summary
+from pipelines.methods.agent_r.mcts import INVALID_ACTION, MCTSSettings, env_reply, search_many, search_tree, select_child, uct
+from pipelines.methods.agent_r.tree import Node, path_messages, path_to, total_stats, tree_from_rows, tree_rows, tree_summary
 
 
 def run(coro):

@@ -10,7 +10,7 @@ import pytest
 from pipelines.build import build, plan_build
 from pipelines.chain import check_chain
 from pipelines.config import validate_recipe
-from pipelines.methods import Method, StageSpec, register_method
+from schemas.registry import Method, StageSpec, register_method
 from schemas.errors import ConfigError, InputError
 from stages.base import MapStage, StageContext
 from stages.generate import GenerateStage

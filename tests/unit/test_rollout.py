@@ -14,14 +14,14 @@ from pipelines.catalog import Catalog
 from pipelines.config import load_recipe, validate_recipe
 from schemas.errors import ConfigError
 from schemas.rows import to_table
-from schemas.tables import get_table
+from schemas.registry import get_table
 from stages.agents.react import initial_messages
 from stages.base import StageContext
 from stages.engines.config import EngineConfig
 from stages.engines.fake_engine import FakeFailure, register_script
 from stages.envs.craft import CraftEnv
 from stages.envs.spec import EnvSpec, read_task_record
-from stages.rollout import RolloutConfig, RolloutStage, opening_matches_template
+from pipelines.methods.agent_rollout.rollout_stages import RolloutConfig, RolloutStage, opening_matches_template
 from stages.tasks import TaskSourceConfig, env_problems, load_problems
 from tests.helpers import Harness
 

@@ -1,4 +1,4 @@
-"""stages.lemma.rules_injector: mechanical errors with exact first-error steps and fix & continue revisions."""
+"""pipelines.methods.lemma.rules_injector: mechanical errors with exact first-error steps and fix & continue revisions."""
 import re
 from collections import Counter
 from fractions import Fraction
@@ -8,9 +8,9 @@ import pytest
 from stages.answers import extract_answer
 from stages.arithmetic import builtin_problems
 from stages.gold_steps import apply_ops, gold_steps
-from stages.lemma.revisions import revision_drop_reason
-from stages.lemma.rules_injector import SUPPORTED_TYPES, UNSUPPORTED_TYPES, candidate_mutations, inject_error
-from stages.lemma.taxonomy import ERROR_LABELS, TRANSITION_PHRASES, check_transition_after, find_transitions
+from pipelines.methods.lemma.revision_checks import revision_drop_reason
+from pipelines.methods.lemma.rules_injector import SUPPORTED_TYPES, UNSUPPORTED_TYPES, candidate_mutations, inject_error
+from pipelines.methods.lemma.taxonomy import ERROR_LABELS, TRANSITION_PHRASES, check_transition_after, find_transitions
 from stages.steps import number_steps, split_solution
 
 _EXPR = re.compile(r"(?<!\d)(\d+(?: [-+*/] \d+)+) = (\d+)(?!\d)")

@@ -42,7 +42,7 @@ def build_rows(recipe: str, root: str) -> dict[str, dict]:
     from pipelines.build import build
     from pipelines.catalog import Catalog
     from pipelines.config import load_recipe
-    from schemas.tables import id_column
+    from schemas.registry import id_column
 
     scripts, extra = RECIPES[recipe]
     sets = [f"storage.root={root}", "execution.runner=local", *extra]

@@ -7,7 +7,8 @@ import pytest
 from flows.cli import main
 from pipelines.build import build
 from pipelines.catalog import Catalog
-from pipelines.export import dpo_attempt_rows, dpo_row, export, sft_attempt_rows
+from pipelines.export import export
+from pipelines.methods.sample_verify.exports import dpo_attempt_rows, dpo_row, sft_attempt_rows
 from pipelines.files import Root
 from pipelines.sql import SQLError, connect, fetch
 from schemas.errors import ConfigError, StorageError
@@ -114,7 +115,8 @@ def test_empty_export_is_a_clear_error(fake_recipe, data_root, tmp_path, capsys)
 def test_export_registry_errors(two_versions, tmp_path):
     with pytest.raises(ConfigError, match="unknown export format 'csv'.*known: .*dpo"):
         export(two_versions.root, "fake", "csv", str(tmp_path / "x"))
-    from pipelines.export import ExportSpec, SFT_SCHEMA, register_export, _EXPORTS
+    from pipelines.methods.sample_verify.exports import SFT_SCHEMA
+    from schemas.registry import _EXPORTS, ExportSpec, register_export
     register_export(ExportSpec("needs_revisions", ("attempts", "revisions"), "test", SFT_SCHEMA,
                                lambda t, s, o: []))
     try:

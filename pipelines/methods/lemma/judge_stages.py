@@ -1,0 +1,144 @@
+"""The LEMMA judges: `JudgeAttemptsStage` locates and types the first error of each verified-wrong attempt,
+`JudgeInjectionsStage` that of each kept injection (counting its accuracy on the rules labels); the teacher's
+answer is parsed by pipelines/methods/lemma/judge_reply.py."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import Field
+
+import pipelines.methods.lemma.rows  # noqa: F401  (registers injections, revisions, error_type_weights)
+from schemas.rows import make_id
+from stages.base import ExpandStage, Failed, ShardInfo, StageStats
+from stages.engines.base import GenerationRequest
+from pipelines.methods.lemma.judge_reply import parse_judgement
+from pipelines.methods.lemma.taxonomy import format_label_list
+from stages.llm import LLMMixin, LLMOptions
+from stages.steps import number_steps, split_solution
+
+
+class JudgeConfig(LLMOptions):
+    role: str = Field("teacher", description="engine role of the judge (a key of the recipe's `engines`)")
+    template: str = Field("lemma_judge", description="prompt template name (a <name>.txt in stages/prompts/ or the method's prompts/)")
+    temperature: float = Field(0.0, ge=0, description="sampling temperature (0: the judge's most likely answer)")
+    max_tokens: int = Field(128, ge=1, description="max new tokens of a judgement")
+    judge_role: str = Field("teacher", description="recorded on judgements: teacher, self or critic")
+
+
+class _JudgeBase(LLMMixin, ExpandStage):
+    """Shared by the two judges: numbered steps of `text_column`, the judge prompt, parse_judgement."""
+
+    config_class = JudgeConfig
+    target = "judgements"
+    text_column = ""
+    id_column = ""
+
+    def __init__(self, *a: Any, **k: Any):
+        super().__init__(*a, **k)
+        self._init_llm()
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), **self.llm_describe(), "judge_role": self.config.judge_role}
+
+    def todo(self, rows: list[dict], tables: dict, stats: StageStats) -> list[dict]:
+        raise NotImplementedError
+
+    def after(self, row: dict, judged: dict, stats: StageStats) -> None:
+        """Per judged row: extra counting."""
+
+    def expand(self, rows, tables, stats: StageStats, shard: ShardInfo):
+        problems = {p["problem_id"]: p for p in tables.get("problems", [])}
+        todo = self.todo(rows, tables, stats)
+        splits = {r[self.id_column]: split_solution(r.get(self.text_column) or "") for r in todo}
+        prompts = {}
+        for r in todo:
+            p = problems.get(r["problem_id"], {})
+            prompts[r[self.id_column]] = self.template.render(
+                question=p.get("question", ""), reference_solution=p.get("reference_solution") or
+                p.get("reference_answer") or "", numbered_steps=number_steps(splits[r[self.id_column]]),
+                labels=format_label_list())
+        reqs = [GenerationRequest(messages=self.messages(prompts[r[self.id_column]]),
+                                  sampling=self.sampling_params(n=1), request_id=r[self.id_column]) for r in todo]
+        results = dict(zip((r[self.id_column] for r in todo), self.call(reqs, shard, stats)))
+        key, model = self.generation_key(), self.model_label
+        out: list[list[dict] | Failed] = []
+        for r in rows:
+            rid = r[self.id_column]
+            if rid not in results:
+                out.append([])
+                continue
+            res = results[rid]
+            if not res.ok or not res.completions:
+                out.append(Failed(res.error_reason or "no_completions", res.error_message or "",
+                                  raw_input=json.dumps(prompts[rid])))
+                continue
+            text = res.completions[0].text
+            n_steps = len(splits[rid])
+            jr = parse_judgement(text, n_steps)
+            stats.count(jr.verdict)
+            stats.count("parse_ok" if jr.parse_ok else "unparsed_" + (jr.reason or "unknown"))
+            stats.count("type_parse_ok" if jr.type_parse_ok else "type_unparsed")
+            row = {"judgement_id": make_id(self.target_table_name, rid, key, prefix="j-"),
+                   "target_table": self.target_table_name, "target_id": rid, "problem_id": r["problem_id"],
+                   "judge_model": model, "judge_role": self.config.judge_role, "prompt_template": self.template.ref,
+                   "verdict": jr.verdict, "first_error_step": jr.first_error_step, "error_type": jr.error_type,
+                   "type_parse_ok": jr.type_parse_ok, "raw_text": text, "parse_ok": jr.parse_ok,
+                   "parse_error": jr.reason, "drop_reason": None, **self.lineage([rid])}
+            self.after(r, row, stats)
+            out.append([row])
+        return out
+
+    @property
+    def target_table_name(self) -> str:
+        return self.source
+
+
+class JudgeAttemptsStage(_JudgeBase):
+    kind = "lemma_judge"
+    description = "the teacher names the first wrong step and the error type of each verified-wrong attempt"
+    source = "attempts"
+    text_column, id_column = "completion", "attempt_id"
+    reads = {"attempts": ("attempt_id", "problem_id", "completion", "is_correct"),
+             "problems": ("problem_id", "question", "reference_solution", "reference_answer")}
+
+    def todo(self, rows, tables, stats):
+        wrong = [a for a in rows if a.get("is_correct") is False]
+        stats.count("not_wrong", len(rows) - len(wrong))
+        return wrong
+
+
+class JudgeInjectionsConfig(JudgeConfig):
+    judge_rules: bool = Field(True, description="judge the rules injections too, to measure the judge's "
+                                                "first-error accuracy on their exact labels (their revisions use "
+                                                "the exact step either way)")
+
+
+class JudgeInjectionsStage(_JudgeBase):
+    kind = "lemma_judge_injections"
+    description = ("the teacher locates the error of each kept injection; on rules injections its accuracy "
+                   "against the exact step is counted (labelled, exact, within_1)")
+    config_class = JudgeInjectionsConfig
+    source, append = "injections", True
+    text_column, id_column = "solution", "injection_id"
+    reads = {"injections": ("injection_id", "problem_id", "solution", "source", "first_error_step"),
+             "problems": ("problem_id", "question", "reference_solution", "reference_answer")}
+
+    def todo(self, rows, tables, stats):
+        if self.config.judge_rules:
+            return list(rows)
+        keep = [r for r in rows if r.get("source") != "rules"]
+        stats.count("skipped_rules", len(rows) - len(keep))
+        return keep
+
+    def after(self, row, judged, stats):
+        gold = row.get("first_error_step")
+        if row.get("source") == "rules" and gold:
+            stats.count("labelled")
+            got = judged["first_error_step"]
+            if got is not None:
+                stats.count("exact" if got == gold else "not_exact")
+                if abs(got - gold) <= 1:
+                    stats.count("within_1")
+            else:
+                stats.count("not_located")
