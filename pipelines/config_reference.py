@@ -123,11 +123,10 @@ def _table(rows: list[tuple[str, str, str, str]]) -> list[str]:
 
 
 def builtin_methods() -> dict:
-    """The built-in methods, in registration order: those whose stages all come from this project's packages (a
-    method a test or a third party registered in this process is left out)."""
-    from pipelines.methods import methods
-    return {name: m for name, m in methods().items()
-            if all(s.stage.__module__.split(".")[0] in ("stages", "pipelines") for s in m.stages)}
+    """The built-in methods (pipelines/methods/__init__.py), in that order, as registered."""
+    from pipelines.methods import BUILTIN
+    from schemas.registry import get_method
+    return {name: get_method(name) for name in BUILTIN}
 
 
 def config_reference() -> str:
