@@ -7,6 +7,7 @@
     │   └── TransientEngineError   worth retrying: engine start, HTTP 429/5xx, timeouts
     ├── StorageError           versioned storage
     │   └── VersionNotFound
+    ├── StageError             a stage broke its contract (result count, undeclared column or table): a bug
     └── RowError               one row failed inside a stage; becomes an `errors` record, the run goes on
 """
 from __future__ import annotations
@@ -45,6 +46,11 @@ class StorageError(ErrataError):
 
 class VersionNotFound(StorageError):
     """No such dataset or version."""
+
+
+class StageError(ErrataError):
+    """A stage broke its contract: returned more or fewer results than rows, or set a column or wrote a table it
+    does not declare. A bug in the stage, named in the message; it stops the build."""
 
 
 class RowError(ErrataError):

@@ -1,7 +1,8 @@
 """The stage contract.
 
 A stage is plain Python over one shard's tables (each a list of row dicts). It declares what it reads (tables and the
-columns it needs) and what it writes (tables), so a recipe's chain is checked before any work. `setup()` builds
+columns it needs), what it writes (tables) and the columns it fills (`fills`, table -> columns), so a recipe's chain
+is checked before any work: a column a stage needs must be filled by an earlier stage or given by the task source. `setup()` builds
 clients (an LLM engine client for the role it names), never the constructor, so a stage pickles into a Ray actor.
 `run()` maps the shard's input tables to output tables and reports what happened in StageStats:
 in / out / dropped_<reason> / errors, never a silent drop.
@@ -14,16 +15,24 @@ A row that fails (prompt too long, checker timeout, unparseable in a way that ma
 `Failed(reason, ...)`: it leaves the table and becomes an `errors` record with stage, table, row id, reason and raw
 input/output. A dropped row stays in its table with `drop_reason` set (queryable, skipped by later stages and by
 exports). A GlobalStage sees one table across the whole build (dedup, balancing) and runs between per-shard stages.
+
+The shapes hold stages to their declarations: a per-batch step that returns more or fewer results than the rows it
+was given, sets a column it does not declare in `fills`, or emits rows of a table it does not declare in `writes`
+raises StageError naming the stage. A stage writes a second table without overriding `run()`: `self.emit(table,
+rows)` inside its per-batch step. The id column, `drop_reason` and the lineage columns need no declaration.
 """
 from __future__ import annotations
 
 import json
+import threading
 import time
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields as dataclass_fields
 from typing import Any, ClassVar, Optional
 
-from schemas.rows import make_id, utcnow
-from schemas.registry import ERRORS, get_table
+from schemas.errors import StageError
+from schemas.rows import Lineage, make_id, utcnow
+from schemas.registry import get_table
 from stages.options import NoOptions, Options
 
 
@@ -146,6 +155,16 @@ def _json(obj: Any, limit: int = 20000) -> str:
     return json.dumps(obj, default=str, ensure_ascii=False)[:limit]
 
 
+LINEAGE_COLUMNS = tuple(f.name for f in dataclass_fields(Lineage))
+
+
+def columns_except(row_type: type, *excluded: str) -> tuple[str, ...]:
+    """The columns of `row_type` but `excluded` (and the lineage columns): what a stage that makes whole rows fills,
+    less what later stages fill."""
+    return tuple(f.name for f in dataclass_fields(row_type) if f.name not in excluded and f.name not in LINEAGE_COLUMNS)
+_EMITTED = threading.local()      # per thread: id(stage) -> {table: rows emitted during its per-batch step}
+
+
 # --- the base class ------------------------------------------------------------------------------------------------
 class Stage:
     """Base of every stage. A subclass sets `kind`, `config_class`, `reads` (table -> columns needed) and `writes`,
@@ -157,6 +176,9 @@ class Stage:
     config_class: ClassVar[type[Options]] = NoOptions
     reads: dict[str, tuple[str, ...]] = {}
     writes: tuple[str, ...] = ()
+    # table -> the columns this stage fills in it (beyond the id column, drop_reason and lineage). A table it writes
+    # but does not name here: every column (a stage of a third party that declares nothing is not held to it).
+    fills: dict[str, tuple[str, ...]] = {}
     is_global: ClassVar[bool] = False
 
     def __init__(self, config: Optional[Options] = None, name: Optional[str] = None,
@@ -166,6 +188,71 @@ class Stage:
         self.context = context
         self.reads = dict(type(self).reads)
         self.writes = tuple(type(self).writes)
+        self.fills = dict(type(self).fills)
+
+    @property
+    def where(self) -> str:
+        return f"stage '{self.name}' ({self.kind})"
+
+    def filled_columns(self, table: str) -> Optional[set[str]]:
+        """The columns this stage may set in `table` (None: any column, it declares none for that table)."""
+        if table not in self.fills:
+            return None
+        return set(self.fills[table]) | {get_table(table).id_column, "drop_reason", *LINEAGE_COLUMNS}
+
+    def check_result_count(self, got: int, want: int, table: str) -> None:
+        if got != want:
+            raise StageError(f"{self.where} returned {got} results for {want} rows of '{table}': a per-batch step "
+                             f"returns exactly one result per row")
+
+    def check_new_row(self, table: str, row: dict) -> None:
+        """A row this stage made sets only columns it fills (a null or an empty list or text is not a value: a
+        placeholder for a later stage)."""
+        allowed = self.filled_columns(table)
+        if allowed is not None:
+            extra = sorted(k for k, v in row.items() if k not in allowed and v is not None and v != [] and v != "")
+            if extra:
+                raise StageError(f"{self.where} sets {table}.{extra[0]}, which it does not declare in `fills` "
+                                 f"({', '.join(sorted(self.fills[table]))})")
+
+    def check_changed_row(self, table: str, before: dict, after: dict) -> None:
+        """A row this stage passed on changes only columns it fills."""
+        allowed = self.filled_columns(table)
+        if allowed is not None:
+            extra = sorted(k for k, v in after.items() if k not in allowed and before.get(k) != v)
+            if extra:
+                raise StageError(f"{self.where} changes {table}.{extra[0]}, which it does not declare in `fills` "
+                                 f"({', '.join(sorted(self.fills[table]))})")
+
+    # --- a second table
+    def emit(self, table: str, rows: list[dict]) -> None:
+        """Rows of another table this stage writes (declared in `writes`), made in its per-batch step."""
+        buffers = getattr(_EMITTED, "by_stage", {}).get(id(self))
+        if buffers is None:
+            raise StageError(f"{self.where}: emit() is for the per-batch step (process, expand, ...)")
+        if table not in buffers:
+            raise StageError(f"{self.where} emits rows of '{table}', which is not one of the other tables it "
+                             f"declares in `writes` ({', '.join(sorted(buffers)) or 'none'})")
+        for r in rows:
+            self.check_new_row(table, r)
+        buffers[table].extend(rows)
+
+    @contextmanager
+    def collecting(self, primary: str):
+        """Collect what the per-batch step emits: {table: rows} for each written table other than `primary`."""
+        by_stage = getattr(_EMITTED, "by_stage", None)
+        if by_stage is None:
+            by_stage = _EMITTED.by_stage = {}
+        buffers: dict[str, list[dict]] = {t: [] for t in self.writes if t != primary}
+        outer = by_stage.get(id(self))
+        by_stage[id(self)] = buffers
+        try:
+            yield buffers
+        finally:
+            if outer is None:
+                by_stage.pop(id(self), None)
+            else:
+                by_stage[id(self)] = outer
 
     # --- lifecycle
     @property
@@ -239,7 +326,10 @@ class MapStage(Stage):
         rows = tables.get(self.table, [])
         live = [r for r in rows if is_live(r)]
         stats.rows_in = len(live)
-        done = iter(self.process(live, tables, stats, shard) if live else [])
+        with self.collecting(self.table) as emitted:
+            results = list(self.process(live, tables, stats, shard)) if live else []
+        self.check_result_count(len(results), len(live), self.table)
+        done = iter(results)
         out, errors = [], []
         for r in rows:
             if not is_live(r):
@@ -250,22 +340,29 @@ class MapStage(Stage):
                 errors.append(self.error_record(r, self.table, res))
                 stats.error(res.reason)
             else:
+                self.check_changed_row(self.table, r, res)
                 out.append(res)
                 if is_live(res):
                     stats.rows_out += 1
                 else:
                     stats.drop(res["drop_reason"])
-        return StageResult({self.table: out}, errors, self._end(stats, t0))
+        return StageResult({self.table: out, **emitted}, errors, self._end(stats, t0))
 
 
 class FilterStage(MapStage):
     """Keep or drop each live row of `table`: `drop_reasons` returns a reason (or None) per row, in order."""
 
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.fills.setdefault(self.table, ())      # a filter sets drop_reason only
+
     def drop_reasons(self, rows: list[dict], tables: dict[str, list[dict]]) -> list[Optional[str]]:
         raise NotImplementedError
 
     def process(self, rows, tables, stats, shard):
-        return [dict(r, drop_reason=reason) for r, reason in zip(rows, self.drop_reasons(rows, tables))]
+        reasons = list(self.drop_reasons(rows, tables))
+        self.check_result_count(len(reasons), len(rows), self.table)
+        return [dict(r, drop_reason=reason) for r, reason in zip(rows, reasons)]
 
 
 class ExpandStage(Stage):
@@ -295,7 +392,10 @@ class ExpandStage(Stage):
         stats.rows_in = len(live)
         out = list(tables.get(self.target, [])) if self.append else []
         errors = []
-        for r, res in zip(live, self.expand(live, tables, stats, shard) if live else []):
+        with self.collecting(self.target) as emitted:
+            results = list(self.expand(live, tables, stats, shard)) if live else []
+        self.check_result_count(len(results), len(live), self.source)
+        for r, res in zip(live, results):
             if isinstance(res, Failed):
                 errors.append(self.error_record(r, self.source, res))
                 stats.error(res.reason)
@@ -305,12 +405,13 @@ class ExpandStage(Stage):
                     errors.append(self.error_record(r, self.source, child))
                     stats.error(child.reason)
                     continue
+                self.check_new_row(self.target, child)
                 out.append(child)
                 if is_live(child):
                     stats.rows_out += 1
                 else:
                     stats.drop(child["drop_reason"])
-        return StageResult({self.target: out}, errors, self._end(stats, t0))
+        return StageResult({self.target: out, **emitted}, errors, self._end(stats, t0))
 
 
 class GlobalStage(Stage):
@@ -329,6 +430,7 @@ class GlobalStage(Stage):
         if not self.writes:
             self.writes = tuple(t for t in (self.table, *self.build_tables) if t)
         if self.table:
+            self.fills.setdefault(self.table, ())  # a global stage's decisions set drop_reason only
             self.reads.setdefault(self.table, ())
             cols = set(self.reads[self.table]) | {get_table(self.table).id_column, "drop_reason"}
             self.reads[self.table] = tuple(sorted(cols))
@@ -358,5 +460,3 @@ class GlobalStage(Stage):
             out.append(r)
         return StageResult({self.table: out}, [], self._end(stats, t0))
 
-
-ERRORS_TABLE = ERRORS

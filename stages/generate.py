@@ -34,9 +34,13 @@ def attempt_row(stage: LLMMixin, attempt_id: str, problem_id: str, sample_index:
             "model": stage.model_label, "engine": stage.engine_config.kind, "sampling_json": stage.sampling_json(),
             "prompt_template": stage.template.ref, "prompt": prompt, "completion": comp.text,
             "finish_reason": comp.finish_reason, "prompt_tokens": res.prompt_tokens,
-            "completion_tokens": comp.completion_tokens, "steps": split_lines(comp.text), "final_answer": None,
-            "answer_parse_ok": False, "is_correct": None, "reward": None, "verifier": None, "drop_reason": None,
+            "completion_tokens": comp.completion_tokens, "steps": split_lines(comp.text), "drop_reason": None,
             **lineage}
+
+
+# the columns of an attempt its model's call fills (a verify stage fills the answer: VERIFY_COLUMNS)
+ATTEMPT_COLUMNS = ("problem_id", "sample_index", "model", "engine", "sampling_json", "prompt_template", "prompt",
+                   "completion", "finish_reason", "prompt_tokens", "completion_tokens", "steps")
 
 
 class GenerateConfig(LLMOptions):
@@ -46,17 +50,13 @@ class GenerateConfig(LLMOptions):
 
 class GenerateStage(LLMMixin, ExpandStage):
     kind = "generate"
+    fills = {"attempts": ATTEMPT_COLUMNS}
     description = "the role's model answers each problem n times"
     config_class = GenerateConfig
     source, target = "problems", "attempts"
     reads = {"problems": ("problem_id", "question")}
 
-    def __init__(self, *a: Any, **k: Any):
-        super().__init__(*a, **k)
-        self._init_llm()
 
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), **self.llm_describe()}
 
     def expand(self, rows, tables, stats: StageStats, shard: ShardInfo):
         sp = self.sampling_params()

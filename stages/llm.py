@@ -35,12 +35,20 @@ class LLMOptions(Options):
 
 
 class LLMMixin:
-    """Mixed into a Stage whose config is an LLMOptions. Gives `template`, `engine_config`, `sampling_params()`,
-    `messages()`, `call()` and the identity of what produced a text (`generation_key`)."""
+    """Mixed into a Stage whose config is an LLMOptions (first among the bases). Checks the template and the role's
+    engine at construction, records both in `describe()`, and gives `template`, `engine_config`,
+    `sampling_params()`, `messages()`, `call()` and the identity of what produced a text (`generation_key`)."""
 
     config: LLMOptions
     name: str
     _llm: Any = None
+
+    def __init__(self, *a: Any, **k: Any):
+        super().__init__(*a, **k)
+        self._init_llm()
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), **self.llm_describe()}
 
     def _init_llm(self) -> None:
         self.template: PromptTemplate = load_template(self.config.template)   # fail fast on an unknown name
@@ -119,6 +127,13 @@ class LLMMixin:
 class BudgetLLMMixin(LLMMixin):
     """An LLMMixin whose prompts are trimmed to a token budget (config `context_tokens`, `max_tokens`, `tokenizer`):
     `budget`, a token counter loaded at setup (`counter` names it) and `count_prompt(messages)`."""
+
+    def __init__(self, *a: Any, **k: Any):
+        super().__init__(*a, **k)
+        self._init_budget()
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), **self.budget_describe()}
 
     def _init_budget(self) -> None:
         c = self.config

@@ -36,7 +36,7 @@ from typing import Any, Callable, Optional
 from pydantic import Field
 
 from stages.answers import extract_answer, normalize_number
-from stages.base import Failed, MapStage, StageStats
+from stages.base import Failed, MapStage, StageContext, StageStats
 from stages.options import Options
 
 __all__ = ["VerifyStage", "math_verify_check", "CheckWorker"]
@@ -220,6 +220,9 @@ class VerifyConfig(Options):
                                                      "verify after a stage that added rows)")
 
 
+VERIFY_COLUMNS = ("final_answer", "answer_parse_ok", "is_correct", "reward", "verifier")   # what a verify stage fills
+
+
 class VerifyStage(MapStage):
     """Checks final answers against reference answers; see the module doc for the row outcomes."""
 
@@ -232,8 +235,8 @@ class VerifyStage(MapStage):
 
     def __init__(self, config=None, name=None, context=None, check_fn: Optional[CheckFn] = None,
                  verifier_name: str = "math_verify"):
-        from stages.base import StageContext
         super().__init__(config, name, context or StageContext())
+        self.fills.setdefault(self.table, VERIFY_COLUMNS)
         self.check_fn = check_fn or math_verify_check
         self.verifier_name = verifier_name
         self._worker: Optional[CheckWorker] = None

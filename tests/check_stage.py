@@ -45,10 +45,6 @@ class CheckStage(LLMMixin, ExpandStage):
     reads = {"attempts": ("attempt_id", "problem_id", "completion", "is_correct"),
              "problems": ("problem_id", "question")}
 
-    def __init__(self, *a, **k):
-        super().__init__(*a, **k)
-        self._init_llm()
-
     def expand(self, rows, tables, stats, shard):
         q = {p["problem_id"]: p["question"] for p in tables["problems"]}
         reqs = [GenerationRequest(messages=self.messages(q[a["problem_id"]] + "\n" + a["completion"]),

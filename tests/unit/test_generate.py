@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+
 import pickle
 
 import pytest
@@ -11,6 +12,7 @@ from schemas.rows import Attempt, to_table, validate_row
 from schemas.errors import ConfigError
 from stages.engines.config import EngineConfig
 from stages.generate import GenerateConfig, GenerateStage, split_lines
+from stages.verify import VERIFY_COLUMNS
 from stages.prompts import load_template
 from tests.helpers import Harness, context, run_stage
 
@@ -48,7 +50,8 @@ def test_expands_each_problem_into_n_full_attempt_rows():
         assert r["run_id"] == "run-1" and r["method"] == "sample_verify"
         assert r["parent_ids"] == [r["problem_id"]]
         assert isinstance(r["created_at"], dt.datetime) and r["created_at"].tzinfo is not None
-        assert r["is_correct"] is None and r["drop_reason"] is None
+        assert r["drop_reason"] is None
+        assert not set(VERIFY_COLUMNS) & set(r), "generate writes its request and the text; verify fills the answer"
         gold = by_id[r["problem_id"]]["reference_answer"]
         expect = gold if r["sample_index"] % 2 == 0 else str(int(gold) + 1)
         assert r["completion"].endswith(f"The answer is: {expect}")

@@ -226,14 +226,14 @@ def test_type_weights_measured_uniform_explicit():
 
 
 def test_readme_sql_join_runs(data_root, tmp_path):
-    """The README's join (revision -> judgement -> attempt/injection -> problem) runs on a real build."""
+    """The docs' join (revision -> judgement -> attempt/injection -> problem) runs on a real build."""
     import re
     from pathlib import Path
 
     from pipelines.sql import connect, fetch
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    block = readme[readme.index("<!-- BEGIN LEMMA"):readme.index("<!-- END LEMMA")]
-    sql = re.search(r"```sql\n(.*?)```", block, re.S).group(1).strip().rstrip(";")
+    page = (Path(__file__).resolve().parents[2] / "docs" / "methods" / "lemma.md").read_text()
+    sql = next(q for q in re.findall(r"```sql\n(.*?)```", page, re.S) if "FROM lemma.revisions r" in q)
+    sql = sql.strip().rstrip(";")
     f = write_gsm8k_style(tmp_path / "tasks.jsonl", 3)
     cfg = lemma_recipe(data_root, {"kind": "jsonl", "path": str(f)}, dataset="lemma")
     m = build(cfg, progress=False).manifest

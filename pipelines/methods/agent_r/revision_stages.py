@@ -19,13 +19,14 @@ from typing import Any, Literal, Optional
 from pydantic import Field, field_validator
 
 from schemas.errors import RowError
-from schemas.revision_rows import Revision  # noqa: F401  (registers revisions)
+from pipelines.methods.agent_r.rows import JUDGE_COLUMNS
+from schemas.revision_rows import Revision
 from schemas.rows import make_id
 from pipelines.methods.agent_r.search_stages import engine_policy, env_spec_key, pair_from_row, trees_from_tables
 from pipelines.methods.agent_r.step_judge import JudgeSettings, Judgement, StepJudge, first_error_walk
 from pipelines.methods.agent_r.splice import MIN_SIGNALS, REVISION_SIGNALS, WAIT_ACTION, choose_signal, good_path, splice
 from pipelines.methods.agent_r.tree import Node, Tree
-from stages.base import ExpandStage, Failed, MapStage, ShardInfo, StageResult, StageStats
+from stages.base import ExpandStage, Failed, MapStage, ShardInfo, StageStats, columns_except
 from stages.envs import make_env
 from stages.envs.spec import read_task_record
 from stages.llm import LLMMixin, LLMOptions
@@ -59,6 +60,9 @@ def environment_name(env: str) -> str:
 
 class JudgeBadPathsStage(LLMMixin, MapStage):
     kind = "agent_r_judge"
+    fills = {"pairs": JUDGE_COLUMNS,
+             "judgements": ("target_table", "target_id", "problem_id", "judge_model", "judge_role",
+                            "prompt_template", "verdict", "first_error_step", "raw_text", "parse_ok", "parse_error")}
     description = "the policy judges each pair's bad path step by step; stop at the first Bad"
     config_class = JudgeConfig
     table = "pairs"
@@ -66,25 +70,10 @@ class JudgeBadPathsStage(LLMMixin, MapStage):
              "trees": ("tree_id",), "nodes": ("tree_id", "node_id")}
     writes = ("pairs", "judgements")
 
-    def __init__(self, *a: Any, **k: Any):
-        super().__init__(*a, **k)
-        self._init_llm()
-        # judgements made per shard, keyed by shard id: shards of one stage object may run in parallel threads
-        self._judgements: dict[int, list[dict]] = {}
-
     def describe(self) -> dict[str, Any]:
         c = self.config
-        return {**super().describe(), **self.llm_describe(), "on_unparsed": c.on_unparsed,
+        return {**super().describe(), "on_unparsed": c.on_unparsed,
                 "environment": c.environment or "from the env", "max_history_steps": c.max_history_steps}
-
-    def run(self, tables, shard: ShardInfo = ShardInfo()) -> StageResult:
-        self._judgements[shard.shard_id] = []
-        try:
-            res = super().run(tables, shard)
-            res.tables["judgements"] = self._judgements[shard.shard_id]
-        finally:
-            self._judgements.pop(shard.shard_id, None)
-        return res
 
     def process(self, rows, tables, stats: StageStats, shard: ShardInfo):
         trees = trees_from_tables(tables)
@@ -128,7 +117,7 @@ class JudgeBadPathsStage(LLMMixin, MapStage):
         if fatal:
             raise fatal[0]
         seen: set[str] = set()
-        made = self._judgements[shard.shard_id]
+        made: list[dict] = []
         for tid, judge in judges.items():
             for k, v in judge.stats.items():
                 stats.count(k, v)
@@ -138,6 +127,7 @@ class JudgeBadPathsStage(LLMMixin, MapStage):
                     seen.add(jid)
                     made.append(self.judgement_row(j, jid, problem_of.get(tid) or "", judge))
         stats.count("judgements", len(made))
+        self.emit("judgements", made)
         return results
 
     def judgement_id(self, j: Judgement) -> str:
@@ -170,6 +160,7 @@ class SpliceConfig(Options):
 
 class SpliceStage(ExpandStage):
     kind = "agent_r_splice"
+    fills = {"revisions": columns_except(Revision, "final_answer", "answer_parse_ok", "reward", "verifier")}
     description = "splice each judged pair into a revision trajectory; good leaves as good trajectories"
     config_class = SpliceConfig
     source, target = "pairs", "revisions"

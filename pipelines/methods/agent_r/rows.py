@@ -120,6 +120,10 @@ NODES = register_table(TableSpec(
     "nodes", NodeRow, "node_id", ("tree_id", "parent_id", "problem_id"),
     description="Agent-R tree nodes: parent, depth, the policy's raw text, parsed action, parse_ok, observation, "
                 "visits, value, terminal, disaster, reward"))
+# the columns of a pair the judge stage fills (the pairs stage the rest)
+JUDGE_COLUMNS = ("judge_status", "first_error_node_id", "first_error_depth", "bad_end_node_id", "bad_end_depth",
+                 "judgement_ids")
+
 PAIRS = register_table(TableSpec(
     "pairs", PairRow, "pair_id", ("tree_id", "good_leaf_id", "bad_leaf_id", "problem_id"),
     description="Agent-R (good, bad) leaf pairs with their divergence and the bad path's judged first error; and "

@@ -23,14 +23,14 @@ from typing import Any, Awaitable, Callable, Literal, Optional
 
 from pydantic import Field
 
-from pipelines.methods.agent_r.rows import NodeRow, PairRow, TreeRow  # noqa: F401  (registers trees, nodes, pairs)
+from pipelines.methods.agent_r.rows import JUDGE_COLUMNS, NodeRow, PairRow, TreeRow
 from schemas.errors import RowError
 from schemas.rows import make_id
 from pipelines.methods.agent_r.mcts import MCTSSettings, search_many
 from pipelines.methods.agent_r.tree import Tree, total_stats, tree_from_rows, tree_rows, tree_summary
 from pipelines.methods.agent_r.pairs import DEFAULT_ALPHA, DEFAULT_BETA, Pair, PairSettings, good_leaves, make_pairs
 from stages.agents.react import initial_messages, parse_react, trim_context
-from stages.base import ExpandStage, Failed, ShardInfo, Stage, StageResult, StageStats, is_live
+from stages.base import ExpandStage, Failed, ShardInfo, StageStats, columns_except
 from stages.engines.base import GenerationRequest
 from stages.envs import EnvTask, make_env
 from stages.envs.spec import read_task_record
@@ -110,22 +110,22 @@ def env_spec_key(spec: dict) -> str:
     return json.dumps(spec, sort_keys=True, default=str)
 
 
-class MCTSStage(BudgetLLMMixin, Stage):
+class MCTSStage(BudgetLLMMixin, ExpandStage):
+    """problems -> trees (one per env task); each tree's nodes go to `nodes` (emitted)."""
     kind = "agent_r_mcts"
+    fills = {"trees": columns_except(TreeRow), "nodes": columns_except(NodeRow)}
     description = "Agent-R tree search per env task with the policy model (trees and nodes as rows)"
     config_class = MCTSConfig
+    source = "problems"
+    target = "trees"
     reads = {"problems": ("problem_id", "env", "env_config_json")}
     writes = ("trees", "nodes")
 
-    def __init__(self, *a: Any, **k: Any):
-        super().__init__(*a, **k)
-        self._init_llm()
-        self._init_budget()
 
     def describe(self) -> dict[str, Any]:
         c = self.config
-        return {**super().describe(), **self.llm_describe(), "search": c.settings().model_dump(),
-                "iteration": c.iteration, "concurrency": c.concurrency, **self.budget_describe()}
+        return {**super().describe(), "search": c.settings().model_dump(),
+                "iteration": c.iteration, "concurrency": c.concurrency}
 
     def tree_id(self, problem_id: str, task: EnvTask) -> str:
         """Stable over reruns; differs by model, sampling, search settings and round."""
@@ -133,42 +133,36 @@ class MCTSStage(BudgetLLMMixin, Stage):
         return make_id("agent_r_tree", problem_id, task.task_id, self.generation_key(), self.config.iteration,
                        json.dumps(what, sort_keys=True), prefix="t-")
 
-    def run(self, tables: dict[str, list[dict]], shard: ShardInfo = ShardInfo()) -> StageResult:
-        stats, t0 = self._begin()
-        rows = [p for p in tables.get("problems", []) if is_live(p)]
-        stats.rows_in = len(rows)
-        errors: list[dict] = []
+    def expand(self, rows, tables, stats, shard):
+        out: dict[int, Failed | list[dict]] = {}
         groups: dict[str, tuple[dict, list[tuple[dict, EnvTask]]]] = {}
-        for p in rows:
+        for k, p in enumerate(rows):
             try:
                 spec, task = read_task_record(p.get("env_config_json") or "")
             except (ValueError, TypeError, KeyError) as e:
-                errors.append(self.error_record(p, "problems", Failed("not_an_env_task", f"env_config_json: {e}")))
-                stats.error("not_an_env_task")
+                out[k] = Failed("not_an_env_task", f"env_config_json: {e}")
                 continue
             groups.setdefault(env_spec_key(spec), (spec, []))[1].append((p, task))
         results = asyncio.run(self._search(list(groups.values()), stats, shard)) if groups else []
-        trees_out, nodes_out, trees = [], [], []
+        index = {id(p): k for k, p in enumerate(rows)}
+        trees, nodes = [], []
         for p, tree in results:
             trees.append(tree)
             if tree.error:
                 reason = tree.error.split(":", 1)[0].strip() or "tree_failed"
-                errors.append(self.error_record(p, "problems", Failed(
-                    reason, tree.error, raw_input=p.get("env_config_json"),
-                    raw_output=json.dumps(tree_summary(tree), default=str)[:200000])))
-                stats.error(reason)
+                out[index[id(p)]] = Failed(reason, tree.error, raw_input=p.get("env_config_json"),
+                                           raw_output=json.dumps(tree_summary(tree), default=str)[:200000])
                 continue
-            trees_out.append({**tree_summary(tree), "problem_id": p["problem_id"], "model": self.model_label,
-                              "sampling_json": self.sampling_json(), "drop_reason": None,
-                              **self.lineage([p["problem_id"]])})
+            out[index[id(p)]] = [{**tree_summary(tree), "problem_id": p["problem_id"], "model": self.model_label,
+                                  "sampling_json": self.sampling_json(), "drop_reason": None,
+                                  **self.lineage([p["problem_id"]])}]
             for r in tree_rows(tree):
-                nodes_out.append({**r, "problem_id": p["problem_id"],
-                                  **self.lineage([r["parent_id"] or tree.tree_id])})
-            stats.rows_out += 1
+                nodes.append({**r, "problem_id": p["problem_id"], **self.lineage([r["parent_id"] or tree.tree_id])})
         for k, v in total_stats(trees).items():
             stats.count(k, int(v))
-        stats.count("nodes", len(nodes_out))
-        return StageResult({"trees": trees_out, "nodes": nodes_out}, errors, self._end(stats, t0))
+        stats.count("nodes", len(nodes))
+        self.emit("nodes", nodes)
+        return [out[k] for k in range(len(rows))]
 
     async def _search(self, groups, stats: StageStats, shard: ShardInfo) -> list[tuple[dict, Tree]]:
         c = self.config
@@ -252,6 +246,7 @@ class PairsConfig(Options):
 
 class PairsStage(ExpandStage):
     kind = "agent_r_pairs"
+    fills = {"pairs": columns_except(PairRow, *JUDGE_COLUMNS)}
     description = "Agent-R leaf pairs (good > alpha, gap > beta) with their divergence, and good leaves"
     config_class = PairsConfig
     source, target = "trees", "pairs"

@@ -31,10 +31,11 @@ from typing import Any, Literal, Optional
 from pydantic import Field
 
 from schemas.errors import RowError
+from schemas.agent_rows import Trajectory
 from schemas.rows import make_id
 from stages.agents.episodes import EnvPool, gold_trajectory, new_trajectory, run_episode
 from stages.agents.react import initial_messages
-from stages.base import ExpandStage, Failed, ShardInfo, StageStats
+from stages.base import ExpandStage, Failed, ShardInfo, StageStats, columns_except
 from stages.engines.base import GenerationRequest
 from stages.envs import Env, EnvTask, make_env
 from stages.envs.spec import read_task_record
@@ -77,20 +78,17 @@ def error_reason(error: str) -> str:
 
 class RolloutStage(BudgetLLMMixin, ExpandStage):
     kind = "rollout"
+    fills = {"trajectories": columns_except(Trajectory)}
     description = "the policy model acts in each task's environment (ReAct turns), n episodes per task"
     config_class = RolloutConfig
     source, target = "problems", "trajectories"
     reads = {"problems": ("problem_id", "env", "env_config_json")}
 
-    def __init__(self, *a: Any, **k: Any):
-        super().__init__(*a, **k)
-        self._init_llm()
-        self._init_budget()
 
     def describe(self) -> dict[str, Any]:
         c = self.config
-        return {**super().describe(), **self.llm_describe(), "episodes_per_task": c.n, "max_steps": c.max_steps,
-                "concurrency": c.concurrency, "env_pool": c.env_pool, "gold": c.gold, **self.budget_describe()}
+        return {**super().describe(), "episodes_per_task": c.n, "max_steps": c.max_steps,
+                "concurrency": c.concurrency, "env_pool": c.env_pool, "gold": c.gold}
 
     def episode_key(self) -> str:
         """What determines an episode besides its task: the generation key, max_steps and the context budget."""

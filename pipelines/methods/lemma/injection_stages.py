@@ -8,9 +8,8 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field, field_validator
 
-import pipelines.methods.lemma.rows  # noqa: F401  (registers injections, revisions, error_type_weights)
 from schemas.rows import make_id
-from stages.base import Failed, FilterStage, ShardInfo, Stage, StageResult, is_live
+from stages.base import ExpandStage, Failed, FilterStage, is_live
 from stages.engines.base import GenerationRequest
 from pipelines.methods.lemma.injection_reply import parse_injection
 from pipelines.methods.lemma.revision_checks import segments_text
@@ -52,22 +51,29 @@ class InjectConfig(LLMOptions):
         return v
 
 
-class InjectStage(LLMMixin, Stage):
+class InjectStage(LLMMixin, ExpandStage):
+    """problems -> injections; the rules injector's fix & continue revisions go to `revisions` (emitted)."""
     kind = "lemma_inject"
     description = "erroneous solutions: a teacher's of types drawn by weight (llm), programmatic ones (rules)"
     config_class = InjectConfig
+    source = "problems"
+    target = "injections"
     reads = {"problems": ("problem_id", "question", "reference_solution", "reference_answer", "gold_steps_json"),
              "attempts": ("problem_id", "is_correct"),
              "error_type_weights": ("error_type", "weight")}
     writes = ("injections", "revisions")
+    fills = {"injections": ("problem_id", "source", "error_type", "sample_index", "model", "prompt_template",
+                            "prompt", "raw_text", "solution", "explanation", "parse_ok", "parse_error",
+                            "finish_reason", "prompt_tokens", "completion_tokens", "first_error_step",
+                            "first_error_source", "injected_at", "reference_revision_json"),
+             "revisions": ("problem_id", "strategy", "kind", "error_source", "injection_id", "first_error_step",
+                           "error_type", "erroneous_prefix", "transition", "segments", "text", "model",
+                           "finish_reason", "prompt_tokens", "completion_tokens")}
 
-    def __init__(self, *a: Any, **k: Any):
-        super().__init__(*a, **k)
-        self._init_llm()
 
     def describe(self) -> dict[str, Any]:
         c = self.config
-        return {**super().describe(), **self.llm_describe(), "source": c.source,
+        return {**super().describe(), "source": c.source,
                 "samples_per_problem": c.samples_per_problem, "rules_types": c.rules_types,
                 "rules_samples_per_type": c.rules_samples_per_type, "seed": c.seed}
 
@@ -75,23 +81,17 @@ class InjectStage(LLMMixin, Stage):
         if self.config.source != "rules":
             super().setup(engines)
 
-    def run(self, tables: dict[str, list[dict]], shard: ShardInfo = ShardInfo()) -> StageResult:
-        stats, t0 = self._begin()
-        problems = [p for p in tables.get("problems", []) if is_live(p)]
-        stats.rows_in = len(problems)
-        injections: list[dict] = []
-        revisions: list[dict] = []
-        errors: list[dict] = []
+    def expand(self, rows, tables, stats, shard):
+        made: dict[str, list] = {p["problem_id"]: [] for p in rows}
         if self.config.source in ("rules", "both"):
-            self._inject_rules(problems, injections, revisions, stats)
+            self._inject_rules(rows, made, stats)
         if self.config.source in ("llm", "both"):
-            self._inject_llm(problems, tables, injections, errors, stats, shard)
-        stats.rows_out = len(injections)
-        for inj in injections:
+            self._inject_llm(rows, tables, made, stats, shard)
+        for inj in (x for xs in made.values() for x in xs if isinstance(x, dict)):
             stats.count(f"injected_{inj['source']}_{inj['error_type']}")
-        return StageResult({"injections": injections, "revisions": revisions}, errors, self._end(stats, t0))
+        return [made[p["problem_id"]] for p in rows]
 
-    def _inject_rules(self, problems, injections, revisions, stats) -> None:
+    def _inject_rules(self, problems, made, stats) -> None:
         c = self.config
         for p in problems:
             seen: set[str] = set()
@@ -109,7 +109,7 @@ class InjectStage(LLMMixin, Stage):
                         continue
                     seen.add(inj.solution)
                     iid = make_id(p["problem_id"], "rules", t, c.seed, s, prefix="i-")
-                    injections.append({
+                    made[p["problem_id"]].append({
                         "injection_id": iid, "problem_id": p["problem_id"], "source": "rules",
                         "error_type": inj.error_type, "sample_index": s, "model": RULES_MODEL,
                         "prompt_template": None, "prompt": None, "raw_text": inj.solution, "solution": inj.solution,
@@ -117,9 +117,8 @@ class InjectStage(LLMMixin, Stage):
                         "finish_reason": "stop", "prompt_tokens": 0, "completion_tokens": 0,
                         "first_error_step": inj.first_error_step, "first_error_source": "rules",
                         "injected_at": inj.injected_at, "reference_revision_json": json.dumps(inj.segments),
-                        "final_answer": None, "answer_parse_ok": False, "is_correct": None, "reward": None,
-                        "verifier": None, "drop_reason": None, **self.lineage([p["problem_id"]])})
-                    revisions.append({
+                        "drop_reason": None, **self.lineage([p["problem_id"]])})
+                    self.emit("revisions", [{
                         "revision_id": make_id(iid, "fix_continue", "rules", prefix="r-"),
                         "problem_id": p["problem_id"], "strategy": "fix_continue", "kind": "revision",
                         "error_source": "injected",
@@ -129,12 +128,11 @@ class InjectStage(LLMMixin, Stage):
                         "restart_reference": None, "restart_attempt_id": None, "segments": inj.segments,
                         "text": segments_text(inj.segments), "model": RULES_MODEL, "prompt_template": None,
                         "prompt": None, "raw_text": None, "check_reason": None, "finish_reason": "stop",
-                        "prompt_tokens": 0, "completion_tokens": 0, "final_answer": None, "answer_parse_ok": False,
-                        "is_correct": None, "reward": None, "verifier": None, "drop_reason": None,
-                        **self.lineage([iid, p["problem_id"]])})
+                        "prompt_tokens": 0, "completion_tokens": 0, "drop_reason": None,
+                        **self.lineage([iid, p["problem_id"]])}])
                     stats.count("rules_revisions")
 
-    def _inject_llm(self, problems, tables, injections, errors, stats, shard) -> None:
+    def _inject_llm(self, problems, tables, made, stats, shard) -> None:
         c = self.config
         weights = {w["error_type"]: float(w["weight"]) for w in tables.get("error_type_weights", [])}
         types = [t for t in weights if weights[t] > 0] or list(INJECTION_TYPES)
@@ -160,15 +158,14 @@ class InjectStage(LLMMixin, Stage):
         key, model = self.generation_key(), self.model_label
         for (p, t, k, user), res in zip(jobs, results):
             if not res.ok or not res.completions:
-                errors.append(self.error_record(p, "problems", Failed(
+                made[p["problem_id"]].append(Failed(
                     res.error_reason or "no_completions", res.error_message or "", raw_input=json.dumps(user),
-                    key=f"inject:{k}")))
-                stats.error(res.error_reason or "no_completions")
+                    key=f"inject:{k}"))
                 continue
             comp = res.completions[0]
             parsed = parse_injection(comp.text)
             stats.count("llm_parse_ok" if parsed.parse_ok else f"llm_unparsed_{parsed.reason}")
-            injections.append({
+            made[p["problem_id"]].append({
                 "injection_id": make_id(p["problem_id"], "llm", t, key, k, prefix="i-"),
                 "problem_id": p["problem_id"], "source": "llm", "error_type": t, "sample_index": k,
                 "model": model, "prompt_template": self.template.ref, "prompt": user, "raw_text": comp.text,
@@ -176,9 +173,7 @@ class InjectStage(LLMMixin, Stage):
                 "parse_error": parsed.reason, "finish_reason": comp.finish_reason,
                 "prompt_tokens": res.prompt_tokens, "completion_tokens": comp.completion_tokens,
                 "first_error_step": None, "first_error_source": None, "injected_at": None,
-                "reference_revision_json": None, "final_answer": None, "answer_parse_ok": False,
-                "is_correct": None, "reward": None, "verifier": None, "drop_reason": None,
-                **self.lineage([p["problem_id"]])})
+                "reference_revision_json": None, "drop_reason": None, **self.lineage([p["problem_id"]])})
 
 
 class VerifyInjections(VerifyStage):

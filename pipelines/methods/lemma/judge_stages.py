@@ -8,7 +8,6 @@ from typing import Any
 
 from pydantic import Field
 
-import pipelines.methods.lemma.rows  # noqa: F401  (registers injections, revisions, error_type_weights)
 from schemas.rows import make_id
 from stages.base import ExpandStage, Failed, ShardInfo, StageStats
 from stages.engines.base import GenerationRequest
@@ -16,6 +15,10 @@ from pipelines.methods.lemma.judge_reply import parse_judgement
 from pipelines.methods.lemma.taxonomy import format_label_list
 from stages.llm import LLMMixin, LLMOptions
 from stages.steps import number_steps, split_solution
+
+JUDGE_FILLS = {"judgements": ("target_table", "target_id", "problem_id", "judge_model", "judge_role", "prompt_template",
+                              "verdict", "first_error_step", "error_type", "type_parse_ok", "raw_text", "parse_ok",
+                              "parse_error")}
 
 
 class JudgeConfig(LLMOptions):
@@ -34,12 +37,9 @@ class _JudgeBase(LLMMixin, ExpandStage):
     text_column = ""
     id_column = ""
 
-    def __init__(self, *a: Any, **k: Any):
-        super().__init__(*a, **k)
-        self._init_llm()
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), **self.llm_describe(), "judge_role": self.config.judge_role}
+        return {**super().describe(), "judge_role": self.config.judge_role}
 
     def todo(self, rows: list[dict], tables: dict, stats: StageStats) -> list[dict]:
         raise NotImplementedError
@@ -96,6 +96,7 @@ class _JudgeBase(LLMMixin, ExpandStage):
 
 class JudgeAttemptsStage(_JudgeBase):
     kind = "lemma_judge"
+    fills = JUDGE_FILLS
     description = "the teacher names the first wrong step and the error type of each verified-wrong attempt"
     source = "attempts"
     text_column, id_column = "completion", "attempt_id"
@@ -116,6 +117,7 @@ class JudgeInjectionsConfig(JudgeConfig):
 
 class JudgeInjectionsStage(_JudgeBase):
     kind = "lemma_judge_injections"
+    fills = JUDGE_FILLS
     description = ("the teacher locates the error of each kept injection; on rules injections its accuracy "
                    "against the exact step is counted (labelled, exact, within_1)")
     config_class = JudgeInjectionsConfig

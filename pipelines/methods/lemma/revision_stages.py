@@ -7,9 +7,9 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field, field_validator
 
-import pipelines.methods.lemma.rows  # noqa: F401  (registers injections, revisions, error_type_weights)
+from schemas.revision_rows import Revision
 from schemas.rows import make_id
-from stages.base import ExpandStage, Failed, FilterStage, ShardInfo, StageStats, is_live
+from stages.base import ExpandStage, Failed, FilterStage, ShardInfo, StageStats, columns_except, is_live
 from stages.engines.base import GenerationRequest
 from pipelines.methods.lemma.revision_checks import FORBIDDEN_PHRASES, STRATEGIES, segments_from_teacher, segments_text
 from pipelines.methods.lemma.taxonomy import TRANSITION_PHRASES, choose_transition
@@ -17,7 +17,7 @@ from stages.llm import LLMMixin, LLMOptions
 from stages.options import Options
 from stages.prompts import load_template
 from stages.steps import prefix_through, split_solution
-from stages.verify import VerifyStage
+from stages.verify import VERIFY_COLUMNS, VerifyStage
 
 
 class ReviseConfig(LLMOptions):
@@ -47,6 +47,7 @@ class ReviseConfig(LLMOptions):
 
 class ReviseStage(LLMMixin, ExpandStage):
     kind = "lemma_revise"
+    fills = {"revisions": columns_except(Revision, *VERIFY_COLUMNS)}
     description = "the teacher writes fix & continue / fresh & restart revisions from each located first error"
     config_class = ReviseConfig
     source, target, append = "judgements", "revisions", True
@@ -58,7 +59,6 @@ class ReviseStage(LLMMixin, ExpandStage):
 
     def __init__(self, *a: Any, **k: Any):
         super().__init__(*a, **k)
-        self._init_llm()
         self.restart_template = load_template(self.config.restart_template)
 
     def templates(self) -> dict[str, str]:
@@ -66,7 +66,7 @@ class ReviseStage(LLMMixin, ExpandStage):
 
     def describe(self) -> dict[str, Any]:
         c = self.config
-        return {**super().describe(), **self.llm_describe(), "restart_template": self.restart_template.ref,
+        return {**super().describe(), "restart_template": self.restart_template.ref,
                 "strategies": list(c.strategies), "transitions": len(c.transitions),
                 "revise_injections": c.revise_injections}
 
@@ -118,7 +118,7 @@ class ReviseStage(LLMMixin, ExpandStage):
                     "erroneous_prefix": "", "transition": "", "restart_reference": None, "restart_attempt_id": None,
                     "segments": [], "text": "", "model": model, "prompt_template": None, "prompt": None,
                     "raw_text": None, "check_reason": None, "finish_reason": None, "prompt_tokens": 0,
-                    "completion_tokens": 0, "final_answer": None, "answer_parse_ok": False, "is_correct": None,
+                    "completion_tokens": 0, "final_answer": None, "answer_parse_ok": None, "is_correct": None,
                     "reward": None, "verifier": None, "drop_reason": None,
                     **self.lineage([j["judgement_id"], tgt.get("attempt_id") or tgt.get("injection_id")])}
             out = []

@@ -7,14 +7,14 @@ from typing import Any
 
 from pydantic import Field
 
-import pipelines.methods.lemma.rows  # noqa: F401  (registers injections, revisions, error_type_weights)
+from schemas.revision_rows import Revision
 from schemas.rows import make_id
-from stages.base import ExpandStage, Failed, ShardInfo, StageStats
+from stages.base import ExpandStage, Failed, ShardInfo, StageStats, columns_except
 from stages.engines.base import GenerationRequest
 from pipelines.methods.lemma.revision_stages import VerifyRevisions
 from pipelines.methods.lemma.revision_checks import smoothing_drop_reason
 from stages.llm import LLMMixin, LLMOptions
-from stages.verify import VerifyConfig
+from stages.verify import VERIFY_COLUMNS, VerifyConfig
 
 
 class SmoothConfig(LLMOptions):
@@ -28,6 +28,7 @@ class SmoothConfig(LLMOptions):
 
 class SmoothStage(LLMMixin, ExpandStage):
     kind = "lemma_smooth"
+    fills = {"revisions": columns_except(Revision, *VERIFY_COLUMNS)}
     description = ("optional: the teacher rewrites each kept revision as one line of thought; the variant must keep "
                    "the final answer and every number (answer_changed, numbers_changed, markdown, ...)")
     config_class = SmoothConfig
@@ -35,12 +36,9 @@ class SmoothStage(LLMMixin, ExpandStage):
     reads = {"revisions": ("revision_id", "problem_id", "text", "is_correct", "smoothed_from", "strategy"),
              "problems": ("problem_id", "question")}
 
-    def __init__(self, *a: Any, **k: Any):
-        super().__init__(*a, **k)
-        self._init_llm()
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), **self.llm_describe(), "enabled": self.config.enabled}
+        return {**super().describe(), "enabled": self.config.enabled}
 
     def setup(self, engines: Any = None) -> None:
         if self.config.enabled:
@@ -77,7 +75,7 @@ class SmoothStage(LLMMixin, ExpandStage):
                              segments=[{"text": comp.text.strip(), "author": "teacher", "loss": True}],
                              text=comp.text.strip(), finish_reason=comp.finish_reason,
                              prompt_tokens=res.prompt_tokens, completion_tokens=comp.completion_tokens,
-                             final_answer=None, answer_parse_ok=False, is_correct=None, reward=None, verifier=None,
+                             final_answer=None, answer_parse_ok=None, is_correct=None, reward=None, verifier=None,
                              drop_reason=None, **self.lineage([r["revision_id"]]))])
         return out
 

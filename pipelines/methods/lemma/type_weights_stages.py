@@ -7,9 +7,9 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-import pipelines.methods.lemma.rows  # noqa: F401  (registers injections, revisions, error_type_weights)
+from pipelines.methods.lemma.rows import ErrorTypeWeight
 from schemas.rows import make_id
-from stages.base import GlobalStage, StageStats
+from stages.base import GlobalStage, StageStats, columns_except
 from pipelines.methods.lemma.taxonomy import ERROR_LABELS, INJECTION_TYPES, canonical_label
 from stages.options import Options
 
@@ -40,6 +40,7 @@ class TypeWeightsConfig(Options):
 
 class TypeWeightsStage(GlobalStage):
     kind = "lemma_type_weights"
+    fills = {"error_type_weights": columns_except(ErrorTypeWeight)}
     description = "global: the injection-type weights (measured from the judged student errors, uniform, explicit)"
     config_class = TypeWeightsConfig
     build_tables = ("error_type_weights",)

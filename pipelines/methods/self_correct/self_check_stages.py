@@ -19,7 +19,7 @@ from pydantic import Field
 from schemas.rows import make_id
 from stages.base import ExpandStage, Failed, ShardInfo, StageStats
 from stages.engines.base import GenerationRequest
-from stages.generate import attempt_row
+from stages.generate import ATTEMPT_COLUMNS, attempt_row
 from stages.llm import LLMMixin, LLMOptions
 
 _VERDICT = re.compile(r"verdict\s*[:：]?\s*\**\s*(correct|incorrect|wrong|right)\b", re.IGNORECASE)
@@ -44,18 +44,17 @@ class SelfCheckConfig(LLMOptions):
 
 class SelfCheckStage(LLMMixin, ExpandStage):
     kind = "self_check"
+    fills = {"judgements": ("target_table", "target_id", "problem_id", "judge_model", "judge_role", "prompt_template",
+                            "verdict", "raw_text", "parse_ok", "parse_error")}
     description = "the model reviews each answered attempt and says whether it is correct"
     config_class = SelfCheckConfig
     source, target = "attempts", "judgements"
     reads = {"attempts": ("attempt_id", "problem_id", "completion", "answer_parse_ok"),
              "problems": ("problem_id", "question")}
 
-    def __init__(self, *a: Any, **k: Any):
-        super().__init__(*a, **k)
-        self._init_llm()
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), **self.llm_describe(), "judge_role": self.config.judge_role}
+        return {**super().describe(), "judge_role": self.config.judge_role}
 
     def expand(self, rows, tables, stats: StageStats, shard: ShardInfo):
         question = {p["problem_id"]: p["question"] for p in tables.get("problems", [])}
@@ -93,6 +92,7 @@ class RetryConfig(LLMOptions):
 
 class RetryStage(LLMMixin, ExpandStage):
     kind = "retry"
+    fills = {"attempts": ATTEMPT_COLUMNS}
     description = "each verified-wrong attempt is retried, prompted with the model's own review of it"
     config_class = RetryConfig
     source, target, append = "attempts", "attempts", True
@@ -100,12 +100,7 @@ class RetryStage(LLMMixin, ExpandStage):
              "judgements": ("target_id", "raw_text", "judgement_id"), "problems": ("problem_id", "question")}
     SAMPLE_OFFSET = 1000   # retried attempts get sample_index 1000 * (1 + index of the wrong attempt) + k
 
-    def __init__(self, *a: Any, **k: Any):
-        super().__init__(*a, **k)
-        self._init_llm()
 
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), **self.llm_describe()}
 
     def expand(self, rows, tables, stats: StageStats, shard: ShardInfo):
         question = {p["problem_id"]: p["question"] for p in tables.get("problems", [])}
