@@ -34,7 +34,7 @@ def _rows(root, table, dataset="agent_r", version=1):
 def _check_version(root, n_tasks):
     man = _manifest(root)
     trees, nodes, pairs = _rows(root, "trees"), _rows(root, "nodes"), _rows(root, "pairs")
-    judgements, revisions, errors = _rows(root, "judgements"), _rows(root, "revisions"), _rows(root, "errors")
+    judgements, revisions, errors = _rows(root, "judgements"), _rows(root, "revision_trajectories"), _rows(root, "errors")
     assert len(trees) + len([e for e in errors if e["stage"] == "mcts"]) == n_tasks and trees
     st = man["stages"]
     assert st["mcts"]["counts"]["nodes"] == len(nodes) and st["mcts"]["completion_tokens"] > 0

@@ -121,7 +121,7 @@ def test_judge_names_the_environment_never_science():
 # ---- the build ----------------------------------------------------------------------------------------------------
 def test_build_writes_every_table_with_counts(built):
     m, t = built
-    assert set(m.tables) >= {"problems", "trees", "nodes", "pairs", "judgements", "revisions"}
+    assert set(m.tables) >= {"problems", "trees", "nodes", "pairs", "judgements", "revision_trajectories"}
     assert len(t["trees"]) == 4 and m.tables["errors"].rows == 0
     st = m.stages
     assert st["mcts"]["in"] == 4 and st["mcts"]["out"] == 4
@@ -138,9 +138,9 @@ def test_build_writes_every_table_with_counts(built):
     assert pairs and st["pairs"]["counts"]["pairs"] == len(pairs)
     assert st["judge"]["counts"]["judgements"] == len(t["judgements"]) > 0
     for table, id_col in (("nodes", "node_id"), ("pairs", "pair_id"), ("judgements", "judgement_id"),
-                          ("revisions", "revision_id")):             # shards run in parallel threads
+                          ("revision_trajectories", "revision_id")):             # shards run in parallel threads
         assert len({r[id_col] for r in t[table]}) == len(t[table]), table
-    kinds = Counter(r["kind"] for r in t["revisions"])
+    kinds = Counter(r["kind"] for r in t["revision_trajectories"])
     assert kinds["revision"] == st["splice"]["counts"]["rows_revision"] > 0
     assert kinds["good"] == st["splice"]["counts"]["rows_good"] > 0
     for j in t["judgements"]:
@@ -154,7 +154,7 @@ def test_splice_invariants_on_real_trees(built):
     m, t = built
     trees = trees_from_tables(t)
     pairs = {p["pair_id"]: p for p in t["pairs"]}
-    revisions = [r for r in t["revisions"] if r["kind"] == "revision"]
+    revisions = [r for r in t["revision_trajectories"] if r["kind"] == "revision"]
     assert revisions
     for r in revisions:
         p = pairs[r["pair_id"]]
@@ -199,7 +199,7 @@ def test_splice_invariants_on_real_trees(built):
         assert [s["loss"] for s in r["segments"]] == [m_["loss"] for m_ in msgs]
         assert r["segments"][i]["author"] == "template" and r["strategy"] == "splice"
         assert r["revision_signal"] == REVISION_SIGNALS[r["revision_signal_index"]]
-    for g in (r for r in t["revisions"] if r["kind"] == "good"):
+    for g in (r for r in t["revision_trajectories"] if r["kind"] == "good"):
         assert g["final_reward"] > 0.5
         assert all(m_["loss"] == (m_["role"] == "assistant" and k >= 3) for k, m_ in enumerate(g["messages"]))
 
@@ -224,12 +224,12 @@ def test_unparsed_judgements_stop_and_are_recorded_not_taken_as_bad(data_root):
     assert judgements and all(j["verdict"] == "unparsed" and not j["parse_ok"] and j["parse_error"]
                               for j in judgements)
     assert m.stages["judge"]["dropped_judgement_unparsed"] == len(pairs)
-    revs = cat.read_table(m, "revisions").to_pylist()
+    revs = cat.read_table(m, "revision_trajectories").to_pylist()
     assert not [r for r in revs if r["kind"] == "revision"] and [r for r in revs if r["kind"] == "good"]
     # the reference behaviour, as a setting
     m2 = build(recipe(data_root, script="agent_r_garbled_judge", judge={"on_unparsed": "treat_as_bad"},
                       dataset="ar2"), progress=False).manifest
-    revs2 = [r for r in cat.read_table(m2, "revisions").to_pylist() if r["kind"] == "revision"]
+    revs2 = [r for r in cat.read_table(m2, "revision_trajectories").to_pylist() if r["kind"] == "revision"]
     assert revs2 and all(r["judge_status"] == "unparsed_as_bad" for r in revs2)
 
 
@@ -238,7 +238,7 @@ def test_env_without_snapshots_works_by_replay_and_matches_snapshots(data_root):
     m = build(recipe(data_root, env=env), progress=False).manifest
     assert m.stages["mcts"]["counts"]["replay_steps"] > 0 and "env_restores" not in m.stages["mcts"]["counts"]
     cat = Catalog(str(data_root))
-    revs = cat.read_table(m, "revisions").to_pylist()
+    revs = cat.read_table(m, "revision_trajectories").to_pylist()
     assert [r for r in revs if r["kind"] == "revision"] and m.tables["errors"].rows == 0
     # craft can snapshot: with snapshots off, the same trees by replay
     snap = build(recipe(data_root, dataset="snap"), progress=False).manifest
@@ -254,9 +254,9 @@ def test_env_without_snapshots_works_by_replay_and_matches_snapshots(data_root):
 def test_rebuild_gives_the_same_ids(built, data_root):
     m, t = built
     m2 = build(recipe(data_root), progress=False).manifest
-    t2 = {k: Catalog(str(data_root)).read_table(m2, k).to_pylist() for k in ("nodes", "pairs", "revisions")}
-    for k in ("nodes", "pairs", "revisions"):
-        id_col = {"nodes": "node_id", "pairs": "pair_id", "revisions": "revision_id"}[k]
+    t2 = {k: Catalog(str(data_root)).read_table(m2, k).to_pylist() for k in ("nodes", "pairs", "revision_trajectories")}
+    for k in ("nodes", "pairs", "revision_trajectories"):
+        id_col = {"nodes": "node_id", "pairs": "pair_id", "revision_trajectories": "revision_id"}[k]
         assert sorted(r[id_col] for r in t[k]) == sorted(r[id_col] for r in t2[k])
 
 
@@ -286,29 +286,29 @@ def test_every_revision_signal_is_used():
 def test_sft_export_keeps_loss_flags_and_kind(built, data_root, tmp_path):
     m, t = built
     r = export(str(data_root), m.ref, "sft", str(tmp_path / "sft"))
-    assert r.export == "sft_agent_r" and r.rows == len(t["revisions"])
+    assert r.export == "sft_agent_r" and r.rows == len(t["revision_trajectories"])
     rows = pq.read_table(tmp_path / "sft" / "train-00000-of-00001.parquet").to_pylist()
-    by_id = {x["revision_id"]: x for x in t["revisions"]}
+    by_id = {x["revision_id"]: x for x in t["revision_trajectories"]}
     for row in rows:
         assert row["messages"] == [{"role": x["role"], "content": x["content"], "loss": x["loss"]}
                                    for x in by_id[row["revision_id"]]["messages"]]
         assert row["kind"] in ("revision", "good")
     only = export(str(data_root), m.ref, "sft", str(tmp_path / "rev"), options={"kind": "revision"})
-    assert only.rows == sum(x["kind"] == "revision" for x in t["revisions"])
+    assert only.rows == sum(x["kind"] == "revision" for x in t["revision_trajectories"])
 
 
 def test_no_converter_drops_the_loss_flag(built):
     """Regression (cf. the reference's rewrite()): every converter of messages keeps each message's loss."""
     m, t = built
-    for r in t["revisions"]:
+    for r in t["revision_trajectories"]:
         assert [x["loss"] for x in sft_row(r, "v")["messages"]] == [x["loss"] for x in r["messages"]]
-    rows = sft_rows({"revisions": t["revisions"]}, "v", {})
+    rows = sft_rows({"revision_trajectories": t["revision_trajectories"]}, "v", {})
     flags = [x["loss"] for r in rows for x in r["messages"]]
     assert any(flags) and not all(flags)
-    traj = {"trajectory_id": "t", "problem_id": "p", "messages": t["revisions"][0]["messages"]}
+    traj = {"trajectory_id": "t", "problem_id": "p", "messages": t["revision_trajectories"][0]["messages"]}
     assert [x["loss"] for x in sft_trajectory_row(traj, "v")["messages"]] == [x["loss"] for x in traj["messages"]]
     # flipping one flag in the source flips it in the output (the converter reads it, it does not recompute it)
-    r = dict(t["revisions"][0])
+    r = dict(t["revision_trajectories"][0])
     r["messages"] = [dict(x) for x in r["messages"]]
     r["messages"][0]["loss"] = True
     assert sft_row(r, "v")["messages"][0]["loss"] is True
@@ -320,9 +320,9 @@ def test_tokenized_export_masks_bad_steps_and_labels_revision_and_good_branch(bu
     of the good branch labelled."""
     m, t = built
     tok = load_tokenizer(str(embedded_model_dir(MODELS_DIR)))
-    rows = sft_tokenized_rows({"revisions": t["revisions"]}, "v", {"tokenizer": "embedded",
+    rows = sft_tokenized_rows({"revision_trajectories": t["revision_trajectories"]}, "v", {"tokenizer": "embedded",
                                                                    "_models_dir": str(MODELS_DIR)})
-    by_id = {x["revision_id"]: x for x in t["revisions"]}
+    by_id = {x["revision_id"]: x for x in t["revision_trajectories"]}
     checked = 0
     for row in rows:
         msgs = by_id[row["revision_id"]]["messages"]
@@ -373,7 +373,7 @@ def test_mixing_general_data_at_eta(built, data_root, tmp_path, capsys):
     general.write_text("\n".join(json.dumps({"messages": [{"role": "user", "content": f"Hi {k}"},
                                                           {"role": "assistant", "content": f"Hello {k}"}]})
                                  for k in range(200)) + "\n")
-    n = len(t["revisions"])
+    n = len(t["revision_trajectories"])
     out = tmp_path / "mixed"
     assert main(["export", m.ref, "--format", "sft", "--out", str(out), "--mix", str(general), "--eta", "0.2"]) == 0
     rows = pq.read_table(out / "train-00000-of-00001.parquet").to_pylist()
@@ -387,9 +387,9 @@ def test_mixing_general_data_at_eta(built, data_root, tmp_path, capsys):
     small = tmp_path / "small.jsonl"
     small.write_text(general.read_text().splitlines()[0] + "\n")
     with pytest.raises(ConfigError, match="needs .* general rows"):
-        sft_rows({"revisions": t["revisions"]}, "v", {"mix": str(small), "eta": "0.5"})
+        sft_rows({"revision_trajectories": t["revision_trajectories"]}, "v", {"mix": str(small), "eta": "0.5"})
     with pytest.raises(ConfigError, match="--eta needs --mix"):
-        sft_rows({"revisions": t["revisions"]}, "v", {"eta": "0.2"})
+        sft_rows({"revision_trajectories": t["revision_trajectories"]}, "v", {"eta": "0.2"})
 
 
 def test_a_splice_is_auditable_in_sql(built, data_root):
@@ -399,14 +399,14 @@ def test_a_splice_is_auditable_in_sql(built, data_root):
     con = connect(Catalog(str(data_root)))
     _, rows = fetch(con, """
         SELECT r.revision_id, p.divergence_depth, b.depth, g.parent_id = d.node_id, j.verdict
-        FROM ar.revisions r
+        FROM ar.revision_trajectories r
         JOIN ar.pairs p USING (pair_id)
         JOIN ar.nodes d ON d.node_id = p.divergence_node_id
         JOIN ar.nodes g ON g.node_id = p.good_child_id
         JOIN ar.nodes b ON b.node_id = p.bad_end_node_id
         LEFT JOIN ar.judgements j ON j.target_id = p.first_error_node_id
         WHERE r.kind = 'revision'""")
-    revisions = [r for r in t["revisions"] if r["kind"] == "revision"]
+    revisions = [r for r in t["revision_trajectories"] if r["kind"] == "revision"]
     assert len(rows) == len(revisions) > 0
     for _, div_depth, end_depth, good_child_of_div, verdict in rows:
         assert end_depth > div_depth and good_child_of_div and verdict in ("bad", None)
@@ -419,11 +419,11 @@ def test_tokenized_export_mixes_general_rows_with_their_assistant_turns_labelled
     general.write_text("\n".join(json.dumps({"messages": [{"role": "user", "content": f"Name a colour ({k})."},
                                                           {"role": "assistant", "content": "Blue."}]})
                                  for k in range(150)) + "\n")
-    rows = sft_tokenized_rows({"revisions": t["revisions"]}, "v",
+    rows = sft_tokenized_rows({"revision_trajectories": t["revision_trajectories"]}, "v",
                               {"tokenizer": "embedded", "_models_dir": str(MODELS_DIR), "mix": str(general),
                                "eta": "0.25"})
     mixed = [r for r in rows if r["kind"] == "general"]
-    assert len(mixed) == general_needed(len(t["revisions"]), 0.25) and len(rows) == len(t["revisions"]) + len(mixed)
+    assert len(mixed) == general_needed(len(t["revision_trajectories"]), 0.25) and len(rows) == len(t["revision_trajectories"]) + len(mixed)
     tok = load_tokenizer(str(embedded_model_dir(MODELS_DIR)))
     for r in mixed:
         labelled = [x for x in r["labels"] if x != IGNORE]

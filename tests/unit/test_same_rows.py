@@ -29,7 +29,7 @@ RECIPES = {
 }
 
 # a table of the snapshot that is now stored as several tables: old name -> its parts
-SPLIT: dict[str, tuple[str, ...]] = {}
+SPLIT: dict[str, tuple[str, ...]] = {"revisions": ("revisions", "revision_trajectories")}   # LEMMA | Agent-R
 
 
 def _register_agent_scripts() -> None:

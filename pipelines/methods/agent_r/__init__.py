@@ -1,6 +1,6 @@
 """agent_r: Agent-R. MCTS per env task with the policy (`trees`, `nodes`), (good, bad) leaf pairs (`pairs`), the
 policy judges the bad path's first error (`judgements`), spliced revision trajectories and good trajectories
-(`revisions`). The search is search_stages.py (with mcts.py, tree.py, pairs.py), the revision revision_stages.py
+(`revision_trajectories`). The search is search_stages.py (with mcts.py, tree.py, pairs.py), the revision revision_stages.py
 (with step_judge.py, splice.py)."""
 from pathlib import Path
 

@@ -1,6 +1,6 @@
 """Exports of Agent-R versions (registered on import; pipelines/methods.py imports this with the agent methods).
 
-- `sft_agent_r` (`--format sft`): one row per kept `revisions` row: `messages` [{role, content, loss}] with the
+- `sft_agent_r` (`--format sft`): one row per kept `revision_trajectories` row: `messages` [{role, content, loss}] with the
   loss flags as spliced (revision: shared prefix and bad steps false, revision turn and good branch true; good:
   every policy turn true), `kind` (revision | good | general), ids back to the tree, pair and problem.
 - `sft_tokenized_agent_r` (`--format sft-tokenized --tokenizer MODEL`): the same rows pre-tokenized with the
@@ -56,7 +56,7 @@ def selected(revisions: list[dict], options: dict[str, Any]) -> list[dict]:
 
 
 def sft_row(r: dict, source_version: str) -> dict[str, Any]:
-    """A revisions row as a conversational SFT example; every message keeps its loss flag."""
+    """A revision_trajectories row as a conversational SFT example; every message keeps its loss flag."""
     return {"messages": [{"role": m["role"], "content": m["content"], "loss": bool(m["loss"])}
                          for m in r["messages"]],
             **{k: r.get(k) for k in ("kind", "revision_id", "problem_id", "tree_id", "pair_id", "task_id", "env",
@@ -123,7 +123,7 @@ def mix_rows(agent_rows: list[dict], options: dict[str, Any], source_version: st
 
 # ---- converters --------------------------------------------------------------------------------------------------
 def sft_rows(tables: dict[str, list[dict]], source: str, options: dict[str, Any]) -> list[dict]:
-    return mix_rows([sft_row(r, source) for r in selected(tables["revisions"], options)], options, source)
+    return mix_rows([sft_row(r, source) for r in selected(tables["revision_trajectories"], options)], options, source)
 
 
 def sft_tokenized_rows(tables: dict[str, list[dict]], source: str, options: dict[str, Any]) -> list[dict]:
@@ -179,10 +179,10 @@ _OPTIONS = {"kind": "all (default), revision or good",
             "mix_seed": "seed of the general-row draw and the shuffle (default 0)"}
 
 register_export(ExportSpec(
-    "sft_agent_r", ("revisions",), "Agent-R revision and good trajectories as messages with per-message loss",
+    "sft_agent_r", ("revision_trajectories",), "Agent-R revision and good trajectories as messages with per-message loss",
     SFT_SCHEMA, sft_rows, "conversational language-modeling (`messages`; `loss` per message)", dict(_OPTIONS)))
 register_export(sft_tokenized_export(
-    "sft_tokenized_agent_r", ("revisions",), "Agent-R trajectories pre-tokenized: labels -100 on loss-false "
+    "sft_tokenized_agent_r", ("revision_trajectories",), "Agent-R trajectories pre-tokenized: labels -100 on loss-false "
                                              "messages",
     SFT_TOKENIZED_SCHEMA, sft_tokenized_rows, _OPTIONS))
 register_export(ExportSpec(

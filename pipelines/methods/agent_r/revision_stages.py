@@ -5,7 +5,7 @@ Search and pairs, and the helpers both files use, are in pipelines/methods/agent
   divergence child, stopping at the first Bad (pipelines/methods/agent_r/step_judge.py); one `judgements` row per judged node,
   raw text beside the verdict. An unparseable reply stops the walk and drops the pair (`judgement_unparsed`)
   unless `on_unparsed: treat_as_bad`.
-- `splice` (SpliceStage, pairs -> revisions): the revision trajectory of each kept pair (strategy `splice`,
+- `splice` (SpliceStage, pairs -> revision_trajectories): the revision trajectory of each kept pair (strategy `splice`,
   kind `revision`) and each good leaf's path (kind `good`), messages and segments with loss flags
   (pipelines/methods/agent_r/splice.py). The env's reply to the revision turn's `Action: wait` comes from replaying the
   bad path from reset in a fresh env (checked against the recorded observations).
@@ -19,8 +19,7 @@ from typing import Any, Literal, Optional
 from pydantic import Field, field_validator
 
 from schemas.errors import RowError
-from pipelines.methods.agent_r.rows import JUDGE_COLUMNS
-from schemas.revision_rows import Revision
+from pipelines.methods.agent_r.rows import JUDGE_COLUMNS, RevisionTrajectory
 from schemas.rows import make_id
 from pipelines.methods.agent_r.search_stages import engine_policy, env_spec_key, pair_from_row, trees_from_tables
 from pipelines.methods.agent_r.step_judge import JudgeSettings, Judgement, StepJudge, first_error_walk
@@ -160,10 +159,10 @@ class SpliceConfig(Options):
 
 class SpliceStage(ExpandStage):
     kind = "agent_r_splice"
-    fills = {"revisions": columns_except(Revision, "final_answer", "answer_parse_ok", "reward", "verifier")}
+    fills = {"revision_trajectories": columns_except(RevisionTrajectory)}
     description = "splice each judged pair into a revision trajectory; good leaves as good trajectories"
     config_class = SpliceConfig
-    source, target = "pairs", "revisions"
+    source, target = "pairs", "revision_trajectories"
     reads = {"pairs": ("pair_id", "kind", "tree_id", "bad_end_node_id", "judge_status"),
              "trees": ("tree_id",), "nodes": ("tree_id", "node_id"),
              "problems": ("problem_id", "env_config_json")}

@@ -1,8 +1,8 @@
 """Row types of Agent-R: search trees (`trees`, one row per task), their nodes (`nodes`, one row per node) and
 the (good, bad) leaf pairs cut from them (`pairs`). Judgements of bad paths go to the shared `judgements` table
-(target_table "nodes"), spliced trajectories to the shared `revisions` table (schemas/revision_rows.py).
+(target_table "nodes"), spliced and good trajectories to `revision_trajectories` (messages with per-message loss).
 
-Every splice can be audited in SQL: a revisions row names its pair; the pair names its leaves, divergence parent
+Every splice can be audited in SQL: a revision_trajectories row names its pair; the pair names its leaves, divergence parent
 and children, first-error node and judgements; nodes name their parents. See pipelines/methods/agent_r/mcts.py for what each
 node field means.
 """
@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from schemas.agent_rows import Message
+from schemas.revision_rows import Segment
 from schemas.rows import Lineage
 from schemas.registry import TableSpec, register_table
 
@@ -124,7 +126,58 @@ NODES = register_table(TableSpec(
 JUDGE_COLUMNS = ("judge_status", "first_error_node_id", "first_error_depth", "bad_end_node_id", "bad_end_depth",
                  "judgement_ids")
 
+@dataclass
+class RevisionTrajectory(Lineage):
+    """An Agent-R trajectory: a splice (bad prefix, revision turn, the good branch) or a good trajectory kept
+    as it is, as messages with per-message loss."""
+    revision_id: str = field(default="", metadata={"doc": "stable id of the revision"})
+    strategy: str = field(default="", metadata={"doc": "fix_continue, fresh_restart (LEMMA), splice (Agent-R); "
+                                                       "Agent-R's good trajectories: none"})
+    kind: str = field(default="revision", metadata={"doc": "revision (a revised trajectory) or good (a "
+                                                           "trajectory kept as it is, full loss)"})
+    problem_id: str = field(default="", metadata={"doc": "the problem / env task"})
+    segments: list[Segment] = field(default_factory=list, metadata={"doc": "the text in order, each with its "
+                                                                           "author and loss flag"})
+    messages: list[Message] = field(default_factory=list, metadata={"doc": "conversation methods: the same text "
+                                                                           "as messages with roles and loss"})
+    is_correct: Optional[bool] = field(default=None, metadata={"doc": "the revised trajectory is right (math: "
+                                                                      "verified against the reference; agents: "
+                                                                      "the good leaf's env success)"})
+    drop_reason: Optional[str] = field(default=None, metadata={"doc": "why a stage dropped it; null = kept"})
+    final_reward: Optional[float] = field(default=None, metadata={"doc": "agents: the good leaf's value"})
+    revision_signal: Optional[str] = field(default=None, metadata={"doc": "the reflection text that turns the "
+                                                                          "trajectory around (Agent-R)"})
+    revision_signal_index: Optional[int] = field(default=None, metadata={"doc": "which of the configured "
+                                                                                "signals was drawn"})
+    env: Optional[str] = field(default=None, metadata={"doc": "agents: env name"})
+    task_id: Optional[str] = field(default=None, metadata={"doc": "agents: the env's task id"})
+    iteration: Optional[int] = field(default=None, metadata={"doc": "self-training round of the policy"})
+    tree_id: Optional[str] = field(default=None, metadata={"doc": "Agent-R: the search tree (trees/nodes)"})
+    pair_id: Optional[str] = field(default=None, metadata={"doc": "Agent-R: the (good, bad) pair (pairs)"})
+    good_leaf_id: Optional[str] = field(default=None, metadata={"doc": "Agent-R: node id of the good leaf"})
+    bad_leaf_id: Optional[str] = field(default=None, metadata={"doc": "Agent-R: node id of the bad leaf"})
+    good_leaf_value: Optional[float] = field(default=None, metadata={"doc": "value/visits of the good leaf"})
+    bad_leaf_value: Optional[float] = field(default=None, metadata={"doc": "value/visits of the bad leaf"})
+    divergence_depth: Optional[int] = field(default=None, metadata={"doc": "depth of the divergence parent"})
+    first_error_depth: Optional[int] = field(default=None, metadata={"doc": "depth judged the first error; null "
+                                                                            "when none was (end-of-trajectory "
+                                                                            "revision)"})
+    bad_end_depth: Optional[int] = field(default=None, metadata={"doc": "depth of the last bad step kept"})
+    judge_status: Optional[str] = field(default=None, metadata={"doc": "first_error, no_error, unparsed_as_bad"})
+    wait_reply: Optional[str] = field(default=None, metadata={"doc": "the env's answer to the revision turn's "
+                                                                     "`Action: wait`"})
+    prefix_len: Optional[int] = field(default=None, metadata={"doc": "messages of the opening + shared prefix"})
+    revision_turn_index: Optional[int] = field(default=None, metadata={"doc": "index in messages of the revision "
+                                                                              "turn"})
+
+
+
+
+
 PAIRS = register_table(TableSpec(
     "pairs", PairRow, "pair_id", ("tree_id", "good_leaf_id", "bad_leaf_id", "problem_id"),
     description="Agent-R (good, bad) leaf pairs with their divergence and the bad path's judged first error; and "
                 "good leaves (value > alpha)"))
+REVISION_TRAJECTORIES = register_table(TableSpec(
+    "revision_trajectories", RevisionTrajectory, "revision_id", ("problem_id", "tree_id", "pair_id"),
+    description="Agent-R's spliced revision trajectories and good trajectories (messages with per-message loss)"))

@@ -7,7 +7,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field, field_validator
 
-from schemas.revision_rows import Revision
+from pipelines.methods.lemma.rows import Revision
 from schemas.rows import make_id
 from stages.base import ExpandStage, Failed, FilterStage, ShardInfo, StageStats, columns_except, is_live
 from stages.engines.base import GenerationRequest

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import Field
 
-from schemas.revision_rows import Revision
+from pipelines.methods.lemma.rows import Revision
 from schemas.rows import make_id
 from stages.base import ExpandStage, Failed, ShardInfo, StageStats, columns_except
 from stages.engines.base import GenerationRequest
