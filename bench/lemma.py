@@ -9,7 +9,7 @@ Reports (bench/results/lemma.json):
 - the judge's first-error accuracy on the rules-labelled injections (exact and within one step).
 
     .venv/bin/python bench/lemma.py --problems 8
-    flock /tmp/errata-model.lock .venv/bin/python bench/lemma.py --problems 8   # on a shared machine
+    .venv/bin/python bench/lemma.py --problems 8
 """
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """Agent-R tree search throughput on the real embedded model: node expansions/s of the `mcts` stage with N trees
 searched concurrently vs one tree at a time, on the same engine in one run (engine start excluded), and the
-engine's prefix-cache hit rate in each phase. Target (DESIGN.md): >= 10x expansions/s. Writes
+engine's prefix-cache hit rate in each phase. Target: >= 10x expansions/s. Writes
 bench/results/mcts.json.
 
-    flock /tmp/errata-model.lock .venv/bin/python bench/mcts.py [--trees 16] [--sequential-trees 2]
+    .venv/bin/python bench/mcts.py [--trees 16] [--sequential-trees 2]
         [--iterations 2] [--children 4] [--max-depth 3] [--max-tokens 48]
 
 Each phase searches its own craft tasks (a generated world, shallow goals), so the one-at-a-time phase does not

@@ -2,7 +2,7 @@
 
 Builds a synthetic version (problems + attempts, the real schemas, written through the real storage layer and
 published with a manifest) in a temporary root, then times each query (median of --repeats runs, after one warm-up).
-Target (design card): a typical inspection query over 1M rows < 1 s. Writes bench/results/sql.json.
+Target: a typical inspection query over 1M rows < 1 s. Writes bench/results/sql.json.
 
     .venv/bin/python bench/sql.py [--rows 1000000] [--shards 16] [--repeats 5]
 """

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 DEFAULTS = {
-    # The server's telemetry logs "database is locked" on SQLite (STACK.md §2).
+    # The server's telemetry logs "database is locked" on SQLite.
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     # 20 s (Prefect's default) is close to what a 2-core machine needs to start the temporary server.
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",

@@ -1,6 +1,6 @@
 """Typed configuration: one model per thing, a description on every field, YAML in, `--set key=value` overrides.
 
-A recipe is YAML mapped onto the typed model of its method (pipelines/methods.py): the common sections (dataset,
+A recipe is YAML mapped onto the typed model of its method (the registry, schemas/registry.py): the common sections (dataset,
 method, tasks, limit, engines, execution, storage) plus one section per stage of the method, named after the stage
 and typed by the stage's own options class (which lives beside the stage). `load_recipe("demo", ["generate.n=8"])`
 finds the built-in recipe `pipelines/methods/sample_verify/recipes/demo.yaml` (or takes a path), applies overrides, validates, and raises

@@ -8,7 +8,7 @@ of its roles, in streaming and in stage-by-stage (Prefect) builds alike.
 
 Why actors and not Ray Serve LLM: an actor holding vLLM's AsyncLLM is what Serve's LLM deployment wraps, without
 the controller/proxy/replica machinery; measured on this machine Serve took 74 s to bring an app to RUNNING where the
-engine itself starts in ~31 s (STACK.md §7). Actors still get Ray's placement (GPUs on a cluster), replicas and
+engine itself starts in ~31 s. Actors still get Ray's placement (GPUs on a cluster), replicas and
 restarts (`max_restarts`); the client resubmits a call whose actor died once the actor is back.
 """
 from __future__ import annotations

@@ -60,7 +60,7 @@ def choose_runner(runner: str, ray_address: Optional[str]) -> tuple[str, str]:
     local Ray on a CPU-only machine of SMALL_BOX_CORES cores or fewer: there the engine computes on every core and
     each wakeup of Ray's processes (raylet, GCS, the stages' actors, the calls between them) stalls it, measured
     at 1.13-1.22x the wall time of one raw vLLM process on a 2-core box, against 1.00-1.09x in process and
-    1.03-1.06x on Ray with a core kept from the engine (bench/build_modes.py, issue 9's notes)."""
+    1.03-1.06x on Ray with a core kept from the engine (bench/build_modes.py, bench/results/build_modes.json)."""
     if runner in ("ray", "local"):
         return runner, "execution.runner=" + runner
     if ray_address:

@@ -2,8 +2,8 @@
 serves every stage that uses it (many calls in flight at once, so the engine's batch stays full), and keeps
 progress per stage tag: requests and sequences planned and done, tokens, the shards seen.
 
-The same class runs in process (`LocalEngines`, for `runner: local` and tests) and as a Ray actor (pipelines/
-engine_pool.py), so the build's one engine per model is the same object either way.
+The same class runs in process (`LocalEngines`, for `runner: local` and tests) and as a Ray actor
+(pipelines/engines.py), so the build's one engine per model is the same object either way.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Agent-R end to end on the scripted fake engine: the `agent_r` method (mcts -> pairs -> judge -> splice) on the
-craft env and on an env without snapshots (replay), the tables it writes, the splice invariants of METHODS.md
-§7.3 / §7.4 checked on the real trees of a build, the exports (sft, sft-tokenized, dpo, general-data mix) and
-the loss-flag regression on every converter."""
+craft env and on an env without snapshots (replay), the tables it writes, the splice invariants
+(docs/methods/agent_r.md) checked on the real trees of a build, the exports (sft, sft-tokenized, dpo,
+general-data mix) and the loss-flag regression on every converter."""
 from __future__ import annotations
 
 import json
@@ -150,7 +150,7 @@ def test_build_writes_every_table_with_counts(built):
 
 
 def test_splice_invariants_on_real_trees(built):
-    """METHODS.md §7.3, checked on the trees of the build."""
+    """The splice invariants (docs/methods/agent_r.md), checked on the trees of the build."""
     m, t = built
     trees = trees_from_tables(t)
     pairs = {p["pair_id"]: p for p in t["pairs"]}
@@ -316,7 +316,7 @@ def test_no_converter_drops_the_loss_flag(built):
 
 @needs_model
 def test_tokenized_export_masks_bad_steps_and_labels_revision_and_good_branch(built):
-    """METHODS.md §7.4 with SmolLM2's tokenizer: no label on a masked turn, every token of the revision turn and
+    """The loss mask of a splice with SmolLM2's tokenizer: no label on a masked turn, every token of the revision turn and
     of the good branch labelled."""
     m, t = built
     tok = load_tokenizer(str(embedded_model_dir(MODELS_DIR)))

@@ -1,4 +1,4 @@
-"""Exports of Agent-R versions (registered on import; pipelines/methods.py imports this with the agent methods).
+"""Exports of Agent-R versions (registered on import, by the method package).
 
 - `sft_agent_r` (`--format sft`): one row per kept `revision_trajectories` row: `messages` [{role, content, loss}] with the
   loss flags as spliced (revision: shared prefix and bad steps false, revision turn and good branch true; good:

@@ -7,7 +7,7 @@
 `policy(messages, n, temperature) -> list[str]` asks for n samples of one prompt in one request.
 `parse_action(text) -> (action, parse_ok)` reads the action out of a policy turn.
 
-The search (as Agent-R's `mcts_raw.py`, METHODS.md §2b):
+The search (as Agent-R's published search):
 - Each iteration walks from the root and **expands every node it visits**: one policy call of `children` samples
   at `temperature`, de-duplicated by the action sent to the env (the first sample of an action is kept, the rest
   are counted on it as `duplicates`). Text with no parseable action is kept as a child with parse_ok False, and
@@ -62,7 +62,7 @@ OK = "OK"
 
 
 class MCTSSettings(BaseModel):
-    """Agent-R's tree search; defaults as the spec (ITERA=8 as the maintainer recommends, N_GEN=4, MAX_DEPTH=10)."""
+    """Agent-R's tree search; defaults as Agent-R's (8 iterations, 4 children, depth 10)."""
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     iterations: int = Field(8, ge=1, description="walks from the root per tree (Agent-R ITERA)")

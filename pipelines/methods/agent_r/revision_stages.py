@@ -1,4 +1,4 @@
-"""Agent-R's judge and splice stages (method `agent_r`, METHODS.md §2): from a pair's failed path to its revision.
+"""Agent-R's judge and splice stages (method `agent_r`, docs/methods/agent_r.md): from a pair's failed path to its revision.
 Search and pairs, and the helpers both files use, are in pipelines/methods/agent_r/search_stages.py.
 
 - `judge` (JudgeBadPathsStage, pairs -> pairs, judgements): the policy judges each pair's bad path step by step from the

@@ -1,4 +1,4 @@
-"""Agent-R's stages (method `agent_r`, METHODS.md §2): search -> pairs -> judge -> splice. Search and pairs are
+"""Agent-R's stages (method `agent_r`, docs/methods/agent_r.md): search -> pairs -> judge -> splice. Search and pairs are
 here; judge and splice, which turn a failed path into its revision, are in pipelines/methods/agent_r/revision_stages.py.
 
 - `mcts` (MCTSStage, problems -> trees, nodes): one tree per env task, searched by the policy model

@@ -17,7 +17,7 @@ A revision row's messages, in order (D = divergence depth, E = the depth of the 
    turn, loss False (the caller passes that text in, e.g. from `mcts.env_reply`);
 5. the good branch from the divergence child (depth D+1) to the good leaf: assistant loss **True**, observations
    loss False.
-Known limit (METHODS.md §2f): the good branch's observations were produced from the divergence parent's state,
+Known limit (docs/methods/agent_r.md): the good branch's observations were produced from the divergence parent's state,
 not from the state after the bad steps; the wait turn papers over that, which is faithful only where the bad
 steps left the state the good branch needs (reversible actions, or mistakes that changed nothing).
 

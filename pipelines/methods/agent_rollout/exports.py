@@ -1,4 +1,4 @@
-"""Exports of agent trajectories (registered on import; pipelines/methods.py imports this with the agent methods).
+"""Exports of agent trajectories (registered on import, by the method package).
 
 - `sft_trajectories` (`--format sft`): `messages` [{role, content, loss}] as recorded: the policy's turns have
   loss true; the instruction, "OK" and every observation have loss false. Plus ids back to the trajectory and its
