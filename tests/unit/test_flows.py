@@ -153,17 +153,16 @@ def test_rerun_after_a_failed_stage_reuses_the_stages_before_it(fake_recipe, dat
 
 def test_rerun_after_a_failed_publish_reuses_the_cached_stages(fake_recipe, data_root, monkeypatch):
     import flows.build as fb
-    import pipelines.build as pb
-    real_publish = pb.publish
+    real_publish = fb.publish_plan
     calls = _stage_calls(monkeypatch)
-    monkeypatch.setattr(pb, "publish", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full (test)")))
+    monkeypatch.setattr(fb, "publish_plan", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full (test)")))
     cfg = fake_recipe(n=4, shard_size=2).model_dump(mode="json")
     first = fb.build_flow(config=cfg, return_state=True)
     assert first.is_failed() and "disk full" in first.message
     assert Catalog(str(data_root)).versions("fake") == []
     assert len(calls) == 6  # 3 per-shard stages x 2 shards (dedup is global)
 
-    monkeypatch.setattr(pb, "publish", real_publish)
+    monkeypatch.setattr(fb, "publish_plan", real_publish)
     second = fb.build_flow(config=cfg, return_state=True)
     assert second.is_completed(), second.message
     assert len(calls) == 6  # nothing recomputed
