@@ -1,9 +1,12 @@
 """A build as a Prefect flow: one flow run per build; tasks plan -> one task per stage -> publish.
 
-Prefect orchestrates, Ray (or the in-process runner) computes. The flow opens one BuildSession for the whole run:
-Ray is started once and the engines (one per distinct model) are started when the first stage that needs them runs
-and stopped after the last one, so three LLM stages on one model start one engine. Each stage task runs its stage over
-every shard it has not finished; every (shard, stage) output is a Parquet checkpoint in staging, which the next stage
+Prefect orchestrates, Ray (or the in-process runner) computes. The flow runs the same build as `errata build
+--no-prefect` (`pipelines.build.build`), stage by stage, with Prefect tasks as its steps (`PREFECT_STEPS`); it adds
+only what Prefect needs: the tasks, the run's tags and summary artifact, and (in `build_flow_run`) starting the first
+engine while Prefect's temporary server comes up. The build opens one BuildSession for the whole run: Ray is started
+once and the engines (one per distinct model) are started when the first stage that needs them runs and stopped
+after the last one, so three LLM stages on one model start one engine. Each stage task runs its stage over every
+shard it has not finished; every (shard, stage) output is a Parquet checkpoint in staging, which the next stage
 reads. `publish` makes the new version.
 
 - Retries: a stage task is retried (twice by default) only on transient failures: TransientEngineError (engine
@@ -38,10 +41,10 @@ from prefect.context import TaskRunContext  # noqa: E402
 from flows._env import shorten_errata_tracebacks  # noqa: E402
 from flows.tags import add_tags  # noqa: E402
 
-from pipelines.build import BuildResult  # noqa: E402
+from pipelines.build import BuildResult, BuildSteps, build  # noqa: E402
 from pipelines.config import RecipeConfig, load_recipe, validate_recipe  # noqa: E402
 from pipelines.execute import run_stage  # noqa: E402
-from pipelines.plan import BuildPlan, build_lock, plan_build, stage_names  # noqa: E402
+from pipelines.plan import BuildPlan, Log, plan_build  # noqa: E402
 from pipelines.publish import publish_plan  # noqa: E402
 from pipelines.session import BuildSession, early_start  # noqa: E402
 from schemas.errors import ConfigError, TransientEngineError, error_chain  # noqa: E402
@@ -97,6 +100,23 @@ def stage_task(plan: BuildPlan, stage: str) -> dict:
 def publish_task(plan: BuildPlan, engines: dict) -> Manifest:
     """Publish the finished shards as a new immutable version."""
     return publish_plan(plan, engines)
+
+
+def _plan_step(config: RecipeConfig, log: Log) -> BuildPlan:
+    return plan_task(config)
+
+
+def _stage_step(session: BuildSession, stage: str, log: Log) -> dict:
+    """One stage as its own task run, named after the stage. The task's parameters are (plan, stage), which its
+    cache key reads; it finds the open session by the plan's run id."""
+    _SESSIONS[session.plan.run_id] = session
+    try:
+        return stage_task.with_options(name=stage, retry_delay_seconds=RETRY_DELAY_SECONDS)(session.plan, stage)
+    finally:
+        _SESSIONS.pop(session.plan.run_id, None)
+
+
+PREFECT_STEPS = BuildSteps(plan=_plan_step, run_stage=_stage_step, publish=publish_task)
 
 
 # --- the flow -------------------------------------------------------------------------------------------------
@@ -159,19 +179,8 @@ def build_flow(recipe: Optional[str] = None, overrides: Optional[list[str]] = No
     cfg = resolve_config(recipe, overrides, config)
     label = recipe or cfg.dataset
     add_tags([f"dataset:{cfg.dataset}", f"recipe:{label}", f"recipe_hash:{cfg.config_hash()}"])
-    plan = plan_task(cfg)
-    with build_lock(plan):
-        with BuildSession(plan, progress, stage_by_stage=True) as session:
-            _SESSIONS[plan.run_id] = session
-            try:
-                for name in stage_names(cfg):
-                    stage_task.with_options(name=name, retry_delay_seconds=RETRY_DELAY_SECONDS)(plan, name)
-                engines = session.describe_engines()
-            finally:
-                _SESSIONS.pop(plan.run_id, None)
-        manifest = publish_task(plan, engines)
-    result = BuildResult(manifest, plan.catalog.version_dir(manifest.dataset, manifest.version),
-                            plan.resumed_shards, round(time.time() - started, 3), plan.root.root_url)
+    result = build(cfg, progress, log=_log, steps=PREFECT_STEPS, started=started)
+    manifest = result.manifest
     add_tags([f"version:{manifest.ref}"])
     create_markdown_artifact(key=f"build-{cfg.dataset.replace('_', '-')}",
                              markdown=summary_markdown(result, label),
