@@ -178,6 +178,27 @@ def test_rerun_after_a_failed_publish_reuses_the_cached_stages(fake_recipe, data
     assert store.versions("fake") == [1, 2]
 
 
+def test_the_flow_runs_the_one_build_entry_point_and_plans_once(fake_recipe, data_root, monkeypatch):
+    """`errata build` (a flow run) runs pipelines.build.build, the function `errata build --no-prefect` calls; the
+    recipe is planned (its staging opened) once, the early engine start included."""
+    import flows.build as fb
+    from pipelines.staging import Staging
+    entered, opened = [], []
+    real_build, real_open = fb.build, Staging.open
+
+    def build(config, *a, **k):
+        entered.append(config.dataset)
+        return real_build(config, *a, **k)
+
+    def open_staging(self, *a, **k):
+        opened.append(self.dataset)
+        return real_open(self, *a, **k)
+    monkeypatch.setattr(fb, "build", build)
+    monkeypatch.setattr(Staging, "open", open_staging)
+    result = fb.build_flow_run(fake_recipe(n=2), progress=False)
+    assert entered == ["fake"] and opened == ["fake"] and result.manifest.tables["problems"].rows == 2
+
+
 def test_is_transient_sees_through_wrappers():
     from flows.build import is_transient
     try:
