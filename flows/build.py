@@ -1,9 +1,12 @@
 """A build as a Prefect flow: one flow run per build; tasks plan -> one task per stage -> publish.
 
-Prefect orchestrates, Ray (or the in-process runner) computes. The flow opens one BuildSession for the whole run:
-Ray is started once and the engines (one per distinct model) are started when the first stage that needs them runs
-and stopped after the last one, so three LLM stages on one model start one engine. Each stage task runs its stage over
-every shard it has not finished; every (shard, stage) output is a Parquet checkpoint in staging, which the next stage
+Prefect orchestrates, Ray (or the in-process runner) computes. The flow runs the same build as `errata build
+--no-prefect` (`pipelines.build.build`), stage by stage, with Prefect tasks as its steps (`PREFECT_STEPS`); it adds
+only what Prefect needs: the tasks, the run's tags and summary artifact, and (in `build_flow_run`) starting the first
+engine while Prefect's temporary server comes up. The build opens one BuildSession for the whole run: Ray is started
+once and the engines (one per distinct model) are started when the first stage that needs them runs and stopped
+after the last one, so three LLM stages on one model start one engine. Each stage task runs its stage over every
+shard it has not finished; every (shard, stage) output is a Parquet checkpoint in staging, which the next stage
 reads. `publish` makes the new version.
 
 - Retries: a stage task is retried (twice by default) only on transient failures: TransientEngineError (engine
@@ -38,8 +41,12 @@ from prefect.context import TaskRunContext  # noqa: E402
 from flows._env import shorten_errata_tracebacks  # noqa: E402
 from flows.tags import add_tags  # noqa: E402
 
-from pipelines import build as pb  # noqa: E402
+from pipelines.build import BuildResult, BuildSteps, build  # noqa: E402
 from pipelines.config import RecipeConfig, load_recipe, validate_recipe  # noqa: E402
+from pipelines.execute import run_stage  # noqa: E402
+from pipelines.plan import BuildPlan, Log, plan_build  # noqa: E402
+from pipelines.publish import publish_plan  # noqa: E402
+from pipelines.session import BuildSession, early_start  # noqa: E402
 from schemas.errors import ConfigError, TransientEngineError, error_chain  # noqa: E402
 from schemas.manifest import Manifest  # noqa: E402
 
@@ -67,32 +74,49 @@ def retry_if_transient(task, task_run, state) -> bool:
 
 
 # --- tasks ----------------------------------------------------------------------------------------------------
-_SESSIONS: dict[str, pb.BuildSession] = {}   # run id -> the open session of a flow run in this process
+_SESSIONS: dict[str, BuildSession] = {}   # run id -> the open session of a flow run in this process
 
 
 def _stage_cache_key(ctx: TaskRunContext, params: dict[str, Any]) -> Optional[str]:
-    plan: pb.BuildPlan = params["plan"]
+    plan: BuildPlan = params["plan"]
     return f"errata-{params['stage']}-{plan.config.config_hash()}-{plan.run_id}-{len(plan.shard_ids)}"
 
 
 @task(name="plan", cache_policy=NO_CACHE, persist_result=False)
-def plan_task(config: RecipeConfig) -> pb.BuildPlan:
+def plan_task(config: RecipeConfig) -> BuildPlan:
     """Check the recipe and its inputs, open (or resume) the staging area, write each shard's inputs."""
-    return pb.plan_build(config, log=_log)
+    return plan_build(config, log=_log)
 
 
 @task(name="stage", retries=STAGE_RETRIES, retry_delay_seconds=RETRY_DELAY_SECONDS,
       retry_condition_fn=retry_if_transient, cache_key_fn=_stage_cache_key,
       cache_expiration=dt.timedelta(days=7))
-def stage_task(plan: pb.BuildPlan, stage: str) -> dict:
+def stage_task(plan: BuildPlan, stage: str) -> dict:
     """Run one stage over every shard it has not finished (the flow names each run after its stage)."""
-    return pb.run_stage(_SESSIONS[plan.run_id], stage, log=_log)
+    return run_stage(_SESSIONS[plan.run_id], stage, log=_log)
 
 
 @task(name="publish", cache_policy=NO_CACHE, persist_result=False)
-def publish_task(plan: pb.BuildPlan, engines: dict) -> Manifest:
+def publish_task(plan: BuildPlan, engines: dict) -> Manifest:
     """Publish the finished shards as a new immutable version."""
-    return pb.publish(plan, engines)
+    return publish_plan(plan, engines)
+
+
+def _plan_step(config: RecipeConfig, log: Log) -> BuildPlan:
+    return plan_task(config)
+
+
+def _stage_step(session: BuildSession, stage: str, log: Log) -> dict:
+    """One stage as its own task run, named after the stage. The task's parameters are (plan, stage), which its
+    cache key reads; it finds the open session by the plan's run id."""
+    _SESSIONS[session.plan.run_id] = session
+    try:
+        return stage_task.with_options(name=stage, retry_delay_seconds=RETRY_DELAY_SECONDS)(session.plan, stage)
+    finally:
+        _SESSIONS.pop(session.plan.run_id, None)
+
+
+PREFECT_STEPS = BuildSteps(plan=_plan_step, run_stage=_stage_step, publish=publish_task)
 
 
 # --- the flow -------------------------------------------------------------------------------------------------
@@ -121,7 +145,7 @@ def resolve_config(recipe: Optional[str], overrides: Optional[list[str]], config
     return load_recipe(recipe, list(overrides or []))
 
 
-def summary_markdown(result: pb.BuildResult, recipe: str) -> str:
+def summary_markdown(result: BuildResult, recipe: str) -> str:
     m = result.manifest
     lines = [f"# {m.dataset}@{m.version}", "",
              f"Recipe `{recipe}` (hash `{m.recipe_hash}`), run `{m.run_id}`, code `{m.code_version}`.", "",
@@ -149,25 +173,14 @@ def summary_markdown(result: pb.BuildResult, recipe: str) -> str:
 @flow(name=BUILD_FLOW_NAME, flow_run_name=_run_name, log_prints=False, persist_result=False,
       description="errata build: recipe -> the method's stages -> a new published dataset version")
 def build_flow(recipe: Optional[str] = None, overrides: Optional[list[str]] = None,
-               config: Optional[dict] = None, progress: bool = True) -> pb.BuildResult:
+               config: Optional[dict] = None, progress: bool = True) -> BuildResult:
     """One dataset build. Give a recipe name/path (+ `key=value` overrides), or a full recipe config."""
     started = time.time()
     cfg = resolve_config(recipe, overrides, config)
     label = recipe or cfg.dataset
     add_tags([f"dataset:{cfg.dataset}", f"recipe:{label}", f"recipe_hash:{cfg.config_hash()}"])
-    plan = plan_task(cfg)
-    with pb.build_lock(plan):
-        with pb.BuildSession(plan, progress, stage_by_stage=True) as session:
-            _SESSIONS[plan.run_id] = session
-            try:
-                for name in pb.stage_names(cfg):
-                    stage_task.with_options(name=name, retry_delay_seconds=RETRY_DELAY_SECONDS)(plan, name)
-                engines = session.describe_engines()
-            finally:
-                _SESSIONS.pop(plan.run_id, None)
-        manifest = publish_task(plan, engines)
-    result = pb.BuildResult(manifest, plan.catalog.version_dir(manifest.dataset, manifest.version),
-                            plan.resumed_shards, round(time.time() - started, 3), plan.root.root_url)
+    result = build(cfg, progress, log=_log, steps=PREFECT_STEPS, started=started)
+    manifest = result.manifest
     add_tags([f"version:{manifest.ref}"])
     create_markdown_artifact(key=f"build-{cfg.dataset.replace('_', '-')}",
                              markdown=summary_markdown(result, label),
@@ -175,10 +188,10 @@ def build_flow(recipe: Optional[str] = None, overrides: Optional[list[str]] = No
     return result
 
 
-def build_flow_run(config: RecipeConfig, progress: bool = True, recipe: Optional[str] = None) -> pb.BuildResult:
+def build_flow_run(config: RecipeConfig, progress: bool = True, recipe: Optional[str] = None) -> BuildResult:
     """Run one build as a Prefect flow run (the `errata build` path). Raises the build's own error on failure.
-    Ray and the first LLM stage's engine start while Prefect's temporary server starts (pb.early_start)."""
+    Ray and the first LLM stage's engine start while Prefect's temporary server starts (early_start)."""
     from flows.temporary_server import start_temporary_server
-    with pb.early_start(config):
+    with early_start(config):
         start_temporary_server()
         return build_flow(recipe=recipe, config=config.model_dump(mode="json"), progress=progress)

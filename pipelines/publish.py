@@ -1,4 +1,8 @@
-"""Publishing: a finished build's staging becomes a new immutable version.
+"""Publishing: a finished build becomes a new immutable version.
+
+`publish_plan` is the build's last step: it checks that every stage finished every shard and gathers what the
+manifest records (provenance, merged stage stats, tokens, timings, the method's summary); `publish` then makes the
+version from staging.
 
 For every table, each shard's latest file (the last stage that wrote it, else the shard's input) is hard-linked into
 `<table>/part-sNNNNN.parquet` (errors: every stage's file, `errors/part-sNNNNN-<stage>.parquet`); a table with no
@@ -9,12 +13,53 @@ exists, so a crash at any point loses nothing already written.
 from __future__ import annotations
 
 import datetime as dt
+import time
+from typing import Any, Optional
 
 from pipelines.catalog import MANIFEST, Catalog
+from pipelines.execute import merged_stats
+from pipelines.plan import BuildPlan
+from pipelines.provenance import code_version
 from pipelines.staging import INPUT, Staging, table_from_rows
 from schemas.errors import StorageError
 from schemas.manifest import FileEntry, Manifest, TableEntry
-from schemas.registry import ERRORS, get_table
+from schemas.registry import ERRORS, get_method, get_table
+
+
+def method_summary(method: str, stats: dict[str, dict]) -> dict[str, Any]:
+    """The method's own figures from the merged stage stats (its `summary` hook); {} when it has none."""
+    summary = get_method(method).summary
+    return dict(summary(stats)) if summary is not None else {}
+
+
+def publish_plan(plan: BuildPlan, engines: Optional[dict] = None) -> Manifest:
+    """Publish a build whose stages have finished every shard; `engines`: the session's describe_engines()."""
+    cfg = plan.config
+    stages = plan.make_stages()
+    names = [s.name for s in stages]
+    stats = merged_stats(plan, names)
+    tokens = {"prompt": sum(s.get("prompt_tokens", 0) for s in stats.values()),
+              "completion": sum(s.get("completion_tokens", 0) for s in stats.values())}
+    templates: dict[str, str] = {}
+    for s in stages:
+        templates.update(s.templates())
+    tables = list(dict.fromkeys([*plan.input_tables, *[t for s in stages for t in s.writes]]))
+    unfinished = [s.name for s in stages if (not plan.staging.global_done(s.name) if s.is_global
+                                             else plan.pending(s.name))]
+    if unfinished:
+        raise StorageError(f"cannot publish {cfg.dataset}: stage(s) {unfinished} have not finished every shard")
+    fields = dict(
+        run_id=plan.run_id, parents=list(plan.parents), method=cfg.method, recipe=cfg.model_dump(mode="json"),
+        recipe_hash=cfg.config_hash(), code_version=code_version(), models={s.name: s.describe() for s in stages},
+        engines=engines or {}, prompt_templates=templates, stages=stats, tokens=tokens, inputs=plan.inputs,
+        timings={"build_seconds": round(time.time() - plan.started, 3),
+                 **{f"{k}_seconds": v.get("wall_seconds", v.get("seconds", 0.0)) for k, v in stats.items()}},
+        shards={"total": len(plan.shard_ids), "resumed": plan.resumed_shards},
+        execution={"runner": plan.runner, "reason": plan.runner_reason},
+        summary=method_summary(cfg.method, stats))
+    shard_steps = [s.name for s in stages if not s.is_global or s.table]
+    return publish(plan.staging, plan.catalog, plan.shard_ids, shard_steps,
+                   [t for t in tables if t != ERRORS], fields, names)
 
 
 def publish(staging: Staging, catalog: Catalog, shard_ids: list[int], stages: list[str], tables: list[str],

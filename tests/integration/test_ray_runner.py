@@ -44,16 +44,19 @@ def test_stage_by_stage_on_ray_matches_local(fake_recipe, data_root):
     engine actor are started once for the whole build and are gone after it."""
     import ray
 
-    import pipelines.build as pb
+    from pipelines.execute import run_stage
+    from pipelines.plan import plan_build, stage_names
+    from pipelines.publish import publish_plan
+    from pipelines.session import BuildSession
     local = build(fake_recipe(n=6, n_samples=3, shard_size=2, runner="local"), progress=False).manifest
     cfg = fake_recipe(n=6, n_samples=3, shard_size=2, runner="ray")
-    plan = pb.plan_build(cfg, log=lambda s: None)
-    with pb.BuildSession(plan, progress=False) as session:
-        out = [pb.run_stage(session, name, log=lambda s: None) for name in pb.stage_names(cfg)]
+    plan = plan_build(cfg, log=lambda s: None)
+    with BuildSession(plan, progress=False) as session:
+        out = [run_stage(session, name, log=lambda s: None) for name in stage_names(cfg)]
         assert ray.is_initialized() and session.engines.running() == []   # no LLM stage left: engine stopped
         engines = session.describe_engines()
     assert not ray.is_initialized()
-    staged = pb.publish(plan, engines)
+    staged = publish_plan(plan, engines)
     assert [o["shards_run"] for o in out] == [3, 3, 3, 3]
     assert [e["starts"] for e in staged.engines.values()] == [1]
     store = Catalog(str(data_root))
@@ -64,27 +67,29 @@ def test_stage_by_stage_on_ray_matches_local(fake_recipe, data_root):
 
 
 def test_early_start_hands_ray_and_the_engine_to_the_build_or_stops_them(fake_recipe, data_root):
-    """The Prefect path starts Ray and the first LLM stage's engine before the flow (pb.early_start): the build's
+    """The Prefect path starts Ray and the first LLM stage's engine before the flow (early_start): the build's
     session takes both over (one engine start, Ray shut down by the session); without a build they are stopped."""
     import ray
 
-    import pipelines.build as pb
+    import pipelines.session as ps
+    from pipelines.build import run_build
+    from pipelines.plan import plan_build
     cfg = fake_recipe(n=4, n_samples=2, shard_size=2, runner="ray")
-    with pb.early_start(cfg):
-        early = pb._EARLY[cfg.config_hash()]
+    with ps.early_start(cfg):
+        early = ps._EARLY[cfg.config_hash()]
         assert ray.is_initialized() and early.engines.running() == [cfg.engines["student"].key()]
-        result = pb.run_build(pb.plan_build(cfg, log=lambda s: None), progress=False, log=lambda s: None)
-        assert cfg.config_hash() not in pb._EARLY and not ray.is_initialized()    # taken over, then shut down
+        result = run_build(plan_build(cfg, log=lambda s: None), progress=False, log=lambda s: None)
+        assert cfg.config_hash() not in ps._EARLY and not ray.is_initialized()    # taken over, then shut down
     assert [e["starts"] for e in result.manifest.engines.values()] == [1]
     assert result.manifest.tables["attempts"].rows == 8
-    with pb.early_start(cfg):      # published: a new build of the same recipe; no session opens in the block
-        early = pb._EARLY[cfg.config_hash()]
+    with ps.early_start(cfg):      # published: a new build of the same recipe; no session opens in the block
+        early = ps._EARLY[cfg.config_hash()]
         name = early.engines.refs().role_actors["student"][0]
         assert ray.get(ray.get_actor(name, namespace="errata").start.remote())["starts"] == 1
-    assert not ray.is_initialized() and pb._EARLY == {}     # not taken over: stopped with Ray at the block's end
-    with pb.early_start(fake_recipe(n=4, n_samples=2, shard_size=2, runner="local")):
-        assert pb._EARLY and not ray.is_initialized()     # in process: the engine starts early, Ray not at all
-    assert pb._EARLY == {}
+    assert not ray.is_initialized() and ps._EARLY == {}     # not taken over: stopped with Ray at the block's end
+    with ps.early_start(fake_recipe(n=4, n_samples=2, shard_size=2, runner="local")):
+        assert ps._EARLY and not ray.is_initialized()     # in process: the engine starts early, Ray not at all
+    assert ps._EARLY == {}
 
 
 def test_build_on_a_ray_cluster_by_address(fake_recipe, data_root):

@@ -9,9 +9,12 @@ from typing import Optional
 
 import pytest
 
-import pipelines.build as build_mod
-from pipelines.build import build, make_stages, plan_build, run_build
+from pipelines.build import build, run_build
 from pipelines.config import validate_recipe
+from pipelines.execute import run_stage
+from pipelines.plan import make_stages, plan_build, stage_names
+from pipelines.publish import publish_plan
+from pipelines.session import BuildSession
 from schemas.registry import Method, StageSpec, get_method, register_method
 from schemas.errors import InputError
 from schemas.rows import Lineage
@@ -160,11 +163,11 @@ def test_fuse_stages_defaults_to_local_ray_and_does_not_change_the_recipe_hash(f
 
 # --- stage by stage (the Prefect flow's shape) --------------------------------------------------------------
 def _stage_by_stage(plan):
-    with build_mod.BuildSession(plan, progress=False) as session:
-        for name in build_mod.stage_names(plan.config):
-            build_mod.run_stage(session, name, log=lambda s: None)
+    with BuildSession(plan, progress=False) as session:
+        for name in stage_names(plan.config):
+            run_stage(session, name, log=lambda s: None)
         engines = session.describe_engines()
-    return build_mod.publish(plan, engines)
+    return publish_plan(plan, engines)
 
 
 def _rows(cat, m, table, key):
@@ -212,27 +215,27 @@ def test_stage_by_stage_checkpoints_skip_finished_shards(fake_recipe, data_root,
             raise RuntimeError("killed")
         return real(stage, staging, shard_id, *a, **k)
     monkeypatch.setattr(runner, "run_stage_on_shard", crash_on_third)
-    with build_mod.BuildSession(plan, progress=False) as session:
-        build_mod.run_stage(session, "generate", log=lambda s: None)
+    with BuildSession(plan, progress=False) as session:
+        run_stage(session, "generate", log=lambda s: None)
         with pytest.raises(RuntimeError, match="killed"):
-            build_mod.run_stage(session, "verify", log=lambda s: None)
-        names = build_mod.stage_names(cfg)
+            run_stage(session, "verify", log=lambda s: None)
+        names = stage_names(cfg)
         assert [st.last_done(s, names) for s in range(3)] == [1, 1, 0]
         with pytest.raises(Exception, match="have not been through stage 'verify'"):
-            build_mod.run_stage(session, "filter", log=lambda s: None)
+            run_stage(session, "filter", log=lambda s: None)
 
     logs = []
     plan2 = plan_build(cfg, log=lambda s: None)
-    with build_mod.BuildSession(plan2, progress=False) as session:
-        out = build_mod.run_stage(session, "generate", log=logs.append)
+    with BuildSession(plan2, progress=False) as session:
+        out = run_stage(session, "generate", log=logs.append)
         assert (out["shards_run"], out["shards_skipped"]) == (0, 3)
-        out = build_mod.run_stage(session, "verify", log=logs.append)
+        out = run_stage(session, "verify", log=logs.append)
         assert (out["shards_run"], out["shards_skipped"]) == (1, 2) and out["stats"]["in"] == 4
-        build_mod.run_stage(session, "filter", log=logs.append)
-        build_mod.run_stage(session, "dedup", log=logs.append)
+        run_stage(session, "filter", log=logs.append)
+        run_stage(session, "dedup", log=logs.append)
         engines = session.describe_engines()
     assert calls == ["generate"] * 3 + ["verify"] * 4 + ["filter"] * 3   # dedup is global: not per shard
-    m = build_mod.publish(plan2, engines)
+    m = publish_plan(plan2, engines)
     att = catalog(data_root).read_table(m, "attempts").column("attempt_id").to_pylist()
     assert m.tables["attempts"].rows == 12 == len(set(att))
     assert m.stages["verify"]["in"] == 12 and m.stages["generate"]["out"] == 12
@@ -343,9 +346,9 @@ def test_a_stage_s_last_progress_line_comes_before_the_line_that_reports_it_done
     monkeypatch.setattr(console, "console_stream", lambda: Stream())
     cfg = fake_recipe(n=6, n_samples=2, shard_size=4)
     plan = plan_build(cfg, log=lambda s: None)
-    with build_mod.BuildSession(plan, progress=True, stage_by_stage=True) as session:
-        for name in build_mod.stage_names(cfg):
-            build_mod.run_stage(session, name, log=said.append)
+    with BuildSession(plan, progress=True, stage_by_stage=True) as session:
+        for name in stage_names(cfg):
+            run_stage(session, name, log=said.append)
     last = [i for i, s in enumerate(said) if s.startswith("generate: 12/12 sequences")]
     done = [i for i, s in enumerate(said) if s.startswith("generate: 2 shard(s) run")]
     verify_done = [i for i, s in enumerate(said) if s.startswith("verify: 2 shard(s) run")]

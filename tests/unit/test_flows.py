@@ -153,17 +153,16 @@ def test_rerun_after_a_failed_stage_reuses_the_stages_before_it(fake_recipe, dat
 
 def test_rerun_after_a_failed_publish_reuses_the_cached_stages(fake_recipe, data_root, monkeypatch):
     import flows.build as fb
-    import pipelines.build as pb
-    real_publish = pb.publish
+    real_publish = fb.publish_plan
     calls = _stage_calls(monkeypatch)
-    monkeypatch.setattr(pb, "publish", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full (test)")))
+    monkeypatch.setattr(fb, "publish_plan", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full (test)")))
     cfg = fake_recipe(n=4, shard_size=2).model_dump(mode="json")
     first = fb.build_flow(config=cfg, return_state=True)
     assert first.is_failed() and "disk full" in first.message
     assert Catalog(str(data_root)).versions("fake") == []
     assert len(calls) == 6  # 3 per-shard stages x 2 shards (dedup is global)
 
-    monkeypatch.setattr(pb, "publish", real_publish)
+    monkeypatch.setattr(fb, "publish_plan", real_publish)
     second = fb.build_flow(config=cfg, return_state=True)
     assert second.is_completed(), second.message
     assert len(calls) == 6  # nothing recomputed
@@ -177,6 +176,27 @@ def test_rerun_after_a_failed_publish_reuses_the_cached_stages(fake_recipe, data
     third = fb.build_flow(config=cfg, return_state=True)
     assert third.is_completed() and len(calls) == 12
     assert store.versions("fake") == [1, 2]
+
+
+def test_the_flow_runs_the_one_build_entry_point_and_plans_once(fake_recipe, data_root, monkeypatch):
+    """`errata build` (a flow run) runs pipelines.build.build, the function `errata build --no-prefect` calls; the
+    recipe is planned (its staging opened) once, the early engine start included."""
+    import flows.build as fb
+    from pipelines.staging import Staging
+    entered, opened = [], []
+    real_build, real_open = fb.build, Staging.open
+
+    def build(config, *a, **k):
+        entered.append(config.dataset)
+        return real_build(config, *a, **k)
+
+    def open_staging(self, *a, **k):
+        opened.append(self.dataset)
+        return real_open(self, *a, **k)
+    monkeypatch.setattr(fb, "build", build)
+    monkeypatch.setattr(Staging, "open", open_staging)
+    result = fb.build_flow_run(fake_recipe(n=2), progress=False)
+    assert entered == ["fake"] and opened == ["fake"] and result.manifest.tables["problems"].rows == 2
 
 
 def test_is_transient_sees_through_wrappers():

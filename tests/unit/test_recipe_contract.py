@@ -138,7 +138,8 @@ def test_lemmas_two_engines_split_the_device_only_when_they_run_together(stage_b
     """LEMMA with a distinct teacher: streaming runs generate (student) and judge (teacher) in one segment, so both
     engines are up at once and each gets half the memory budget; stage by stage (Prefect) the student's engine
     stops after generate, before the teacher's starts, so each gets all of it."""
-    from pipelines.build import check_recipe, engine_sharing
+    from pipelines.plan import check_recipe
+    from pipelines.session import engine_sharing
     from pipelines.config import load_recipe
     cfg = load_recipe("lemma", ["engines.teacher.seed=1"])
     assert sorted(engine_sharing(check_recipe(cfg), cfg, stage_by_stage).values()) == expected

@@ -5,7 +5,9 @@ import types
 
 import pytest
 
-import pipelines.build as pb
+import pipelines.session as ps
+from pipelines.build import build, run_build
+from pipelines.plan import plan_build
 import pipelines.runner as runner
 from pipelines.runner import choose_runner
 
@@ -58,7 +60,7 @@ def test_the_default_recipe_runner_is_auto():
 def test_the_manifest_and_the_summary_say_which_runner_ran_and_why(fake_recipe, box, capsys):
     from flows.cli import print_build_summary
     box(2)
-    result = pb.build(fake_recipe(n=4, runner="auto"), progress=False, log=lambda s: None)
+    result = build(fake_recipe(n=4, runner="auto"), progress=False, log=lambda s: None)
     assert result.manifest.execution["runner"] == "local"
     assert "2 CPU cores and no GPU" in result.manifest.execution["reason"]
     assert result.manifest.tables["attempts"].rows == 8
@@ -71,17 +73,17 @@ def test_early_start_in_process_hands_the_engine_to_the_build_or_stops_it(fake_r
     process (no Ray): the build's session takes it over (one start); without a build it is stopped."""
     box(2)
     cfg = fake_recipe(n=4, runner="auto")
-    with pb.early_start(cfg):
-        early = pb._EARLY[cfg.config_hash()]
+    with ps.early_start(cfg):
+        early = ps._EARLY[cfg.config_hash()]
         assert early.runner == "local" and early.ray_started is False
         engines = early.engines
-        result = pb.run_build(pb.plan_build(cfg, log=lambda s: None), progress=False, log=lambda s: None)
-        assert cfg.config_hash() not in pb._EARLY
+        result = run_build(plan_build(cfg, log=lambda s: None), progress=False, log=lambda s: None)
+        assert cfg.config_hash() not in ps._EARLY
     assert [e["starts"] for e in result.manifest.engines.values()] == [1]
     assert engines.running() == [] and engines._loop is None        # the session stopped what it took over
     cfg2 = fake_recipe(n=4, runner="local", dataset="fake_two")
-    with pb.early_start(cfg2):       # no session opens in the block
-        early = pb._EARLY[cfg2.config_hash()]
+    with ps.early_start(cfg2):       # no session opens in the block
+        early = ps._EARLY[cfg2.config_hash()]
         early.engines.start()        # waits for the begun start
         assert early.engines.running() == [cfg2.engines["student"].key()]
-    assert pb._EARLY == {} and early.engines.running() == [] and early.engines._loop is None
+    assert ps._EARLY == {} and early.engines.running() == [] and early.engines._loop is None
