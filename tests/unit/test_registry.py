@@ -157,7 +157,17 @@ def test_show_id_of_an_error_row(fake_recipe, data_root, tmp_path, capsys):
 
 
 # --- a third party's method ----------------------------------------------------------------------------------------
-def test_a_method_named_by_module_path_builds_and_its_table_is_shown(data_root, tmp_path, capsys):
+@pytest.fixture
+def registry_restored():
+    import schemas.registry as registry
+    registry.load_methods()
+    saved = dict(registry._METHODS)
+    yield
+    registry._METHODS.clear()
+    registry._METHODS.update(saved)
+
+
+def test_a_method_named_by_module_path_builds_and_its_table_is_shown(data_root, tmp_path, capsys, registry_restored):
     from flows.cli import main
     recipe = tmp_path / "echo.yaml"
     recipe.write_text('dataset: echo\nmethod: "tests.third_party_method:METHOD"\n'
@@ -177,7 +187,7 @@ def test_a_method_named_by_module_path_builds_and_its_table_is_shown(data_root, 
     assert echoes[0]["attempt_id"] in capsys.readouterr().out
 
 
-def test_a_bad_method_reference_is_a_clear_error():
+def test_a_bad_method_reference_is_a_clear_error(registry_restored):
     from schemas.errors import ConfigError
     from schemas.registry import get_method
     with pytest.raises(ConfigError, match="'tests.third_party_method:NOPE': cannot load it"):

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.build import make_stages
+from pipelines.plan import make_stages
 from pipelines.chain import check_chain
 from pipelines.config import load_recipe
 from schemas.errors import ConfigError, StageError
-from schemas.registry import get_method, methods
+from schemas.registry import get_method
 from stages.base import ExpandStage, FilterStage, GlobalStage, MapStage, Stage
 
 PROBLEMS = [{"problem_id": f"p{i}", "question": f"q{i}", "reference_answer": str(i)} for i in range(3)]
@@ -104,8 +104,13 @@ def test_emitting_a_table_the_stage_does_not_write_is_an_error():
         TwoTables(name="step").emit("judgements", [])
 
 
+def builtin_methods() -> dict:
+    from pipelines.methods import BUILTIN
+    return {name: get_method(name) for name in BUILTIN}
+
+
 def builtin_stage_classes() -> set[type]:
-    return {s.stage for m in methods().values() if m.home is not None for s in m.stages}
+    return {s.stage for m in builtin_methods().values() for s in m.stages}
 
 
 def test_every_builtin_stage_declares_the_columns_it_fills_and_none_overrides_run():
@@ -114,9 +119,7 @@ def test_every_builtin_stage_declares_the_columns_it_fills_and_none_overrides_ru
         assert issubclass(cls, shapes), f"{cls.__name__} is not one of the stage shapes"
         overrides = [c.__name__ for c in cls.__mro__ if "run" in c.__dict__ and c not in (*shapes, Stage)]
         assert not overrides, f"{cls.__name__} overrides run() in {overrides}"
-    for name, m in methods().items():
-        if m.home is None:
-            continue
+    for name, m in builtin_methods().items():
         for st in make_stages(m, load_recipe_for(name)):
             missing = [t for t in st.writes if t not in st.fills]
             assert not missing, f"{name}.{st.name} writes {missing} without declaring the columns it fills"
@@ -140,7 +143,11 @@ def test_lemma_without_verify_fails_the_chain_check_naming_the_column():
 
 
 def test_every_builtin_recipe_passes_the_column_check():
-    from pipelines.build import check_recipe
-    from pipelines.config import recipe_names
-    for recipe in recipe_names():
-        check_recipe(load_recipe(recipe))
+    from pipelines.plan import check_recipe
+    from pipelines.config import builtin_recipes
+    from pipelines.methods import BUILTIN
+    from tests.conftest import REPO
+    for recipe, path in builtin_recipes().items():
+        if path.is_relative_to(REPO / "pipelines" / "methods"):
+            check_recipe(load_recipe(recipe))
+    assert len([p for p in builtin_recipes().values() if p.is_relative_to(REPO / "pipelines")]) >= len(BUILTIN)
