@@ -129,32 +129,39 @@ def bench_runner(config: dict, n_tasks: int, concurrency: int) -> dict:
             "episodes_per_s": round(len(trajs) / secs, 1)}
 
 
+def start_embedded_policy():
+    """The embedded model as role `policy` on in-process engines, started and warmed up: (engines, its
+    EngineConfig, what the start described, start seconds). The caller stops the engines."""
+    from pipelines.files import Root
+    from stages.engines.base import GenerationRequest, SamplingParams
+    from stages.engines.config import EngineConfig
+    from stages.engines.host import LocalEngines
+
+    models_dir = os.environ.get("ERRATA_MODELS") or Root(str(REPO / "data")).models_dir
+    engine = EngineConfig(kind="vllm", model="embedded")
+    engines = LocalEngines({"policy": engine}, models_dir)
+    t0 = time.perf_counter()
+    described = engines.start()
+    start_s = time.perf_counter() - t0
+    engines.client("policy").generate([GenerationRequest(messages=[{"role": "user", "content": "Say hi."}],
+                                                         sampling=SamplingParams(max_tokens=8))])   # warm-up
+    return engines, engine, described, start_s
+
+
 def bench_rollouts(n_tasks: int, concurrency: int, max_steps: int, max_tokens: int, serial_tasks: int) -> dict:
     """The rollout stage on the embedded model (vLLM, one engine started once): `n_tasks` craft tasks with
     `concurrency` episodes in flight, then `serial_tasks` other tasks of the same world one episode at a time
     (episodes/minute is a rate, so the slow serial run may use fewer tasks). Disjoint task sets, so the second run
     gets no prefix-cache hits from the first; the engine is warmed up before either."""
-    from pipelines.files import Root
-    from stages.base import StageContext
-    from stages.engines.base import GenerationRequest, SamplingParams
-    from stages.engines.config import EngineConfig
-    from stages.engines.host import LocalEngines
-    from stages.envs.spec import EnvSpec
     from pipelines.methods.agent_rollout.rollout_stages import RolloutConfig, RolloutStage
+    from stages.base import StageContext
+    from stages.envs.spec import EnvSpec
     from stages.tasks import env_problems
 
     spec = EnvSpec(kind="craft", config={"generate": {"seed": 0, "depth": 3}, "max_goal_depth": 2,
                                          "distractors": 4})
     problems = env_problems(spec, "train", n_tasks + serial_tasks)
-    engine = EngineConfig(kind="vllm", model="embedded")
-    models_dir = os.environ.get("ERRATA_MODELS") or Root(str(REPO / "data")).models_dir
-    engines = LocalEngines({"policy": engine}, models_dir)
-    t0 = time.perf_counter()
-    described = engines.start()
-    start_s = time.perf_counter() - t0
-    client = engines.client("policy")
-    client.generate([GenerationRequest(messages=[{"role": "user", "content": "Say hi."}],
-                                       sampling=SamplingParams(max_tokens=8))])        # warm-up
+    engines, engine, described, start_s = start_embedded_policy()
     rows = {}
     try:
         for label, conc, chunk in (("concurrent", concurrency, problems[:n_tasks]),

@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.envs import _write, machine  # noqa: E402
+from bench.envs import _write, machine, start_embedded_policy  # noqa: E402
 
 
 def _prefix(engines) -> dict:
@@ -62,26 +62,15 @@ def ceiling(client, n_trees: int, children: int, max_tokens: int, rounds: int = 
 
 
 def bench(n_trees: int, seq_trees: int, iterations: int, children: int, max_depth: int, max_tokens: int) -> dict:
-    from pipelines.files import Root
     from pipelines.methods.agent_r.search_stages import MCTSConfig, MCTSStage
     from stages.base import StageContext
-    from stages.engines.base import GenerationRequest, SamplingParams
-    from stages.engines.config import EngineConfig
-    from stages.engines.host import LocalEngines
     from stages.envs.spec import EnvSpec
     from stages.tasks import env_problems
 
     spec = EnvSpec(kind="craft", config={"generate": {"seed": 0, "depth": 3}, "max_goal_depth": 1,
                                          "distractors": 2})
     problems = env_problems(spec, "train", n_trees + seq_trees)
-    engine = EngineConfig(kind="vllm", model="embedded")
-    models_dir = os.environ.get("ERRATA_MODELS") or Root(str(REPO / "data")).models_dir
-    engines = LocalEngines({"policy": engine}, models_dir)
-    t0 = time.perf_counter()
-    described = engines.start()
-    start_s = time.perf_counter() - t0
-    engines.client("policy").generate([GenerationRequest(messages=[{"role": "user", "content": "Say hi."}],
-                                                         sampling=SamplingParams(max_tokens=8))])   # warm-up
+    engines, engine, described, start_s = start_embedded_policy()
     rows = {}
     try:
         for label, conc, chunk in (("concurrent", n_trees, problems[:n_trees]),

@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
 import random
 import statistics
 import sys
@@ -24,8 +22,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from pipelines.sql import connect, query  # noqa: E402
-from pipelines.storage import Store  # noqa: E402
-from schemas.rows import Attempt, Problem, make_id, to_table  # noqa: E402
+from bench.envs import machine  # noqa: E402
+from pipelines.catalog import Catalog  # noqa: E402
+from pipelines.files import Root  # noqa: E402
+from pipelines.publish import publish  # noqa: E402
+from pipelines.staging import Staging  # noqa: E402
+from schemas.rows import Attempt, make_id, to_table  # noqa: E402
 
 QUERIES = {
     "accuracy": "SELECT count(*) AS n, avg(is_correct::INT) AS acc FROM bench.attempts WHERE drop_reason IS NULL",
@@ -39,14 +41,15 @@ QUERIES = {
 }
 
 
-def make_version(root: str, rows: int, shards: int, samples: int = 4) -> tuple[Store, str]:
-    store = Store(root)
-    store.open_build("bench", "k", {})
+def make_version(root: str, rows: int, shards: int, samples: int = 4) -> tuple[Catalog, str]:
+    """Publish dataset `bench` of `rows` attempts in `shards` shards through staging, as a build does."""
+    staging = Staging(Root(root), "bench", "k")
+    staging.open({})
     rng = random.Random(0)
     now = dt.datetime.now(dt.timezone.utc)
     n_problems = rows // samples
     per_shard = n_problems // shards
-    results, some_id = [], ""
+    some_id = ""
     for sid in range(shards):
         probs, atts = [], []
         for i in range(sid * per_shard, (sid + 1) * per_shard):
@@ -67,11 +70,12 @@ def make_version(root: str, rows: int, shards: int, samples: int = 4) -> tuple[S
                              "answer_parse_ok": True, "is_correct": ans == str(i + 1), "reward": None,
                              "verifier": "math_verify", "drop_reason": rng.choice([None] * 9 + ["truncated"]),
                              "run_id": "bench", "method": "bench", "created_at": now, "parent_ids": [pid]})
-        results.append(store.write_shard("bench", "k", sid, {"problems": to_table(probs, Problem),
-                                                             "attempts": to_table(atts, Attempt)}, {}))
-    store.publish("bench", "k", results, dict(run_id="bench", method="bench", recipe={}, recipe_hash="-",
-                                              code_version="bench"))
-    return store, some_id
+        staging.write_inputs(sid, {"problems": probs})
+        staging.write_stage(sid, "generate", {"attempts": to_table(atts, Attempt)}, None, {"in": len(probs)})
+    catalog = Catalog(Root(root))
+    publish(staging, catalog, list(range(shards)), ["generate"], ["problems", "attempts"],
+            dict(run_id="bench", method="bench", recipe={}, recipe_hash="-", code_version="bench"))
+    return catalog, some_id
 
 
 def main() -> None:
@@ -83,10 +87,10 @@ def main() -> None:
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as root:
         t0 = time.perf_counter()
-        store, aid = make_version(root, a.rows, a.shards)
+        catalog, aid = make_version(root, a.rows, a.shards)
         build_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        con = connect(store)
+        con = connect(catalog)
         connect_s = time.perf_counter() - t0
         n = query(con, "SELECT count(*) FROM bench.attempts").fetchall()[0][0]
         timings = {}
@@ -106,7 +110,7 @@ def main() -> None:
               "attempt_rows": n, "files_per_table": a.shards, "write_version_s": round(build_s, 2),
               "connect_s": round(connect_s, 4), "queries": {k: {"sql": QUERIES[k], **v} for k, v in timings.items()},
               "worst_median_s": worst, "target_s": 1.0, "meets_target": worst < 1.0,
-              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()}}
+              "machine": machine()}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(report, indent=2) + "\n")
     print(f"{n} rows; worst median {worst:.3f} s (target < 1 s) -> {a.out}")

@@ -19,12 +19,10 @@ from typing import Any, Callable
 
 from schemas.registry import ExportSpec
 from schemas.errors import ConfigError
+from stages.agents.tokens import load_tokenizer, plain_messages
+from stages.engines.model_prep import resolve_model
 
 IGNORE = -100
-
-
-def _plain(messages: list[dict]) -> list[dict]:
-    return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
 SENTINEL = "\uE000errata-content\uE001"     # private-use characters: never in real text
@@ -74,7 +72,7 @@ def tokenize_conversation(messages: list[dict], tokenizer: Any) -> dict[str, lis
         raise ConfigError("pre-tokenized exports need a fast tokenizer (character offsets per token)")
 
     def render(msgs: list[dict]) -> str:
-        return tokenizer.apply_chat_template(_plain(msgs), tokenize=False)
+        return tokenizer.apply_chat_template(plain_messages(msgs), tokenize=False)
 
     full, spans = message_spans(messages, render)
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
@@ -107,8 +105,6 @@ TOKENIZER_OPTION = "model directory, hub id or 'embedded' whose tokenizer and ch
 
 @lru_cache(maxsize=4)
 def _tokenizer(name: str, models_dir: str) -> Any:
-    from stages.agents.tokens import load_tokenizer
-    from stages.engines.model_prep import resolve_model
     try:
         return load_tokenizer(resolve_model(name, models_dir))
     except Exception as e:

@@ -20,7 +20,8 @@ from pydantic import Field
 from stages.base import FilterStage, GlobalStage
 from stages.options import Options
 
-__all__ = ["AttemptFilter", "FilterConfig", "DuplicateProblems", "normalize_text", "DROP_REASONS"]
+__all__ = ["AttemptFilter", "FilterConfig", "DuplicateProblems", "normalize_text", "DROP_REASONS",
+           "verified_drop_reason"]
 
 DROP_REASONS = ("truncated", "no_answer", "duplicate")
 
@@ -28,6 +29,22 @@ DROP_REASONS = ("truncated", "no_answer", "duplicate")
 def normalize_text(text: Optional[str]) -> str:
     """The text two samples are compared on: whitespace runs collapsed, ends stripped, case folded."""
     return re.sub(r"\s+", " ", text or "").strip().casefold()
+
+
+def verified_drop_reason(row: dict, drop_truncated: bool, own_reason: Optional[str], keep_correct: bool
+                         ) -> Optional[str]:
+    """The drop order of a verified text that must have a given verdict (an injection must be wrong, a revision
+    right): `truncated` (cut off by max_tokens, if `drop_truncated`), then the row's own check (`own_reason`), then
+    `no_answer` (no parsed answer or no verdict), then `answer_wrong` (keep_correct) or `answer_correct`."""
+    if drop_truncated and row.get("finish_reason") == "length":
+        return "truncated"
+    if own_reason:
+        return own_reason
+    if not row.get("answer_parse_ok") or row.get("is_correct") is None:
+        return "no_answer"
+    if bool(row["is_correct"]) != keep_correct:
+        return "answer_wrong" if keep_correct else "answer_correct"
+    return None
 
 
 class FilterConfig(Options):

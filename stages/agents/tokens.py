@@ -17,7 +17,8 @@ from typing import Any, Callable, Optional
 Counter = Callable[[list[dict]], int]
 
 
-def _plain(messages: list[dict]) -> list[dict]:
+def plain_messages(messages: list[dict]) -> list[dict]:
+    """Messages as a chat template takes them: role and content only (per-message loss flags dropped)."""
     return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
@@ -39,7 +40,7 @@ def load_tokenizer(name: str) -> Any:
 
 def tokenizer_counter(tok: Any) -> Counter:
     def count(messages: list[dict]) -> int:
-        text = tok.apply_chat_template(_plain(messages), tokenize=False, add_generation_prompt=True)
+        text = tok.apply_chat_template(plain_messages(messages), tokenize=False, add_generation_prompt=True)
         return len(tok(text, add_special_tokens=False)["input_ids"])
     return count
 

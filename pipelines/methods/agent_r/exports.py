@@ -32,6 +32,7 @@ from pipelines.chat_tokens import sft_tokenized_export, tokenize_conversation, t
 from pipelines.export import MESSAGES
 from schemas.registry import ExportSpec, register_export
 from schemas.errors import ConfigError
+from stages.agents.tokens import plain_messages
 
 KINDS = ("all", "revision", "good")
 _IDS = [("kind", pa.string()), ("revision_id", pa.string()), ("problem_id", pa.string()), ("tree_id", pa.string()),
@@ -132,10 +133,6 @@ def sft_tokenized_rows(tables: dict[str, list[dict]], source: str, options: dict
     return [{**tokenize_conversation(r["messages"], tok), **{k: r.get(k) for k, _ in _IDS}} for r in rows]
 
 
-def _plain(messages: list[dict]) -> list[dict]:
-    return [{"role": m["role"], "content": m["content"]} for m in messages]
-
-
 def dpo_rows(tables: dict[str, list[dict]], source: str, options: dict[str, Any]) -> list[dict]:
     """One preference row per (divergence parent, good child, bad child); see the module docstring."""
     nodes = {n["node_id"]: n for n in tables["nodes"]}
@@ -167,7 +164,7 @@ def _path_messages(nodes: dict[str, dict], node_id: str) -> list[dict]:
         chain.append(n)
         n = nodes.get(n["parent_id"]) if n["parent_id"] else None
     chain.reverse()
-    msgs = _plain(json.loads(chain[0]["opening_json"] or "[]"))
+    msgs = plain_messages(json.loads(chain[0]["opening_json"] or "[]"))
     for n in chain[1:]:
         msgs += [{"role": "assistant", "content": n["raw_text"]}, {"role": "user", "content": n["observation"]}]
     return msgs

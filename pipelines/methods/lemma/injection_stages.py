@@ -10,6 +10,7 @@ from pydantic import Field, field_validator
 
 from schemas.rows import make_id
 from stages.base import ExpandStage, Failed, FilterStage, is_live
+from stages.filter import verified_drop_reason
 from stages.engines.base import GenerationRequest
 from pipelines.methods.lemma.injection_reply import parse_injection
 from pipelines.methods.lemma.revision_checks import segments_text
@@ -208,16 +209,10 @@ class InjectionFilter(FilterStage):
 
     def drop_reasons(self, rows, tables):
         c = self.config
-        out: list[Optional[str]] = []
-        for r in rows:
-            reason = None
-            if c.drop_truncated and r.get("finish_reason") == "length":
-                reason = "truncated"
-            elif not r.get("parse_ok") and (r.get("parse_error") != "no_explanation" or c.require_explanation):
-                reason = r.get("parse_error") or "unparsed"
-            elif not r.get("answer_parse_ok") or r.get("is_correct") is None:
-                reason = "no_answer"
-            elif r.get("is_correct"):
-                reason = "answer_correct"
-            out.append(reason)
-        return out
+        return [verified_drop_reason(r, c.drop_truncated, self.parse_reason(r), keep_correct=False) for r in rows]
+
+    def parse_reason(self, r: dict) -> Optional[str]:
+        """An unparsed injection's reason (a missing <explanation> only when it is required)."""
+        if not r.get("parse_ok") and (r.get("parse_error") != "no_explanation" or self.config.require_explanation):
+            return r.get("parse_error") or "unparsed"
+        return None

@@ -17,6 +17,7 @@ from stages.llm import LLMMixin, LLMOptions
 from stages.options import Options
 from stages.prompts import load_template
 from stages.steps import prefix_through, split_solution
+from stages.filter import verified_drop_reason
 from stages.verify import VERIFY_COLUMNS, VerifyStage
 
 
@@ -213,16 +214,5 @@ class RevisionFilter(FilterStage):
         return {**super().describe(), "order": list(REVISION_DROP_ORDER), **self.config.model_dump()}
 
     def drop_reasons(self, rows, tables):
-        out: list[Optional[str]] = []
-        for r in rows:
-            if self.config.drop_truncated and r.get("finish_reason") == "length":
-                out.append("truncated")
-            elif r.get("check_reason"):
-                out.append(r["check_reason"])
-            elif not r.get("answer_parse_ok") or r.get("is_correct") is None:
-                out.append("no_answer")
-            elif r.get("is_correct") is False:
-                out.append("answer_wrong")
-            else:
-                out.append(None)
-        return out
+        return [verified_drop_reason(r, self.config.drop_truncated, r.get("check_reason"), keep_correct=True)
+                for r in rows]

@@ -1,0 +1,16 @@
+"""The benchmark scripts that need no model still run against today's code (a small size, a report written)."""
+import json
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def test_sql_bench_runs_and_writes_its_report(tmp_path):
+    out = tmp_path / "sql.json"
+    p = subprocess.run([sys.executable, str(REPO / "bench" / "sql.py"), "--rows", "2000", "--shards", "2",
+                        "--repeats", "1", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["attempt_rows"] == 2000 and set(report["queries"]) >= {"accuracy", "lookup_by_id"}
+    assert report["machine"]["cpu_count"] >= 1
