@@ -169,6 +169,13 @@ def cmd_show(args) -> int:
     from schemas.registry import id_column
     catalog = _catalog(args)
     m = catalog.resolve(args.ref)
+    if args.verify:
+        problems = catalog.verify_version(m)
+        for p in problems:
+            print(p, file=sys.stderr)
+        n = sum(len(t.files) for t in m.tables.values())
+        print(f"{m.ref}: {n} files, " + (f"{len(problems)} problem(s)" if problems else "every checksum matches"))
+        return 1 if problems else 0
     if args.id:
         from pipelines.sql import connect, fetch
         con = connect(catalog)
@@ -323,6 +330,8 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--table", help="problems, attempts, errors, ...")
     s.add_argument("--id", help="a row id (problem_id, attempt_id, error_id)")
     s.add_argument("--limit", type=int, default=5, help="rows to print with --table")
+    s.add_argument("--verify", action="store_true",
+                   help="re-hash every file of the version against its manifest's checksums")
     s.set_defaults(fn=cmd_show)
 
     q = sub.add_parser("sql", help="read-only DuckDB SQL over every dataset; a shell when no query is given")

@@ -39,10 +39,6 @@ def out() -> IO[str]:
     return _OUT or sys.stdout
 
 
-def log_path() -> Optional[str]:
-    return _LOG_PATH
-
-
 def new_log_path(root: str, what: str) -> str:
     """<root>/logs/<what>-<UTC time>.log for a local root, else ./data/logs."""
     base = Path(root if "://" not in root else "data") / "logs"

@@ -164,7 +164,3 @@ def to_table(rows: list[dict], cls: type) -> pa.Table:
     names = schema.names
     return pa.Table.from_pylist([{k: r.get(k) for k in names} for r in rows], schema=schema)
 
-
-def validate_row(row: dict, cls: type) -> None:
-    """Raise TypeError naming the field when a row does not fit its schema."""
-    to_table([row], cls)

@@ -1,6 +1,7 @@
 """Helpers for calling stages directly, as Ray would, with the build's in-process engines."""
 from __future__ import annotations
 
+from schemas.rows import to_table
 from stages.base import ShardInfo, StageContext
 from stages.engines.config import EngineConfig
 from stages.engines.host import LocalEngines
@@ -37,3 +38,8 @@ class Harness:
 def run_stage(stage, tables, shard: ShardInfo = ShardInfo()):
     with Harness(stage) as h:
         return h.run(tables, shard)
+
+
+def validate_row(row: dict, cls: type) -> None:
+    """Raise (naming the field) when a row does not fit its row type's Arrow schema."""
+    to_table([row], cls)

@@ -59,10 +59,6 @@ def stop_restarting() -> None:
     _STOPPING.set()
 
 
-def restarting_stopped() -> bool:
-    return _STOPPING.is_set()
-
-
 class EngineHost:
     """One engine of a build. `await start()`, `await generate(requests, tag, shard)`, `progress()`, `describe()`."""
 

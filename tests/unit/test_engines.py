@@ -354,7 +354,7 @@ def test_an_engine_that_dies_while_the_process_is_interrupted_is_not_restarted(m
     host = _dying_host(monkeypatch)
     monkeypatch.setattr(host_mod, "_STOPPING", __import__("threading").Event())
     host_mod.stop_restarting()
-    assert host_mod.restarting_stopped()
+    assert host_mod._STOPPING.is_set()
     with pytest.raises(EngineError, match="engine died"):
         run(host.generate([chat("What is 2 plus 3? [gold=5]")], tag="t"))
     assert (host.restarts, host.starts, _DyingFirst.made) == (0, 1, 1)

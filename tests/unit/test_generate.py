@@ -8,13 +8,13 @@ import pickle
 
 import pytest
 
-from schemas.rows import Attempt, to_table, validate_row
+from schemas.rows import Attempt, to_table
 from schemas.errors import ConfigError
 from stages.engines.config import EngineConfig
 from stages.generate import GenerateConfig, GenerateStage, split_lines
 from stages.verify import VERIFY_COLUMNS
 from stages.prompts import load_template
-from tests.helpers import Harness, context, run_stage
+from tests.helpers import Harness, context, run_stage, validate_row
 
 
 def problem(i, question=None, gold=None):

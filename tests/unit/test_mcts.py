@@ -10,8 +10,8 @@ from pydantic import ValidationError
 
 from agent_r_toys import (DriftingLineWorld, LineWorld, RandomWalker, Scripted, SnapLineWorld, line_task,
                           parse_action, turn)
-from pipelines.methods.agent_r.mcts import INVALID_ACTION, MCTSSettings, env_reply, search_many, search_tree, select_child, uct
-from pipelines.methods.agent_r.tree import Node, path_messages, path_to, total_stats, tree_from_rows, tree_rows, tree_summary
+from pipelines.methods.agent_r.mcts import INVALID_ACTION, MCTSSettings, search_many, search_tree, select_child, uct
+from pipelines.methods.agent_r.tree import Node, path_messages, total_stats, tree_from_rows, tree_rows, tree_summary
 
 
 def run(coro):
@@ -373,18 +373,10 @@ def test_path_to_and_messages():
     pol = Scripted({0: [turn("right")], 1: [turn("right")], 2: [turn("right")]})
     t = search(line_task(goal=3), pol)
     leaf = t.leaves()[0]
-    assert [n.depth for n in path_to(leaf)] == [0, 1, 2, 3]
+    assert [n.depth for n in leaf.lineage()] == [0, 1, 2, 3]
     msgs = path_messages(t, leaf, loss=True)
     assert [m["role"] for m in msgs] == ["user", "assistant", "user"] + ["assistant", "user"] * 3
     assert msgs[1] == {"role": "assistant", "content": "OK", "loss": False}
     assert msgs[0]["content"] == line_task().instruction and msgs[2]["content"].startswith("You stand at 0")
     assert all(m["loss"] for m in msgs[3::2]) and not any(m["loss"] for m in msgs[4::2])
     assert msgs[-1]["content"] == "You reach the goal at 3."
-
-
-def test_env_reply_answers_from_the_node_state():
-    pol = Scripted({0: [turn("right")], 1: [turn("right")]})
-    for env in (LineWorld(), SnapLineWorld()):
-        t = search(line_task(goal=5), pol, env=env, max_depth=1)
-        node = t.root.children[0].children[0]
-        assert run(env_reply(env, t, node, "wait")) == "You wait. You are at 2."

@@ -21,7 +21,7 @@ from stages.engines.config import EngineConfig
 from stages.engines.fake_engine import FakeFailure, register_script
 from stages.envs.craft import CraftEnv
 from stages.envs.spec import EnvSpec, read_task_record
-from pipelines.methods.agent_rollout.rollout_stages import RolloutConfig, RolloutStage, opening_matches_template
+from pipelines.methods.agent_rollout.rollout_stages import RolloutConfig, RolloutStage
 from stages.tasks import TaskSourceConfig, env_problems, load_problems
 from tests.helpers import Harness
 
@@ -131,7 +131,9 @@ def test_recipe_env_section_takes_class_and_set_overrides():
 # --- the stage -------------------------------------------------------------------------------------------------------
 def test_opening_template_is_the_react_opening():
     st = stage()
-    assert opening_matches_template(st.template) and st.template.name == "react_agent"
+    # the template file and stages.agents.react's opening say the same
+    assert st.template.render(instruction="<i>") == initial_messages("<i>", "")[0]["content"]
+    assert st.template.name == "react_agent"
 
 
 def test_policy_episodes_follow_agent_r_and_record_everything():

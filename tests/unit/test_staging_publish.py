@@ -67,6 +67,21 @@ def test_publish_makes_an_immutable_version_with_checksums(tmp_path):
     assert cat.verify_version(m) and "checksum" in cat.verify_version(m)[0]
 
 
+def test_show_verify_rehashes_a_version_and_names_a_damaged_file(tmp_path, capsys):
+    from flows.cli import main
+    cat = Catalog(Root(str(tmp_path)))
+    m = publish(_staged(tmp_path, stages=("gen",)), cat, [0, 1], ["gen"], ["problems", "attempts"], FIELDS)
+    assert main(["--data", str(tmp_path), "show", "ds@1", "--verify"]) == 0
+    assert "ds@1: 5 files, every checksum matches" in capsys.readouterr().out
+    p = f"{cat.version_dir('ds', 1)}/{m.tables['attempts'].files[1].path}"
+    os.chmod(p, 0o644)
+    with open(p, "ab") as f:
+        f.write(b"x")
+    assert main(["--data", str(tmp_path), "show", "ds@1", "--verify"]) == 1
+    out = capsys.readouterr()
+    assert "1 problem(s)" in out.out and "checksum mismatch" in out.err and "attempts/part-s00001" in out.err
+
+
 def test_a_table_without_rows_still_has_a_file_and_a_schema(tmp_path):
     st = Staging(Root(str(tmp_path)), "ds", "k")
     st.open({})

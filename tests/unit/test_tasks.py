@@ -12,7 +12,8 @@ import pytest
 
 from pipelines.config import TaskSourceConfig
 from schemas.errors import InputError
-from schemas.rows import Problem, columns, make_id, validate_row
+from schemas.rows import Problem, columns, make_id
+from tests.helpers import validate_row
 from stages.tasks import builtin_problems, load_problems
 
 # ../shared/data beside the checkout (CI clones with shared/ beside it)

@@ -422,20 +422,3 @@ async def search_many(tasks: Sequence[EnvTask], env_factory: Callable[[], Env], 
     await asyncio.gather(*(worker() for _ in range(min(concurrency, max(len(tasks), 1)))))
     return [t for t in results if t is not None]
 
-
-async def env_reply(env: Env, tree: Tree, node: Node, action: str, *,
-                    executor: Optional[cf.Executor] = None) -> str:
-    """The env's observation for `action` taken in the state after `node` (restore where the node kept a snapshot,
-    else reset and replay its path). Used for the observation that answers a revision turn's `Action: wait`."""
-    def run() -> str:
-        if node.state is not None and getattr(env, "can_snapshot", False):
-            env.restore(node.state)
-        else:
-            env.reset(tree.task)
-            for n in node.lineage()[1:]:
-                env.step(n.executed_action)
-        obs, *_ = env.step(action)
-        return obs
-    if executor is None:
-        return run()
-    return await asyncio.get_running_loop().run_in_executor(executor, run)

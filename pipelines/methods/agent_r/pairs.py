@@ -36,7 +36,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -158,15 +158,6 @@ def make_pairs(tree: Tree, settings: Optional[PairSettings] = None) -> TreePairs
     out.pairs = kept
     c["pairs"] = len(kept)
     return out
-
-
-def pair_trees(trees: Sequence[Tree], settings: Optional[PairSettings] = None) -> tuple[list[TreePairs], Counter]:
-    """make_pairs for every tree, and the counts summed (plus `trees`)."""
-    results = [make_pairs(t, settings) for t in trees]
-    total: Counter = Counter(trees=len(trees))
-    for r in results:
-        total.update(r.counts)
-    return results, total
 
 
 def good_leaves(tree: Tree, alpha: float = DEFAULT_ALPHA) -> list[Node]:

@@ -211,7 +211,7 @@ class SpliceStage(ExpandStage):
         if tree is None:
             return Failed("no_tree", f"tree {row['tree_id']} has no rows")
         base = {"problem_id": row["problem_id"], "env": tree.env_name, "task_id": tree.task.task_id,
-                "iteration": tree.iteration, "tree_id": tree.tree_id, "final_answer": None, "drop_reason": None}
+                "iteration": tree.iteration, "tree_id": tree.tree_id, "drop_reason": None}
         if row.get("kind") == "good_leaf":            # pairs.good decides whether there are any
             leaf = tree.node(row["good_leaf_id"])
             sp = good_path(tree, leaf)

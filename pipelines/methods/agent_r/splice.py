@@ -14,7 +14,7 @@ A revision row's messages, in order (D = divergence depth, E = the depth of the 
    verbatim), or through the bad leaf when nothing was judged Bad: assistant loss False (the model must not learn
    the mistake), observations as user turns, loss False;
 4. one revision turn, "Thought: {signal}\\nAction: wait", loss **True**, then the env's reply to "wait" as a user
-   turn, loss False (the caller passes that text in, e.g. from `mcts.env_reply`);
+   turn, loss False (the caller passes that text in, e.g. the splice stage's `wait_reply`);
 5. the good branch from the divergence child (depth D+1) to the good leaf: assistant loss **True**, observations
    loss False.
 Known limit (docs/methods/agent_r.md): the good branch's observations were produced from the divergence parent's state,

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -87,9 +87,6 @@ class Judgement:
     raw_text: str
     parse_ok: bool
 
-    def as_row(self) -> dict:
-        return asdict(self)
-
 
 @dataclass
 class Walk:
@@ -103,10 +100,6 @@ class Walk:
     @property
     def usable(self) -> bool:
         return self.end is not None
-
-    @property
-    def end_of_trajectory(self) -> bool:
-        return self.status == "no_error"
 
 
 def task_text(tree: Tree) -> str:

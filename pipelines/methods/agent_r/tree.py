@@ -106,11 +106,6 @@ def node_id_for(tree_id: str, path: Sequence[int]) -> str:
 
 
 
-def path_to(node: Node) -> list[Node]:
-    """The nodes from the root to `node`, both included."""
-    return node.lineage()
-
-
 def path_messages(tree: Tree, node: Node, loss: bool = False) -> list[dict]:
     """The conversation up to `node`: the opening, then per step the policy's text (assistant, `loss`) and the
     env's observation (user, no loss)."""

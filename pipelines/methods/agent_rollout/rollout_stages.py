@@ -34,7 +34,6 @@ from schemas.errors import RowError
 from schemas.agent_rows import Trajectory
 from schemas.rows import make_id
 from stages.agents.episodes import EnvPool, gold_trajectory, new_trajectory, run_episode
-from stages.agents.react import initial_messages
 from stages.base import ExpandStage, Failed, ShardInfo, StageStats, columns_except
 from stages.engines.base import GenerationRequest
 from stages.envs import Env, EnvTask, make_env
@@ -246,7 +245,3 @@ class RolloutStage(BudgetLLMMixin, ExpandStage):
             "completion_tokens": acc["completion_tokens"] if acc else 0, "drop_reason": None,
             **self.lineage([p["problem_id"]])}
 
-
-def opening_matches_template(template) -> bool:
-    """The template file and stages.agents.react's opening say the same (a test keeps them in step)."""
-    return template.render(instruction="<instruction>") == initial_messages("<instruction>", "")[0]["content"]

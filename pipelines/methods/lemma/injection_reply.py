@@ -16,7 +16,7 @@ Text after the answer line and before the explanation (a stray note) is dropped 
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Callable, Optional
 
@@ -43,9 +43,6 @@ class InjectionParse:
     parse_ok: bool
     reason: Optional[str]
     raw_text: str
-
-    def to_row(self) -> dict:
-        return asdict(self)
 
 
 def parse_injection(raw: Optional[str]) -> InjectionParse:

@@ -58,12 +58,6 @@ class JudgeResult:
         """The judge's answer was understood (a located step or a 'correct' verdict)."""
         return self.verdict != "unparsed"
 
-    def to_row(self) -> dict:
-        """The fields a judgements row stores (raw text beside the parsed fields)."""
-        d = asdict(self)
-        d["parse_ok"] = self.parse_ok
-        return d
-
 
 def format_judgement(first_error_step: Optional[int], error_type: Optional[str] = None, reason: str = "") -> str:
     """The answer format the prompt asks for (used in few-shot examples and tests)."""

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Optional, Sequence
 
@@ -81,9 +81,6 @@ class RulesInjection:
     gold_values: list = field(default_factory=list)
     error_values: list = field(default_factory=list)
     n_candidates: int = 0
-
-    def to_row(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
