@@ -86,7 +86,9 @@ class Revision(Lineage):
                                                                        "injected)"})
     judgement_id: Optional[str] = field(default=None, metadata={"doc": "the judgement that located the error "
                                                                        "(null: the rules' exact step)"})
-    first_error_step: Optional[int] = field(default=None, metadata={"doc": "1-based first wrong step revised from"})
+    first_error_step: Optional[int] = field(default=None, metadata={
+        "doc": "1-based first wrong step revised from (stages.steps.split_solution's numbering: the judgement's "
+               "`first_error_step`, or the rules injection's exact one)"})
     error_type: Optional[str] = field(default=None, metadata={"doc": "error type (judge's or injected)"})
     erroneous_prefix: Optional[str] = field(default=None, metadata={"doc": "the erroneous text through the first "
                                                                            "wrong step, verbatim"})
@@ -113,7 +115,8 @@ class Revision(Lineage):
     good_leaf_value: Optional[float] = field(default=None, metadata={"doc": "value/visits of the good leaf"})
     bad_leaf_value: Optional[float] = field(default=None, metadata={"doc": "value/visits of the bad leaf"})
     divergence_depth: Optional[int] = field(default=None, metadata={"doc": "depth of the divergence parent"})
-    first_error_depth: Optional[int] = field(default=None, metadata={"doc": "depth judged the first error; null "
+    first_error_depth: Optional[int] = field(default=None, metadata={"doc": "depth (nodes.depth, actions numbered "
+                                                                            "from 1) judged the first error; null "
                                                                             "when none was (end-of-trajectory "
                                                                             "revision)"})
     bad_end_depth: Optional[int] = field(default=None, metadata={"doc": "depth of the last bad step kept"})
@@ -121,8 +124,9 @@ class Revision(Lineage):
     wait_reply: Optional[str] = field(default=None, metadata={"doc": "the env's answer to the revision turn's "
                                                                      "`Action: wait`"})
     prefix_len: Optional[int] = field(default=None, metadata={"doc": "messages of the opening + shared prefix"})
-    revision_turn_index: Optional[int] = field(default=None, metadata={"doc": "index in messages of the revision "
-                                                                              "turn"})
+    revision_turn_index: Optional[int] = field(default=None, metadata={"doc": "0-based index in messages of the "
+                                                                              "revision turn (DuckDB: "
+                                                                              "messages[revision_turn_index + 1])"})
 
 
 REVISIONS = register_table(TableSpec(
