@@ -1,6 +1,9 @@
 """Helpers for calling stages directly, as Ray would, with the build's in-process engines."""
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 from stages.base import ShardInfo, StageContext
 from stages.engines.config import EngineConfig
 from stages.engines.host import LocalEngines
@@ -37,3 +40,14 @@ class Harness:
 def run_stage(stage, tables, shard: ShardInfo = ShardInfo()):
     with Harness(stage) as h:
         return h.run(tables, shard)
+
+
+def doc_sql(doc: str, name: str) -> str:
+    """The SQL block under `<!-- sql: name -->` in a doc (a path from the repository root), without its final ';':
+    the exact query the docs show, for tests to run."""
+    text = (Path(__file__).resolve().parents[1] / doc).read_text()
+    marker = f"<!-- sql: {name} -->"
+    assert text.count(marker) == 1, f"{doc}: expected one {marker}"
+    m = re.match(r"\s*```sql\n(.*?)```", text[text.index(marker) + len(marker):], re.S)
+    assert m, f"{doc}: no ```sql block right after {marker}"
+    return m.group(1).strip().rstrip(";")
