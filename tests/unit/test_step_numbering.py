@@ -60,13 +60,18 @@ def quoted_step(raw_text: str) -> str:
 def built(tmp_path_factory):
     judge_saw.clear()
     root = tmp_path_factory.mktemp("data")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ERRATA_DATA", str(root))     # the storage root the env names wins over the recipe's
+        yield root, build_lemma(root)
+
+
+def build_lemma(root):
     cfg = lemma_recipe(root, {"kind": "builtin", "count": 3, "seed": 0, "max_steps": 3}, dataset="lemma",
                        engines={"student": {"kind": "fake", "fake_script": "numbering_student"},
                                 "teacher": {"kind": "fake", "fake_script": "numbering_teacher"}},
                        injections={"source": "rules"})
     m = build(cfg, progress=False).manifest
-    t = tables(root, m)
-    return root, t
+    return tables(root, m)
 
 
 def test_the_student_text_splits_differently_by_line():
