@@ -66,7 +66,7 @@ def make_version(root: str, rows: int, shards: int, samples: int = 4) -> tuple[C
                              "engine": "fake", "sampling_json": "{}", "prompt_template": "t@1",
                              "prompt": f"Problem {i}", "completion": f"Step 1: add.\nThe answer is: {ans}",
                              "finish_reason": "stop", "prompt_tokens": 40, "completion_tokens": rng.randint(20, 200),
-                             "steps": [{"idx": 0, "text": "Step 1: add."}], "final_answer": ans,
+                             "steps": [{"idx": 1, "text": "Step 1: add."}], "final_answer": ans,
                              "answer_parse_ok": True, "is_correct": ans == str(i + 1), "reward": None,
                              "verifier": "math_verify", "drop_reason": rng.choice([None] * 9 + ["truncated"]),
                              "run_id": "bench", "method": "bench", "created_at": now, "parent_ids": [pid]})

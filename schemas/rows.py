@@ -37,8 +37,12 @@ class Lineage:
 
 @dataclass
 class Step:
-    idx: int = field(metadata={"doc": "0-based step index"})
-    text: str = field(metadata={"doc": "the step as written"})
+    """One step of a math solution, as `stages.steps.split_solution` splits it (see `stages.steps.step_rows`). Every
+    column that names a step (`first_error_step` of judgements, injections and revisions) names its `idx`."""
+    idx: int = field(metadata={"doc": "1-based step number, as a judge is shown it (\"Step idx: ...\"); in DuckDB "
+                                      "`steps[idx]` is this step"})
+    text: str = field(metadata={"doc": "the step as written: its exact text in the solution, a leading step marker "
+                                       "kept"})
     action: Optional[str] = field(default=None, metadata={"doc": "environment action (agent methods)"})
     observation: Optional[str] = field(default=None, metadata={"doc": "environment reply (agent methods)"})
 
@@ -56,7 +60,7 @@ class Problem(Lineage):
     env_config_json: Optional[str] = field(default=None, metadata={"doc": "agent environment config, JSON"})
     gold_steps_json: Optional[str] = field(default=None, metadata={
         "doc": "built-in problems: the gold solution's steps as operations over question values and earlier "
-               "results, JSON (what the programmatic error injector mutates)"})
+               "results, JSON (what the programmatic error injector mutates; each step's `index` is 1-based)"})
 
 
 @dataclass
@@ -73,7 +77,9 @@ class Attempt(Lineage):
     finish_reason: Optional[str] = field(default=None, metadata={"doc": "stop, length, ..."})
     prompt_tokens: int = field(default=0, metadata={"doc": "prompt tokens"})
     completion_tokens: int = field(default=0, metadata={"doc": "completion tokens"})
-    steps: list[Step] = field(default_factory=list, metadata={"doc": "completion split into steps"})
+    steps: list[Step] = field(default_factory=list, metadata={
+        "doc": "the completion split into steps by stages.steps.split_solution (the split a judge is shown), idx "
+               "from 1"})
     final_answer: Optional[str] = field(default=None, metadata={"doc": "answer parsed from the completion"})
     answer_parse_ok: bool = field(default=False, metadata={"doc": "an answer could be parsed"})
     is_correct: Optional[bool] = field(default=None, metadata={"doc": "verified against the reference; null if not checked"})
@@ -85,7 +91,8 @@ class Attempt(Lineage):
 @dataclass
 class Judgement(Lineage):
     judgement_id: str = field(default="", metadata={"doc": "stable id of the judgement"})
-    target_table: str = field(default="attempts", metadata={"doc": "table of the judged row (attempts, injections)"})
+    target_table: str = field(default="attempts", metadata={"doc": "table of the judged row (attempts, injections, "
+                                                                            "nodes)"})
     target_id: str = field(default="", metadata={"doc": "id of the judged row"})
     problem_id: str = field(default="", metadata={"doc": "problem of the judged row"})
     judge_model: str = field(default="", metadata={"doc": "model that judged"})
@@ -94,9 +101,16 @@ class Judgement(Lineage):
     verdict: Optional[str] = field(default=None, metadata={
         "doc": "what the judge said, parsed: correct / incorrect (whole-solution checks), located / says_correct "
                "(first-error judges), good / bad / uncertain (one agent step, target_table nodes), unparsed"})
+    steps: list[Step] = field(default_factory=list, metadata={
+        "doc": "the numbered steps the judge was shown (idx from 1, text as in the judged solution; the prompt shows "
+               "it as \"Step idx: ...\" without its own marker): the judged row's text split by "
+               "stages.steps.split_solution. Empty when the judge saw no numbered steps (self-check reviews the "
+               "whole solution; agent step judgements judge one tree node)"})
     first_error_step: Optional[int] = field(default=None, metadata={
-        "doc": "1-based step the judge names as the first wrong one, against the numbered steps it was shown "
-               "(agent step judgements: the judged node's depth when the verdict is bad)"})
+        "doc": "1-based step the judge names as the first wrong one: an idx of `steps`, so the same step as the "
+               "judged attempt's `steps` idx (or the judged injection's `first_error_step`). Agent step judgements "
+               "(target_table nodes): the judged node's depth when the verdict is bad, its action being the "
+               "depth-th of its path from the root (1-based too)"})
     error_type: Optional[str] = field(default=None, metadata={"doc": "error-type label the judge chose"})
     type_parse_ok: Optional[bool] = field(default=None, metadata={"doc": "the error type could be parsed"})
     raw_text: str = field(default="", metadata={"doc": "the judge's text as written"})

@@ -4,6 +4,9 @@ Every request of the shard goes to the role's engine at once (the engine batches
 share the batch). A problem whose request failed (prompt too long, HTTP 4xx, retries exhausted, ...) becomes an
 `errors` record with the reason and the prompt; nothing is lost.
 
+An attempt's `steps` are its completion as `stages.steps.split_solution` splits it, numbered from 1: the split a
+judge is shown, so a judgement's `first_error_step` N is the attempt's step with idx N.
+
 Attempt ids are stable: make_id(problem_id, generation key, sample_index), where the generation key hashes what
 determines the text (engine kind, model, sampling, template version, system prompt), not the run.
 """
@@ -18,13 +21,7 @@ from schemas.rows import make_id
 from stages.base import ExpandStage, Failed, ShardInfo, StageStats
 from stages.engines.base import Completion, GenerationRequest, GenerationResult
 from stages.llm import LLMMixin, LLMOptions
-
-
-def split_lines(text: str) -> list[dict]:
-    """One step per non-empty line, text kept as written (stripped of surrounding whitespace)."""
-    lines = [ln.strip() for ln in (text or "").splitlines()]
-    return [{"idx": i, "text": ln, "action": None, "observation": None}
-            for i, ln in enumerate(ln for ln in lines if ln)]
+from stages.steps import step_rows
 
 
 def attempt_row(stage: LLMMixin, attempt_id: str, problem_id: str, sample_index: int, prompt: str,
@@ -34,7 +31,7 @@ def attempt_row(stage: LLMMixin, attempt_id: str, problem_id: str, sample_index:
             "model": stage.model_label, "engine": stage.engine_config.kind, "sampling_json": stage.sampling_json(),
             "prompt_template": stage.template.ref, "prompt": prompt, "completion": comp.text,
             "finish_reason": comp.finish_reason, "prompt_tokens": res.prompt_tokens,
-            "completion_tokens": comp.completion_tokens, "steps": split_lines(comp.text), "drop_reason": None,
+            "completion_tokens": comp.completion_tokens, "steps": step_rows(comp.text), "drop_reason": None,
             **lineage}
 
 

@@ -34,7 +34,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence, Union
 
-__all__ = ["Step", "SplitSolution", "split_solution", "split_steps", "number_steps", "join_steps",
+__all__ = ["Step", "SplitSolution", "split_solution", "split_steps", "step_rows", "number_steps", "join_steps",
            "prefix_through", "protected_spans", "strip_step_marker", "is_final_answer_line", "SPLIT_MODES"]
 
 SPLIT_MODES = ("numbered", "paragraphs", "lines", "sentences", "empty")
@@ -446,6 +446,15 @@ def split_solution(text: Optional[str]) -> SplitSolution:
 def split_steps(text: Optional[str]) -> list[str]:
     """The step texts of `split_solution(text)`."""
     return split_solution(text).texts
+
+
+def step_rows(solution: Union[SplitSolution, str, None]) -> list[dict]:
+    """The `steps` column of a row (schemas.rows.Step): one {idx, text} per step of `split_solution`, idx
+    1-based as a judge is shown it ("Step idx: ...") and text the step verbatim, its own marker kept. Every table
+    that stores a math solution's steps stores this, so `first_error_step` N is the row with idx N (and, in
+    DuckDB's 1-based lists, `steps[N]`)."""
+    split = solution if isinstance(solution, SplitSolution) else split_solution(solution)
+    return [{"idx": s.index, "text": s.text, "action": None, "observation": None} for s in split.steps]
 
 
 # ------------------------------------------------------------------------------------------- showing, joining

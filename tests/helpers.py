@@ -1,6 +1,9 @@
 """Helpers for calling stages directly, as Ray would, with the build's in-process engines."""
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 from schemas.rows import to_table
 from stages.base import ShardInfo, StageContext
 from stages.engines.config import EngineConfig
@@ -43,3 +46,12 @@ def run_stage(stage, tables, shard: ShardInfo = ShardInfo()):
 def validate_row(row: dict, cls: type) -> None:
     """Raise (naming the field) when a row does not fit its row type's Arrow schema."""
     to_table([row], cls)
+def doc_sql(doc: str, name: str) -> str:
+    """The SQL block under `<!-- sql: name -->` in a doc (a path from the repository root), without its final ';':
+    the exact query the docs show, for tests to run."""
+    text = (Path(__file__).resolve().parents[1] / doc).read_text()
+    marker = f"<!-- sql: {name} -->"
+    assert text.count(marker) == 1, f"{doc}: expected one {marker}"
+    m = re.match(r"\s*```sql\n(.*?)```", text[text.index(marker) + len(marker):], re.S)
+    assert m, f"{doc}: no ```sql block right after {marker}"
+    return m.group(1).strip().rstrip(";")

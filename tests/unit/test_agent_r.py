@@ -146,6 +146,10 @@ def test_build_writes_every_table_with_counts(built):
     for j in t["judgements"]:
         assert j["target_table"] == "nodes" and j["target_id"] in ids and j["judge_role"] == "self"
         assert j["verdict"] in ("good", "bad", "uncertain", "unparsed") and j["raw_text"]
+        # a node is judged, not numbered math steps: no steps; a bad one is named by its depth (actions from 1)
+        assert j["steps"] == [] and j["first_error_step"] == (ids[j["target_id"]]["depth"] if j["verdict"] == "bad"
+                                                              else None)
+        assert j["first_error_step"] is None or j["first_error_step"] >= 1
         assert "science" not in j["raw_text"]
 
 
@@ -213,6 +217,7 @@ def test_judgement_walk_stops_at_the_first_bad(built):
         if p["judge_status"] == "first_error":
             assert verdicts[-1] == "bad"
             assert js[p["judgement_ids"][-1]]["target_id"] == p["first_error_node_id"]
+            assert js[p["judgement_ids"][-1]]["first_error_step"] == p["first_error_depth"]
 
 
 def test_unparsed_judgements_stop_and_are_recorded_not_taken_as_bad(data_root):

@@ -286,6 +286,7 @@ def test_self_correct_method_reviews_and_retries_wrong_attempts_with_one_engine(
     originals = {a["attempt_id"]: a for a in att if a["sample_index"] < 1000}
     for j in judgements.values():   # the review agrees with the verifier here
         assert j["verdict"] == ("correct" if originals[j["target_id"]]["is_correct"] else "incorrect")
+        assert j["steps"] == [] and j["first_error_step"] is None     # the review saw no numbered steps
     for r in retries:
         wrong, judgement = r["parent_ids"]
         assert originals[wrong]["is_correct"] is False and judgement == judgements[wrong]["judgement_id"]

@@ -11,7 +11,8 @@ import pytest
 from schemas.rows import Attempt, to_table
 from schemas.errors import ConfigError
 from stages.engines.config import EngineConfig
-from stages.generate import GenerateConfig, GenerateStage, split_lines
+from stages.generate import GenerateConfig, GenerateStage
+from stages.steps import number_steps, split_solution, step_rows
 from stages.verify import VERIFY_COLUMNS
 from stages.prompts import load_template
 from tests.helpers import Harness, context, run_stage, validate_row
@@ -55,7 +56,9 @@ def test_expands_each_problem_into_n_full_attempt_rows():
         gold = by_id[r["problem_id"]]["reference_answer"]
         expect = gold if r["sample_index"] % 2 == 0 else str(int(gold) + 1)
         assert r["completion"].endswith(f"The answer is: {expect}")
-        assert [s["text"] for s in r["steps"]] == [ln for ln in r["completion"].splitlines() if ln.strip()]
+        # the split a judge is shown, numbered from 1
+        assert [s["text"] for s in r["steps"]] == split_solution(r["completion"]).texts
+        assert [s["idx"] for s in r["steps"]] == list(range(1, len(r["steps"]) + 1))
     table = to_table(out, Attempt)
     assert table.num_rows == 12 and table.column("steps").type.value_type.num_fields == 4
     assert stats.rows_in == 3 and stats.rows_out == 12 and stats.errors == 0
@@ -149,12 +152,21 @@ def test_unknown_template_fails_at_construction():
         GenerateStage(GenerateConfig(template="nope"), context=context())
 
 
-def test_split_lines():
-    assert split_lines("Step 1: a\n\n  Step 2: b  \nThe answer is: 3\n") == [
-        {"idx": 0, "text": "Step 1: a", "action": None, "observation": None},
-        {"idx": 1, "text": "Step 2: b", "action": None, "observation": None},
-        {"idx": 2, "text": "The answer is: 3", "action": None, "observation": None}]
-    assert split_lines("") == [] and split_lines(None) == []
+def test_step_rows_are_the_judges_split_numbered_from_1():
+    text = "Step 1: a\n\n  Step 2: b  \nThe answer is: 3\n"
+    assert step_rows(text) == [
+        {"idx": 1, "text": "Step 1: a", "action": None, "observation": None},
+        {"idx": 2, "text": "Step 2: b", "action": None, "observation": None},
+        {"idx": 3, "text": "The answer is: 3", "action": None, "observation": None}]
+    assert step_rows(split_solution(text)) == step_rows(text)
+    # not one step per line: a step running over two lines is one step, as the judge sees it
+    two_lines = "Step 1: The cost is\n3 * 4 = 12.\nStep 2: So 12 + 1 = 13.\nThe answer is: 13"
+    rows = step_rows(two_lines)
+    assert [s["text"] for s in rows] == ["Step 1: The cost is\n3 * 4 = 12.", "Step 2: So 12 + 1 = 13.",
+                                         "The answer is: 13"]
+    shown = number_steps(split_solution(two_lines)).split("\nStep ")
+    assert len(shown) == len(rows) and shown[1].startswith("2: So 12 + 1")
+    assert step_rows("") == [] and step_rows(None) == []
 
 
 def test_generate_stage_over_openai_engine_end_to_end():

@@ -225,15 +225,11 @@ def test_type_weights_measured_uniform_explicit():
     assert w == {"counting_error": 1.0} and st.counts["fallback_uniform"] == 1
 
 
-def test_readme_sql_join_runs(data_root, tmp_path):
-    """The docs' join (revision -> judgement -> attempt/injection -> problem) runs on a real build."""
-    import re
-    from pathlib import Path
-
+def test_docs_audit_join_runs(data_root, tmp_path):
+    """docs/methods/lemma.md's join (revision -> judgement -> attempt/injection -> problem) runs on a real build."""
     from pipelines.sql import connect, fetch
-    page = (Path(__file__).resolve().parents[2] / "docs" / "methods" / "lemma.md").read_text()
-    sql = next(q for q in re.findall(r"```sql\n(.*?)```", page, re.S) if "FROM lemma.revisions r" in q)
-    sql = sql.strip().rstrip(";")
+    from tests.helpers import doc_sql
+    sql = doc_sql("docs/methods/lemma.md", "audit-revision")
     f = write_gsm8k_style(tmp_path / "tasks.jsonl", 3)
     cfg = lemma_recipe(data_root, {"kind": "jsonl", "path": str(f)}, dataset="lemma")
     m = build(cfg, progress=False).manifest

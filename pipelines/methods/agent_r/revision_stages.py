@@ -135,7 +135,7 @@ class JudgeBadPathsStage(LLMMixin, MapStage):
     def judgement_row(self, j: Judgement, jid: str, problem_id: str, judge: StepJudge) -> dict:
         return {"judgement_id": jid, "target_table": "nodes", "target_id": j.node_id, "problem_id": problem_id,
                 "judge_model": self.model_label, "judge_role": "self", "prompt_template": judge.template,
-                "verdict": j.verdict, "first_error_step": j.depth if j.verdict == "bad" else None,
+                "verdict": j.verdict, "steps": [], "first_error_step": j.depth if j.verdict == "bad" else None,
                 "error_type": None, "type_parse_ok": None, "raw_text": j.raw_text, "parse_ok": j.parse_ok,
                 "parse_error": None if j.parse_ok else "no final 'Judgement: Good|Bad|Uncertain' line",
                 "drop_reason": None, **self.lineage([j.node_id])}

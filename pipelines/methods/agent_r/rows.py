@@ -52,7 +52,8 @@ class NodeRow(Lineage):
     seq: int = field(default=0, metadata={"doc": "creation order in the tree (0 = root)"})
     node_path: list[int] = field(default_factory=list, metadata={"doc": "child indexes from the root"})
     parent_id: Optional[str] = field(default=None, metadata={"doc": "parent node; null at the root"})
-    depth: int = field(default=0, metadata={"doc": "0 at the root; a node at depth d took d actions"})
+    depth: int = field(default=0, metadata={"doc": "0 at the root; a node at depth d took d actions, its own "
+                                                   "being the d-th (so depths number actions from 1)"})
     sample_index: Optional[int] = field(default=None, metadata={"doc": "which sample of its expansion"})
     raw_text: str = field(default="", metadata={"doc": "the policy's text (assistant turn), as sampled"})
     action: Optional[str] = field(default=None, metadata={"doc": "the parsed action; null when unparseable"})
@@ -99,7 +100,7 @@ class PairRow(Lineage):
     beta: Optional[float] = field(default=None, metadata={"doc": "beta the pair was cut with"})
     divergence_node_id: Optional[str] = field(default=None, metadata={"doc": "deepest common ancestor of the "
                                                                              "leaves (divergence parent)"})
-    divergence_depth: Optional[int] = field(default=None, metadata={"doc": "its depth"})
+    divergence_depth: Optional[int] = field(default=None, metadata={"doc": "its depth (nodes.depth)"})
     good_child_id: Optional[str] = field(default=None, metadata={"doc": "divergence parent's child towards the "
                                                                         "good leaf"})
     bad_child_id: Optional[str] = field(default=None, metadata={"doc": "... towards the bad leaf"})
@@ -107,9 +108,10 @@ class PairRow(Lineage):
                                                                        "no_error, unparsed, unparsed_as_bad, "
                                                                        "judge_error; null before judging"})
     first_error_node_id: Optional[str] = field(default=None, metadata={"doc": "node judged the first error"})
-    first_error_depth: Optional[int] = field(default=None, metadata={"doc": "its depth"})
+    first_error_depth: Optional[int] = field(default=None, metadata={
+        "doc": "its depth (nodes.depth: its action is the depth-th from the root)"})
     bad_end_node_id: Optional[str] = field(default=None, metadata={"doc": "last bad step the splice keeps"})
-    bad_end_depth: Optional[int] = field(default=None, metadata={"doc": "its depth"})
+    bad_end_depth: Optional[int] = field(default=None, metadata={"doc": "its depth (nodes.depth)"})
     judgement_ids: list[str] = field(default_factory=list, metadata={"doc": "judgements of the walk, in order"})
     drop_reason: Optional[str] = field(default=None, metadata={"doc": "why no revision was made of it (e.g. "
                                                                       "judgement_unparsed); null = kept"})

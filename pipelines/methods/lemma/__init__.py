@@ -20,7 +20,8 @@ the spine's generate / verify / filter of the student's attempts:
 - `judge_stages` -- `JudgeAttemptsStage` (attempts -> judgements, role `teacher`): each verified-wrong attempt is shown to
                   the teacher as numbered steps with the reference solution; the answer is parsed by `judge_reply` into a
                   verdict (`located` with a 1-based first wrong step, `says_correct`, `unparsed`), the error type,
-                  raw text and parse_ok. `says_correct` and `unparsed` are recorded as such and never used as a
+                  raw text and parse_ok; the row keeps the numbered steps shown (`steps`: stages/steps.py's split,
+                  the same as the attempt's `steps`, so `first_error_step` N is the step of idx N). `says_correct` and `unparsed` are recorded as such and never used as a
                   located error. `JudgeInjectionsStage` (injections -> judgements): locates the error of LLM
                   injections (their revisions start there); rules injections are judged too (`judge_rules`), and
                   the judge's first-error accuracy on them (exact and within one step) is counted in the stage

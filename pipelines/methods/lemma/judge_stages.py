@@ -14,10 +14,10 @@ from stages.engines.base import GenerationRequest
 from pipelines.methods.lemma.judge_reply import parse_judgement
 from pipelines.methods.lemma.taxonomy import format_label_list
 from stages.llm import LLMMixin, LLMOptions
-from stages.steps import number_steps, split_solution
+from stages.steps import number_steps, split_solution, step_rows
 
 JUDGE_FILLS = {"judgements": ("target_table", "target_id", "problem_id", "judge_model", "judge_role", "prompt_template",
-                              "verdict", "first_error_step", "error_type", "type_parse_ok", "raw_text", "parse_ok",
+                              "verdict", "steps", "first_error_step", "error_type", "type_parse_ok", "raw_text", "parse_ok",
                               "parse_error")}
 
 
@@ -30,7 +30,9 @@ class JudgeConfig(LLMOptions):
 
 
 class _JudgeBase(LLMMixin, ExpandStage):
-    """Shared by the two judges: numbered steps of `text_column`, the judge prompt, parse_judgement."""
+    """Shared by the two judges: numbered steps of `text_column`, the judge prompt, parse_judgement. The steps shown
+    (`split_solution` of the text, numbered from 1) are kept on the judgement row (`steps`), so its
+    `first_error_step` N is the step there with idx N: the same split, and numbering, as an attempt's `steps`."""
 
     config_class = JudgeConfig
     target = "judgements"
@@ -82,7 +84,8 @@ class _JudgeBase(LLMMixin, ExpandStage):
             row = {"judgement_id": make_id(self.target_table_name, rid, key, prefix="j-"),
                    "target_table": self.target_table_name, "target_id": rid, "problem_id": r["problem_id"],
                    "judge_model": model, "judge_role": self.config.judge_role, "prompt_template": self.template.ref,
-                   "verdict": jr.verdict, "first_error_step": jr.first_error_step, "error_type": jr.error_type,
+                   "verdict": jr.verdict, "steps": step_rows(splits[rid]), "first_error_step": jr.first_error_step,
+                   "error_type": jr.error_type,
                    "type_parse_ok": jr.type_parse_ok, "raw_text": text, "parse_ok": jr.parse_ok,
                    "parse_error": jr.reason, "drop_reason": None, **self.lineage([rid])}
             self.after(r, row, stats)

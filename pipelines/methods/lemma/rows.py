@@ -51,7 +51,9 @@ class Injection(Lineage):
     first_error_step: Optional[int] = field(default=None, metadata={
         "doc": "rules rows: the exact 1-based first wrong step of `solution` (as stages.steps splits it)"})
     first_error_source: Optional[str] = field(default=None, metadata={"doc": "rules (exact) or null"})
-    injected_at: Optional[int] = field(default=None, metadata={"doc": "rules rows: the gold step mutated"})
+    injected_at: Optional[int] = field(default=None, metadata={
+        "doc": "rules rows: the 1-based gold step mutated (an index of problems.gold_steps_json; the same as "
+               "first_error_step except for missing_step errors)"})
     reference_revision_json: Optional[str] = field(default=None, metadata={
         "doc": "rules rows: the fix & continue revision written from the gold steps (segments JSON)"})
     final_answer: Optional[str] = field(default=None, metadata={"doc": "answer parsed from the solution"})
@@ -113,7 +115,9 @@ class Revision(Lineage):
                                                                        "injected)"})
     judgement_id: Optional[str] = field(default=None, metadata={"doc": "the judgement that located the error "
                                                                        "(null: the rules' exact step)"})
-    first_error_step: Optional[int] = field(default=None, metadata={"doc": "1-based first wrong step revised from"})
+    first_error_step: Optional[int] = field(default=None, metadata={
+        "doc": "1-based first wrong step revised from (stages.steps.split_solution's numbering: the judgement's "
+               "`first_error_step`, or the rules injection's exact one)"})
     error_type: Optional[str] = field(default=None, metadata={"doc": "error type (judge's or injected)"})
     erroneous_prefix: Optional[str] = field(default=None, metadata={"doc": "the erroneous text through the first "
                                                                            "wrong step, verbatim"})

@@ -2,7 +2,9 @@
 
 - `SelfCheckStage` (attempts -> judgements, role `student` by default): for each answered attempt, the model checks
   the solution and ends with "Verdict: correct|incorrect". The verdict is parsed beside the raw text; a reply
-  without a verdict is recorded as `unparsed` (parse_ok False), never as "incorrect". How often the verdict agrees
+  without a verdict is recorded as `unparsed` (parse_ok False), never as "incorrect". The review sees the solution
+  as written, not numbered steps, and names no step: the judgement's `steps` and `first_error_step` stay empty
+  (the attempt's own `steps` are the split, should a later judge name one). How often the verdict agrees
   with the verifier is the model's self-verification accuracy (a SQL join away).
 - `RetryStage` (attempts + judgements -> more attempts): every verified-wrong attempt gets `n` new attempts,
   prompted with the question, the wrong solution and the model's own review of it. The new attempts are appended
@@ -80,7 +82,7 @@ class SelfCheckStage(LLMMixin, ExpandStage):
             out.append([{"judgement_id": make_id(a["attempt_id"], key, prefix="j-"), "target_table": "attempts",
                          "target_id": a["attempt_id"], "problem_id": a["problem_id"], "judge_model": model,
                          "judge_role": self.config.judge_role, "prompt_template": self.template.ref,
-                         "verdict": verdict or "unparsed", "raw_text": text, "parse_ok": verdict is not None,
+                         "verdict": verdict or "unparsed", "steps": [], "raw_text": text, "parse_ok": verdict is not None,
                          "parse_error": err, "drop_reason": None, **self.lineage([a["attempt_id"]])}])
         return out
 
