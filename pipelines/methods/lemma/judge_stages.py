@@ -16,9 +16,9 @@ from pipelines.methods.lemma.taxonomy import format_label_list
 from stages.llm import LLMMixin, LLMOptions
 from stages.steps import number_steps, split_solution, step_rows
 
-JUDGE_FILLS = {"judgements": ("target_table", "target_id", "problem_id", "judge_model", "judge_role", "prompt_template",
-                              "verdict", "steps", "first_error_step", "error_type", "type_parse_ok", "raw_text", "parse_ok",
-                              "parse_error")}
+JUDGE_FILLS = {"judgements": ("target_table", "target_id", "problem_id", "judge_model", "judge_role",
+                              "prompt_template", "verdict", "steps", "first_error_step", "error_type",
+                              "type_parse_ok", "raw_text", "parse_ok", "parse_error")}
 
 
 class JudgeConfig(LLMOptions):
