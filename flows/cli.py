@@ -375,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     from stages.engines.hardware import set_engine_env_defaults
     set_engine_env_defaults()
     args = make_parser().parse_args(argv)
+    before = os.environ.get("ERRATA_DATA")
     if args.data:  # before anything imports Prefect: its home lives under the data root
         os.environ["ERRATA_DATA"] = args.data
     try:
@@ -385,6 +386,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:        # called in process (tests, a notebook): --data holds for this command only
+        if args.data:
+            if before is None:
+                os.environ.pop("ERRATA_DATA", None)
+            else:
+                os.environ["ERRATA_DATA"] = before
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pydantic import Field
 
 from schemas.errors import ConfigError
 from stages.agents.tokens import counter_name, token_counter
-from stages.base import ShardInfo, StageStats
+from stages.base import Failed, ShardInfo, StageStats
 from stages.engines.base import GenerationRequest, GenerationResult, SamplingParams
 from stages.engines.config import EngineConfig
 from stages.options import Options
@@ -114,6 +114,22 @@ class LLMMixin:
             stats.prompt_tokens += r.prompt_tokens
             stats.completion_tokens += sum(c.completion_tokens for c in r.completions)
         return results
+
+    def ask(self, prompts: dict[str, str], shard: ShardInfo, stats: StageStats,
+            **sampling: Any) -> dict[str, GenerationResult]:
+        """One chat request per user prompt (keyed by the row id it is for), all sent at once; the results by the
+        same keys. `sampling` overrides the stage's sampling (e.g. n=1)."""
+        reqs = [GenerationRequest(messages=self.messages(p), sampling=self.sampling_params(**sampling), request_id=k)
+                for k, p in prompts.items()]
+        return dict(zip(prompts, self.call(reqs, shard, stats)))
+
+    @staticmethod
+    def failure(res: GenerationResult, prompt: str) -> Optional[Failed]:
+        """A result that gave no text as the Failed of its row (the engine's reason, the prompt as raw input); None
+        when it has a completion."""
+        if res.ok and res.completions:
+            return None
+        return Failed(res.error_reason or "no_completions", res.error_message or "", raw_input=json.dumps(prompt))
 
     def llm_describe(self) -> dict[str, Any]:
         return {"role": self.config.role, "model": self.model_label, "engine": self.engine_config.kind,

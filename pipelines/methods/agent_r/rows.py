@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from schemas.agent_rows import Message
-from schemas.revision_rows import Segment
+from schemas.revision_rows import RevisionColumns
 from schemas.rows import Lineage
 from schemas.registry import TableSpec, register_table
 
@@ -129,17 +129,9 @@ JUDGE_COLUMNS = ("judge_status", "first_error_node_id", "first_error_depth", "ba
                  "judgement_ids")
 
 @dataclass
-class RevisionTrajectory(Lineage):
+class RevisionTrajectory(RevisionColumns):
     """An Agent-R trajectory: a splice (bad prefix, revision turn, the good branch) or a good trajectory kept
     as it is, as messages with per-message loss."""
-    revision_id: str = field(default="", metadata={"doc": "stable id of the revision"})
-    strategy: str = field(default="", metadata={"doc": "fix_continue, fresh_restart (LEMMA), splice (Agent-R); "
-                                                       "Agent-R's good trajectories: none"})
-    kind: str = field(default="revision", metadata={"doc": "revision (a revised trajectory) or good (a "
-                                                           "trajectory kept as it is, full loss)"})
-    problem_id: str = field(default="", metadata={"doc": "the problem / env task"})
-    segments: list[Segment] = field(default_factory=list, metadata={"doc": "the text in order, each with its "
-                                                                           "author and loss flag"})
     messages: list[Message] = field(default_factory=list, metadata={"doc": "conversation methods: the same text "
                                                                            "as messages with roles and loss"})
     is_correct: Optional[bool] = field(default=None, metadata={"doc": "the revised trajectory is right (math: "

@@ -3,14 +3,12 @@
 answer is parsed by pipelines/methods/lemma/judge_reply.py."""
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from pydantic import Field
 
 from schemas.rows import make_id
 from stages.base import ExpandStage, Failed, ShardInfo, StageStats
-from stages.engines.base import GenerationRequest
 from pipelines.methods.lemma.judge_reply import parse_judgement
 from pipelines.methods.lemma.taxonomy import format_label_list
 from stages.llm import LLMMixin, LLMOptions
@@ -60,9 +58,7 @@ class _JudgeBase(LLMMixin, ExpandStage):
                 question=p.get("question", ""), reference_solution=p.get("reference_solution") or
                 p.get("reference_answer") or "", numbered_steps=number_steps(splits[r[self.id_column]]),
                 labels=format_label_list())
-        reqs = [GenerationRequest(messages=self.messages(prompts[r[self.id_column]]),
-                                  sampling=self.sampling_params(n=1), request_id=r[self.id_column]) for r in todo]
-        results = dict(zip((r[self.id_column] for r in todo), self.call(reqs, shard, stats)))
+        results = self.ask(prompts, shard, stats, n=1)
         key, model = self.generation_key(), self.model_label
         out: list[list[dict] | Failed] = []
         for r in rows:
@@ -71,9 +67,9 @@ class _JudgeBase(LLMMixin, ExpandStage):
                 out.append([])
                 continue
             res = results[rid]
-            if not res.ok or not res.completions:
-                out.append(Failed(res.error_reason or "no_completions", res.error_message or "",
-                                  raw_input=json.dumps(prompts[rid])))
+            failed = self.failure(res, prompts[rid])
+            if failed:
+                out.append(failed)
                 continue
             text = res.completions[0].text
             n_steps = len(splits[rid])

@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from schemas.revision_rows import Segment
+from schemas.revision_rows import RevisionColumns
 from schemas.rows import Lineage
 from schemas.registry import TableSpec, register_table
 
@@ -76,17 +76,9 @@ class ErrorTypeWeight(Lineage):
 
 
 @dataclass
-class Revision(Lineage):
+class Revision(RevisionColumns):
     """A LEMMA revision: the erroneous prefix, a transition, the teacher's (or the rules') fix and continuation
     or fresh restart, as segments with loss flags; verified like an attempt."""
-    revision_id: str = field(default="", metadata={"doc": "stable id of the revision"})
-    strategy: str = field(default="", metadata={"doc": "fix_continue, fresh_restart (LEMMA), splice (Agent-R); "
-                                                       "Agent-R's good trajectories: none"})
-    kind: str = field(default="revision", metadata={"doc": "revision (a revised trajectory) or good (a "
-                                                           "trajectory kept as it is, full loss)"})
-    problem_id: str = field(default="", metadata={"doc": "the problem / env task"})
-    segments: list[Segment] = field(default_factory=list, metadata={"doc": "the text in order, each with its "
-                                                                           "author and loss flag"})
     text: Optional[str] = field(default=None, metadata={"doc": "text methods: the revision text (segments "
                                                                "joined); null for conversation methods"})
     final_answer: Optional[str] = field(default=None, metadata={"doc": "final answer (math); null for agents"})

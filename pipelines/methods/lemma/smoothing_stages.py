@@ -2,7 +2,6 @@
 `VerifySmoothed` verifies those variants."""
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from pydantic import Field
@@ -10,7 +9,6 @@ from pydantic import Field
 from pipelines.methods.lemma.rows import Revision
 from schemas.rows import make_id
 from stages.base import ExpandStage, Failed, ShardInfo, StageStats, columns_except
-from stages.engines.base import GenerationRequest
 from pipelines.methods.lemma.revision_stages import VerifyRevisions
 from pipelines.methods.lemma.revision_checks import smoothing_drop_reason
 from stages.llm import LLMMixin, LLMOptions
@@ -52,9 +50,7 @@ class SmoothStage(LLMMixin, ExpandStage):
         todo = [r for r in rows if r.get("is_correct") is True and not r.get("smoothed_from")]
         prompts = {r["revision_id"]: self.template.render(question=question.get(r["problem_id"], ""),
                                                           revision=r["text"]) for r in todo}
-        reqs = [GenerationRequest(messages=self.messages(prompts[r["revision_id"]]), sampling=self.sampling_params(n=1),
-                                  request_id=r["revision_id"]) for r in todo]
-        results = dict(zip((r["revision_id"] for r in todo), self.call(reqs, shard, stats)))
+        results = self.ask(prompts, shard, stats, n=1)
         key, model = self.generation_key(), self.model_label
         out: list[list[dict] | Failed] = []
         for r in rows:
@@ -62,9 +58,9 @@ class SmoothStage(LLMMixin, ExpandStage):
             if res is None:
                 out.append([])
                 continue
-            if not res.ok or not res.completions:
-                out.append(Failed(res.error_reason or "no_completions", res.error_message or "",
-                                  raw_input=json.dumps(prompts[r["revision_id"]])))
+            failed = self.failure(res, prompts[r["revision_id"]])
+            if failed:
+                out.append(failed)
                 continue
             comp = res.completions[0]
             reason = smoothing_drop_reason(r["text"], comp.text)

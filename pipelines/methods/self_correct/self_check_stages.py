@@ -12,7 +12,6 @@
 """
 from __future__ import annotations
 
-import json
 import re
 from typing import Any, Optional
 
@@ -113,9 +112,7 @@ class RetryStage(LLMMixin, ExpandStage):
                                                          solution=a.get("completion") or "",
                                                          review=review[a["attempt_id"]]["raw_text"])
                    for a in wrong}
-        reqs = [GenerationRequest(messages=self.messages(prompts[a["attempt_id"]]), sampling=self.sampling_params(),
-                                  request_id=a["attempt_id"]) for a in wrong]
-        results = dict(zip((a["attempt_id"] for a in wrong), self.call(reqs, shard, stats)))
+        results = self.ask(prompts, shard, stats)
         key = self.generation_key()
         out: list[list[dict] | Failed] = []
         for a in rows:
@@ -123,9 +120,9 @@ class RetryStage(LLMMixin, ExpandStage):
             if res is None:
                 out.append([])
                 continue
-            if not res.ok or not res.completions:
-                out.append(Failed(res.error_reason or "no_completions", res.error_message or "",
-                                  raw_input=json.dumps(prompts[a["attempt_id"]])))
+            failed = self.failure(res, prompts[a["attempt_id"]])
+            if failed:
+                out.append(failed)
                 continue
             j = review[a["attempt_id"]]
             base = self.SAMPLE_OFFSET * (1 + int(a.get("sample_index") or 0))
