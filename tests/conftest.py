@@ -109,3 +109,20 @@ def methods_restored():
     yield
     _METHODS.clear()
     _METHODS.update(saved)
+
+
+# --- helpers of the CLI integration tests (a real `errata build` in a subprocess, then its published files) ----
+def cli_env(root) -> dict:
+    """The environment of an `errata` subprocess writing under `root`, with this checkout importable."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    return dict(os.environ, ERRATA_DATA=str(root), ERRATA_MODELS=str(MODELS_DIR), PYTHONPATH=path)
+
+
+def published_manifest(root, dataset: str, version: int = 1) -> dict:
+    return json.loads((root / "datasets" / dataset / f"v{version:04d}" / "manifest.json").read_text())
+
+
+def published_rows(root, table: str, dataset: str, version: int = 1) -> list[dict]:
+    import pyarrow.parquet as pq
+    files = sorted((root / "datasets" / dataset / f"v{version:04d}" / table).glob("*.parquet"))
+    return [r for f in files for r in pq.read_table(f).to_pylist()]

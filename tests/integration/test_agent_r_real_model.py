@@ -2,13 +2,11 @@
 TextWorldExpress coin. The 135M model rarely solves a task, so a build may yield no pair; what must hold on any
 build: every table is written and consistent, counts add up, the prefix cache is on and its hit rate reported,
 and whatever revisions there are satisfy the splice invariants and export with their loss flags."""
-import json
-import os
 import shutil
 
 import pytest
 
-from tests.conftest import MODELS_DIR, REPO, errata
+from tests.conftest import cli_env, errata, published_manifest, published_rows
 
 pytestmark = pytest.mark.integration
 
@@ -17,18 +15,15 @@ SMALL = ["--set", "mcts.iterations=2", "--set", "mcts.children=3", "--set", "mct
 
 
 def _env(root):
-    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    return dict(os.environ, ERRATA_DATA=str(root), ERRATA_MODELS=str(MODELS_DIR), PYTHONPATH=path)
+    return cli_env(root)
 
 
 def _manifest(root, dataset="agent_r", version=1):
-    return json.loads((root / "datasets" / dataset / f"v{version:04d}" / "manifest.json").read_text())
+    return published_manifest(root, dataset, version)
 
 
 def _rows(root, table, dataset="agent_r", version=1):
-    import pyarrow.parquet as pq
-    files = sorted((root / "datasets" / dataset / f"v{version:04d}" / table).glob("*.parquet"))
-    return [r for f in files for r in pq.read_table(f).to_pylist()]
+    return published_rows(root, table, dataset, version)
 
 
 def _check_version(root, n_tasks):

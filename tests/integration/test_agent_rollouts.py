@@ -4,11 +4,10 @@ user's env by class path (from this test package) whose JVM is killed mid-episod
 on. Small on purpose: the real model is slow here."""
 import json
 import math
-import os
 
 import pytest
 
-from tests.conftest import MODELS_DIR, REPO, errata
+from tests.conftest import MODELS_DIR, cli_env, errata, published_manifest, published_rows
 
 pytestmark = pytest.mark.integration
 
@@ -16,18 +15,15 @@ SMALL = ["--set", "rollout.max_steps=4", "--set", "rollout.max_tokens=48", "--no
 
 
 def _env(root):
-    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    return dict(os.environ, ERRATA_DATA=str(root), ERRATA_MODELS=str(MODELS_DIR), PYTHONPATH=path)
+    return cli_env(root)
 
 
 def _manifest(root, dataset="agent_demo", version=1):
-    return json.loads((root / "datasets" / dataset / f"v{version:04d}" / "manifest.json").read_text())
+    return published_manifest(root, dataset, version)
 
 
 def _rows(root, table, dataset="agent_demo", version=1):
-    import pyarrow.parquet as pq
-    files = sorted((root / "datasets" / dataset / f"v{version:04d}" / table).glob("*.parquet"))
-    return [r for f in files for r in pq.read_table(f).to_pylist()]
+    return published_rows(root, table, dataset, version)
 
 
 @pytest.fixture(scope="module")
