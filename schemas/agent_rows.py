@@ -27,9 +27,8 @@ class Message:
 
 @dataclass
 class AgentStep:
-    idx: int = field(metadata={"doc": "0-based turn index: the episode's (idx + 1)-th action, so in DuckDB's "
-                                      "1-based lists `steps[idx + 1]` (agent turns are not math steps; nothing "
-                                      "names a trajectory step by number)"})
+    idx: int = field(metadata={"doc": "1-based: the episode's idx-th action (in DuckDB, `steps[idx]`), as every "
+                                      "step column numbers steps"})
     raw_text: str = field(metadata={"doc": "the model's text for this turn, as written"})
     parse_ok: bool = field(metadata={"doc": "an action could be parsed from raw_text"})
     thought: Optional[str] = field(default=None, metadata={"doc": "the Thought part, parsed"})

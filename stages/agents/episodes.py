@@ -44,7 +44,7 @@ def new_trajectory(env_name: Optional[str], task: EnvTask, gold: bool = False) -
 def _record(traj: dict, idx: int, thought, action, obs: str, reward: float, done: bool, raw: str, ok: bool,
             info: dict, loss: bool = True) -> None:
     traj["messages"] += [message("assistant", raw, loss=loss), message("user", obs)]
-    traj["steps"].append({"idx": idx, "thought": thought, "action": action, "observation": obs,
+    traj["steps"].append({"idx": idx + 1, "thought": thought, "action": action, "observation": obs,
                           "reward": float(reward), "done": bool(done), "raw_text": raw, "parse_ok": ok,
                           "invalid": bool(info.get("invalid", False))})
     traj["final_reward"] += float(reward)

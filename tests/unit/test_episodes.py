@@ -73,7 +73,7 @@ def test_episode_solves_and_has_the_agent_r_shape():
     assert [m["role"] for m in msgs] == ["user", "assistant", "user"] + ["assistant", "user"] * n
     assert [m["loss"] for m in msgs] == [False, False, False] + [True, False] * n
     steps = traj["steps"]
-    assert [s["idx"] for s in steps] == list(range(n)) and steps[-1]["done"] and steps[-1]["reward"] == 1.0
+    assert [s["idx"] for s in steps] == list(range(1, n + 1)) and steps[-1]["done"] and steps[-1]["reward"] == 1.0
     assert set(steps[0]) == {"idx", "thought", "action", "observation", "reward", "done", "raw_text", "parse_ok",
                              "invalid"}
     assert all(s["raw_text"] == m["content"] for s, m in zip(steps, msgs[3::2]))       # raw text kept

@@ -163,7 +163,7 @@ def test_jvm_killed_mid_episode_is_an_episode_error_and_the_next_episode_works()
         return f"Thought: following the plan\nAction: {action}"
 
     def kill_after_first_step(traj, step):
-        if traj["task_id"] == tasks[0].task_id and step["idx"] == 0:
+        if traj["task_id"] == tasks[0].task_id and step["idx"] == 1:
             os.kill(made[0].jvm.proc.pid, signal.SIGKILL)
             made[0].jvm.proc.wait(20)                      # dead before the next step, not a moment after
 
