@@ -4,7 +4,9 @@
     ├── ConfigError            bad recipe, unknown --set key, invalid value or schedule
     ├── InputError             bad task input: names file, line and field
     ├── EngineError            an LLM engine failed
-    │   └── TransientEngineError   worth retrying: engine start, HTTP 429/5xx, timeouts
+    │   ├── TransientEngineError   worth retrying: engine start, HTTP 429/5xx, timeouts
+    │   └── EngineUnavailable      an outage: the engine as a whole is gone and did not come back in time; the
+    │                              shard fails (no error rows), a rerun resumes
     ├── StorageError           versioned storage
     │   └── VersionNotFound
     ├── StageError             a stage broke its contract (result count, undeclared column or table): a bug
@@ -38,6 +40,11 @@ class EngineError(ErrataError):
 
 class TransientEngineError(EngineError):
     """An LLM engine failed in a way that may pass on retry (start-up, 429, 5xx, timeout)."""
+
+
+class EngineUnavailable(EngineError):
+    """The engine as a whole is down (every request refused or reset, repeated 5xx, an in-process engine that died
+    and could not be restarted) and did not come back within its outage timeout. Fails the shard, not its rows."""
 
 
 class StorageError(ErrataError):

@@ -42,6 +42,12 @@ class EngineConfig(Options):
     max_retries: int = Field(4, ge=0, description="openai: retries on transient failures (429, 5xx, timeouts, "
                                                   "disconnects)")
     request_timeout_s: float = Field(120.0, description="openai: per-request timeout")
+    outage_timeout_s: float = Field(600.0, ge=0, description="openai: how long to wait for a server that is down "
+                                                             "as a whole (health probes with backoff) before the "
+                                                             "shard fails with EngineUnavailable; its requests are "
+                                                             "resubmitted when it is back, none becomes an error row")
+    health_url: Optional[str] = Field(None, description="openai: URL probed during an outage (any answer below "
+                                                        "HTTP 500 means up); unset: <base_url>/models")
     num_actors: int = Field(1, ge=1, description="Ray: engine replicas (actors); each holds one engine")
     num_cpus_per_actor: float = Field(1.0, ge=0, description="Ray: logical CPUs per engine replica")
     num_gpus_per_actor: float = Field(0.0, ge=0, description="Ray: GPUs per engine replica (0 on CPU)")
