@@ -97,9 +97,9 @@ def stage_task(plan: BuildPlan, stage: str) -> dict:
 
 
 @task(name="publish", cache_policy=NO_CACHE, persist_result=False)
-def publish_task(plan: BuildPlan, engines: dict) -> Manifest:
+def publish_task(plan: BuildPlan, engines: dict, error_budget: dict) -> Manifest:
     """Publish the finished shards as a new immutable version."""
-    return publish_plan(plan, engines)
+    return publish_plan(plan, engines, error_budget)
 
 
 def _plan_step(config: RecipeConfig, log: Log) -> BuildPlan:

@@ -37,6 +37,8 @@ def cmd_build(args) -> int:
         overrides.append(f"execution.runner={args.runner}")
     if args.data:
         overrides.append(f"storage.root={args.data}")
+    if args.allow_errors:
+        overrides.append("execution.allow_errors=true")
     config = load_recipe(args.recipe, overrides)
     path = new_log_path(data_root(config), f"build-{config.dataset}")
     _interrupt_on_signals()
@@ -131,6 +133,12 @@ def print_build_summary(result, log_file: str | None = None) -> None:
               f"({c.get('wall_seconds', c.get('seconds', 0)):.1f} s)", file=o)
     if m.tokens:
         print("tokens:  " + "  ".join(f"{k}={v}" for k, v in m.tokens.items()), file=o)
+    over = (m.error_budget or {}).get("over_budget") or []
+    if over:
+        fr = m.error_budget["stages"]
+        print("errors:  published with --allow-errors although " + ", ".join(
+            f"{s} had {fr[s]['fraction']:.0%} errors" for s in over)
+            + f" (max_error_fraction {m.error_budget['max_error_fraction']:g})", file=o)
     for k, v in m.summary.items():
         print(f"{k}: {v}", file=o)
     if log_file:
@@ -315,6 +323,8 @@ def make_parser() -> argparse.ArgumentParser:
                    help="auto (default: in process on a CPU-only box with 2 cores or fewer, else Ray), ray, or local "
                         "(in process)")
     b.add_argument("--no-progress", action="store_true", help="no progress bars or progress lines")
+    b.add_argument("--allow-errors", action="store_true",
+                   help="publish even when a stage's errors exceed execution.max_error_fraction (default 0.5)")
     b.add_argument("-v", "--verbose", action="store_true",
                    help="show everything the libraries say, live (default: only in the run's log file)")
     b.add_argument("--prefect", action=argparse.BooleanOptionalAction, default=True,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from pipelines.config import RecipeConfig
+from pipelines.error_budget import check_build, check_stage
 from pipelines.execute import execute
 from pipelines.plan import BuildPlan, Log, build_lock, plan_build, stage_names
 from pipelines.publish import publish_plan
@@ -41,7 +42,7 @@ class BuildSteps:
     stage in order (the Prefect flow passes its tasks here, and for plan and publish)."""
     plan: Callable[[RecipeConfig, Log], BuildPlan] = plan_build
     run_stage: Optional[Callable[[BuildSession, str, Log], Any]] = None
-    publish: Callable[[BuildPlan, dict], Manifest] = publish_plan
+    publish: Callable[[BuildPlan, dict, dict], Manifest] = publish_plan
 
 
 DIRECT = BuildSteps()       # errata build --no-prefect
@@ -64,7 +65,9 @@ def run_build(plan: BuildPlan, progress: bool = True, log: Log = print, steps: B
             else:
                 for name in stage_names(plan.config):
                     steps.run_stage(session, name, log)
+                    check_stage(plan, name, log)     # stop at the first stage over its error budget
             engines = session.describe_engines()
-        m = steps.publish(plan, engines)
+        budget = check_build(plan, log)
+        m = steps.publish(plan, engines, budget)
     return BuildResult(m, plan.catalog.version_dir(m.dataset, m.version), plan.resumed_shards,
                        round(time.time() - (plan.started if started is None else started), 3), plan.root.root_url)

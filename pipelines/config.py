@@ -39,6 +39,13 @@ class ExecutionConfig(Options):
     num_cpus: Optional[int] = Field(None, description="logical CPUs for a local ray.init (default: machine); "
                                                       "used when the runner is ray")
     shard_size: int = Field(32, ge=1, description="problems per shard: the unit of checkpointing and of resume")
+    max_error_fraction: float = Field(0.5, ge=0, le=1, description="the most of a stage's results that may be "
+                                                                   "errors: above it the build stops before "
+                                                                   "publishing (rc != 0) and forgets that stage's "
+                                                                   "work on the shards with errors, so a rerun "
+                                                                   "redoes them")
+    allow_errors: bool = Field(False, description="publish even when a stage's errors exceed max_error_fraction "
+                                                  "(the manifest says so); `errata build --allow-errors`")
     shards_in_flight: int = Field(4, ge=1, description="shards an LLM stage works on at once; their requests "
                                                        "share the engine's batch, so one shard's long tail does "
                                                        "not leave the engine half idle")
@@ -117,7 +124,8 @@ class RecipeConfig(Options):
         """Hash of what determines the output (not where or how it runs)."""
         d = self.model_dump(mode="json", exclude={"execution": {"runner", "ray_address", "num_cpus",
                                                                  "cpu_stage_concurrency", "shards_in_flight",
-                                                                 "fuse_stages"},
+                                                                 "fuse_stages", "max_error_fraction",
+                                                                 "allow_errors"},
                                                   "storage": True, "description": True})
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -32,8 +32,9 @@ def method_summary(method: str, stats: dict[str, dict]) -> dict[str, Any]:
     return dict(summary(stats)) if summary is not None else {}
 
 
-def publish_plan(plan: BuildPlan, engines: Optional[dict] = None) -> Manifest:
-    """Publish a build whose stages have finished every shard; `engines`: the session's describe_engines()."""
+def publish_plan(plan: BuildPlan, engines: Optional[dict] = None, error_budget: Optional[dict] = None) -> Manifest:
+    """Publish a build whose stages have finished every shard; `engines`: the session's describe_engines();
+    `error_budget`: what pipelines.error_budget.check_build found."""
     cfg = plan.config
     stages = plan.make_stages()
     names = [s.name for s in stages]
@@ -55,7 +56,7 @@ def publish_plan(plan: BuildPlan, engines: Optional[dict] = None) -> Manifest:
         timings={"build_seconds": round(time.time() - plan.started, 3),
                  **{f"{k}_seconds": v.get("wall_seconds", v.get("seconds", 0.0)) for k, v in stats.items()}},
         shards={"total": len(plan.shard_ids), "resumed": plan.resumed_shards},
-        execution={"runner": plan.runner, "reason": plan.runner_reason},
+        execution={"runner": plan.runner, "reason": plan.runner_reason}, error_budget=error_budget or {},
         summary=method_summary(cfg.method, stats))
     shard_steps = [s.name for s in stages if not s.is_global or s.table]
     return publish(plan.staging, plan.catalog, plan.shard_ids, shard_steps,

@@ -146,6 +146,18 @@ class Staging:
             k = i
         return k
 
+    def forget(self, shard_id: int, steps: list[str]) -> None:
+        """Drop these steps' checkpoints of a shard (marker first), and the markers of those that are global: the
+        next run redoes them."""
+        for step in steps:
+            d = self.step_dir(shard_id, step)
+            if self.root.exists(f"{d}/{SUCCESS}"):
+                self.root.rm(f"{d}/{SUCCESS}")
+            if self.root.exists(d):
+                self.root.rm(d, recursive=True)
+            if self.global_done(step):
+                self.root.rm(f"{self.dir}/global/{step}/{SUCCESS}")
+
     # --- global stages -----------------------------------------------------------------------------------------
     def global_done(self, stage: str) -> bool:
         return self.root.exists(f"{self.dir}/global/{stage}/{SUCCESS}")

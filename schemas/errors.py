@@ -9,6 +9,7 @@
     │                              shard fails (no error rows), a rerun resumes
     ├── StorageError           versioned storage
     │   └── VersionNotFound
+    ├── ErrorBudgetExceeded    a stage's errors exceed execution.max_error_fraction: nothing published
     ├── StageError             a stage broke its contract (result count, undeclared column or table): a bug
     └── RowError               one row failed inside a stage; becomes an `errors` record, the run goes on
 """
@@ -53,6 +54,11 @@ class StorageError(ErrataError):
 
 class VersionNotFound(StorageError):
     """No such dataset or version."""
+
+
+class ErrorBudgetExceeded(ErrataError):
+    """Too many of a stage's results are errors (execution.max_error_fraction): the build publishes nothing; the
+    shards with errors are redone by a rerun (or `--allow-errors` publishes anyway)."""
 
 
 class StageError(ErrataError):

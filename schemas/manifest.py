@@ -49,6 +49,9 @@ class Manifest(BaseModel):
     shards: dict[str, int] = Field(default_factory=dict, description="shards total / resumed from an earlier run")
     execution: dict[str, str] = Field(default_factory=dict, description="how the build ran: runner (ray or local) "
                                                                         "and the reason it was chosen")
+    error_budget: dict[str, Any] = Field(default_factory=dict,
+                                         description="max_error_fraction, each stage's error fraction, and the "
+                                                     "stages over it published anyway (--allow-errors)")
 
     @property
     def ref(self) -> str:

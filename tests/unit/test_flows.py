@@ -69,6 +69,18 @@ def test_failed_build_fails_the_flow_run_with_the_reason_and_publishes_nothing(f
     assert Catalog(str(data_root)).versions("fake") == []
 
 
+def test_a_stage_over_its_error_budget_fails_the_flow_run_after_that_stage(data_root, tmp_path):
+    from flows.build import build_flow
+    from tests.unit.test_error_budget import recipe
+    cfg = recipe(data_root, tmp_path)
+    state = build_flow(config=cfg.model_dump(mode="json"), return_state=True)
+    assert state.is_failed()
+    assert "stage 'generate'" in state.message and "max_error_fraction 0.5" in state.message
+    assert Catalog(str(data_root)).versions("budget") == []
+    tasks = _task_runs(state.state_details.flow_run_id)
+    assert "generate" in tasks and "verify" not in tasks and "publish" not in tasks   # stopped after the stage
+
+
 def _stage_calls(monkeypatch, fail=None):
     """Record (stage, shard id) for every (shard, stage) step that really runs; `fail(calls)` may raise."""
     import pipelines.runner as runner
