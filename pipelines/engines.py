@@ -18,7 +18,7 @@ import logging
 import time
 from typing import Any, Optional
 
-from schemas.errors import EngineError
+from schemas.errors import EngineUnavailable
 from stages.engines.base import GenerationRequest, GenerationResult
 from stages.engines.config import EngineConfig, budget_counts, group_roles
 
@@ -76,6 +76,15 @@ class RayEngineClient:
             self._handles[name] = ray.get_actor(name, namespace=self.namespace)
         return self._handles[name]
 
+    def _gone(self, e: BaseException) -> BaseException:
+        """An engine actor that died for good is an outage (the shard fails, no error rows); other errors as they
+        are."""
+        import ray.exceptions as rex
+        if isinstance(e, (rex.RayActorError, rex.ActorUnavailableError)):
+            return EngineUnavailable(f"engine actor died and did not come back ({type(e).__name__}: "
+                                     f"{str(e).strip().splitlines()[0][:300] if str(e).strip() else ''})")
+        return e
+
     def _died(self, e: BaseException, tries: int) -> bool:
         import ray.exceptions as rex
         if not isinstance(e, (rex.RayActorError, rex.ActorUnavailableError)) or tries >= self.resubmits:
@@ -96,7 +105,10 @@ class RayEngineClient:
                 return ray.get(h.generate.remote(requests, tag, shard), timeout=None)
             except Exception as e:
                 if not self._died(e, tries):
-                    raise
+                    gone = self._gone(e)
+                    if gone is e:
+                        raise
+                    raise gone from e
                 tries += 1
                 self._wait_alive(h)
 
@@ -109,7 +121,10 @@ class RayEngineClient:
                 return await h.generate.remote(requests, tag, shard)
             except Exception as e:
                 if not self._died(e, tries):
-                    raise
+                    gone = self._gone(e)
+                    if gone is e:
+                        raise
+                    raise gone from e
                 tries += 1
                 await asyncio.to_thread(self._wait_alive, h)
 
@@ -122,7 +137,7 @@ class RayEngineClient:
                 return
             except Exception:
                 time.sleep(1.0)
-        raise EngineError(f"engine actor did not come back within {self.wait_s:.0f} s")
+        raise EngineUnavailable(f"engine actor did not come back within {self.wait_s:.0f} s")
 
 
 class RayEngines:

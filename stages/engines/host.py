@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
-from schemas.errors import ConfigError, EngineError, TransientEngineError
+from schemas.errors import ConfigError, EngineError, EngineUnavailable, TransientEngineError
 from stages.engines.base import Engine, GenerationRequest, GenerationResult
 from stages.engines.config import EngineConfig, budget_counts, group_roles
 
@@ -132,7 +132,7 @@ class EngineHost:
             engine = self._engine
             try:
                 return await engine.generate(requests, on_result=on_result)
-            except (ConfigError, TransientEngineError):
+            except (ConfigError, TransientEngineError, EngineUnavailable):
                 raise
             except EngineError as e:   # the engine died under us: start a new one and resubmit the batch
                 if not _STOPPING.is_set():
@@ -142,7 +142,9 @@ class EngineHost:
                 if self._engine is not engine:   # another batch on the same engine saw it die and replaced it
                     continue
                 if self.restarts >= self.restart_limit:
-                    raise
+                    raise EngineUnavailable(f"engine {self.key} ({self.config.kind} {self.config.label()}) died "
+                                            f"{self.restarts + 1} times and was not restarted again (last: {e})") \
+                        from e
                 self.restarts += 1
                 log.warning("engine %s died (%s); restarting it (%d/%d) and resubmitting %d request(s)",
                             self.key, e, self.restarts, self.restart_limit, len(requests))

@@ -358,3 +358,21 @@ def test_an_engine_that_dies_while_the_process_is_interrupted_is_not_restarted(m
     with pytest.raises(EngineError, match="engine died"):
         run(host.generate([chat("What is 2 plus 3? [gold=5]")], tag="t"))
     assert (host.restarts, host.starts, _DyingFirst.made) == (0, 1, 1)
+
+
+class _AlwaysDying(FakeEngine):
+    async def generate(self, requests, on_result=None):
+        raise EngineError("vLLM engine died: EngineCore encountered an issue")
+
+
+def test_an_engine_that_keeps_dying_is_an_outage_not_error_rows(monkeypatch):
+    """After its restarts an in-process engine that still dies fails the shard with EngineUnavailable: no request
+    comes back as an error result (a build would otherwise publish error rows for an outage)."""
+    import stages.engines.host as host_mod
+    from schemas.errors import EngineUnavailable
+    monkeypatch.setattr(host_mod, "RESTART_GRACE_S", 0.01)
+    host = host_mod.EngineHost(EngineConfig(kind="fake", fake_script="mixed"), key="k")
+    monkeypatch.setattr(host, "_make_engine", lambda: _AlwaysDying(host.config))
+    with pytest.raises(EngineUnavailable, match=r"engine k \(fake fake:mixed\) died 3 times"):
+        run(host.generate([chat("What is 2 plus 3? [gold=5]")], tag="t"))
+    assert host.restarts == host.restart_limit == 2 and host.starts == 3
