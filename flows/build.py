@@ -47,7 +47,7 @@ from pipelines.execute import run_stage  # noqa: E402
 from pipelines.plan import BuildPlan, Log, plan_build  # noqa: E402
 from pipelines.publish import publish_plan  # noqa: E402
 from pipelines.session import BuildSession, early_start  # noqa: E402
-from schemas.errors import ConfigError, TransientEngineError, error_chain  # noqa: E402
+from schemas.errors import ConfigError, EngineUnavailable, TransientEngineError, error_chain  # noqa: E402
 from schemas.manifest import Manifest  # noqa: E402
 
 BUILD_FLOW_NAME = "errata-build"
@@ -59,6 +59,9 @@ shorten_errata_tracebacks()
 
 # --- retry condition ------------------------------------------------------------------------------------------
 def is_transient(exc: BaseException) -> bool:
+    """Worth a task retry. An outage (EngineUnavailable) is not: the engine already waited outage_timeout_s."""
+    if any(isinstance(e, EngineUnavailable) for e in error_chain(exc)):
+        return False
     transient: tuple[type, ...] = (TransientEngineError, ConnectionError, TimeoutError)
     try:
         import httpx

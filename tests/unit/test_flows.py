@@ -222,6 +222,11 @@ def test_is_transient_sees_through_wrappers():
         assert is_transient(wrapped)
     assert is_transient(ConnectionResetError())
     assert not is_transient(ValueError("bug"))
+    from schemas.errors import EngineUnavailable
+    try:       # an outage already waited for the engine: its shard fails now, the rerun resumes
+        raise EngineUnavailable("down for 600 s") from ConnectionRefusedError()
+    except EngineUnavailable as outage:
+        assert not is_transient(outage)
 
 
 # --- export flow ----------------------------------------------------------------------------------------------
