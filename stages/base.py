@@ -93,6 +93,8 @@ class StageStats:
             d["error_reasons"] = dict(sorted(self.error_reasons.items()))
         if self.counts:
             d["counts"] = dict(sorted(self.counts.items()))
+            if self.counts.get("parsed"):       # an LLM stage that parses its replies: its parse rate
+                d["parse_rate"] = round(self.counts.get("parse_ok", 0) / self.counts["parsed"], 4)
         if self.prompt_tokens or self.completion_tokens:
             d["prompt_tokens"], d["completion_tokens"] = self.prompt_tokens, self.completion_tokens
         d["seconds"] = round(self.seconds, 3)
@@ -109,7 +111,7 @@ class StageStats:
                 prompt_tokens=d.get("prompt_tokens", 0), completion_tokens=d.get("completion_tokens", 0),
                 seconds=d.get("seconds", 0.0), error_reasons=dict(d.get("error_reasons", {})),
                 counts=dict(d.get("counts", {})), t_start=d.get("t_start"), t_end=d.get("t_end"))
-        s.dropped = {k[len("dropped_"):]: v for k, v in d.items() if k.startswith("dropped_")}
+        s.dropped = {k[len("dropped_"):]: v for k, v in d.items() if k.startswith("dropped_")}   # parse_rate: derived
         return s
 
 

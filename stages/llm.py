@@ -12,13 +12,14 @@ import json
 import os
 from typing import Any, Optional
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from schemas.errors import ConfigError
 from stages.agents.tokens import counter_name, token_counter
 from stages.base import Failed, ShardInfo, StageStats
 from stages.engines.base import GenerationRequest, GenerationResult, SamplingParams
 from stages.engines.config import EngineConfig
+from stages.formats import ConstrainMode, OutputFormat, resolve_constrain
 from stages.options import Options
 from stages.prompts import PromptTemplate, load_template
 
@@ -34,6 +35,17 @@ class LLMOptions(Options):
     stop: list[str] = Field(default_factory=list, description="stop strings")
 
 
+class ConstrainedOptions(LLMOptions):
+    constrain: ConstrainMode = Field("auto", description="hold the model's output to this stage's format with the "
+                                                         "engine's structured outputs: auto (where the engine can), "
+                                                         "on (refuse an engine that cannot), off")
+
+    @field_validator("constrain", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, v: Any) -> Any:      # YAML reads a bare on/off as true/false
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
+
 class LLMMixin:
     """Mixed into a Stage whose config is an LLMOptions (first among the bases). Checks the template and the role's
     engine at construction, records both in `describe()`, and gives `template`, `engine_config`,
@@ -42,6 +54,7 @@ class LLMMixin:
     config: LLMOptions
     name: str
     _llm: Any = None
+    output_format: Optional[OutputFormat] = None    # the format this stage parses its output in (stages/formats.py)
 
     def __init__(self, *a: Any, **k: Any):
         super().__init__(*a, **k)
@@ -57,6 +70,20 @@ class LLMMixin:
             raise ConfigError(f"stage '{self.name}': role '{self.config.role}' has no engine "
                               f"(engines: {', '.join(sorted(engines)) or 'none'})")
         self.engine_config: EngineConfig = engines[self.config.role]
+        self.constrained = self.output_format is not None and resolve_constrain(
+            getattr(self.config, "constrain", "off"), self.output_format, self.engine_config,
+            f"stage '{self.name}' ({getattr(self, 'kind', '')})")
+
+    def format_sampling(self, **context: Any) -> dict[str, Any]:
+        """`constraint=` for sampling_params: the format's constraint for this request, when this stage sends it."""
+        return {"constraint": self.output_format.constraint(**context)} if self.constrained else {}
+
+    @staticmethod
+    def count_parse(stats: StageStats, ok: bool) -> None:
+        """One parsed reply in the stage's counters (`parsed`, `parse_ok`: its parse rate in the manifest)."""
+        stats.count("parsed")
+        if ok:
+            stats.count("parse_ok")
 
     def __getstate__(self) -> dict:
         d = dict(self.__dict__)
@@ -82,6 +109,8 @@ class LLMMixin:
         c = self.config
         d = {k: getattr(c, k) for k in ("temperature", "top_p", "max_tokens", "n", "stop")}
         d["seed"] = self.engine_config.seed    # the engine-level seed shapes the samples too
+        if getattr(self, "constrained", False):   # so does a constraint (ids of unconstrained data stay as they were)
+            d["constraint"] = self.output_format.name
         return json.dumps(d, sort_keys=True)
 
     @property
@@ -116,10 +145,13 @@ class LLMMixin:
         return results
 
     def ask(self, prompts: dict[str, str], shard: ShardInfo, stats: StageStats,
-            **sampling: Any) -> dict[str, GenerationResult]:
+            per_request: Optional[dict[str, dict[str, Any]]] = None, **sampling: Any) -> dict[str, GenerationResult]:
         """One chat request per user prompt (keyed by the row id it is for), all sent at once; the results by the
-        same keys. `sampling` overrides the stage's sampling (e.g. n=1)."""
-        reqs = [GenerationRequest(messages=self.messages(p), sampling=self.sampling_params(**sampling), request_id=k)
+        same keys. `sampling` overrides the stage's sampling (e.g. n=1); `per_request[key]` one request's (e.g.
+        its constraint)."""
+        per_request = per_request or {}
+        reqs = [GenerationRequest(messages=self.messages(p), request_id=k,
+                                  sampling=self.sampling_params(**{**sampling, **per_request.get(k, {})}))
                 for k, p in prompts.items()]
         return dict(zip(prompts, self.call(reqs, shard, stats)))
 
@@ -134,7 +166,9 @@ class LLMMixin:
     def llm_describe(self) -> dict[str, Any]:
         return {"role": self.config.role, "model": self.model_label, "engine": self.engine_config.kind,
                 "prompt_template": self.template.ref, "sampling": json.loads(self.sampling_json()),
-                "system_prompt": self.config.system_prompt}
+                "system_prompt": self.config.system_prompt,
+                **({"output_format": {**self.output_format.describe(), "constrained": self.constrained}}
+                   if self.output_format is not None else {})}
 
     def templates(self) -> dict[str, str]:
         return {self.template.name: self.template.version}

@@ -56,8 +56,11 @@ def _record(traj: dict, idx: int, thought, action, obs: str, reward: float, done
 async def run_episode(env: Env, task: EnvTask, policy: Policy, max_steps: int,
                       count_tokens: Optional[Callable[[list[dict]], int]] = None, budget: Optional[int] = None,
                       executor: Optional[cf.Executor] = None, step_timeout_s: Optional[float] = None,
-                      on_step: Optional[Callable[[dict, dict], None]] = None) -> dict[str, Any]:
+                      on_step: Optional[Callable[[dict, dict], None]] = None,
+                      action_patterns: bool = False) -> dict[str, Any]:
     """One episode: reset, then up to `max_steps` turns of (trim context, ask the policy, parse, step).
+    With `action_patterns` the policy is called as `policy(context, pattern)`, `pattern` being the env's
+    `action_pattern()` at that turn (a regex or None), so it can hold its turn to the env's actions.
     Unparseable text is recorded with parse_ok False and the env gets INVALID_ACTION (it answers "invalid").
     A policy that raises RowError(reason, ...) (a request the engine refused) ends the episode with that reason.
     `step_timeout_s` bounds each env call (EnvFailure "env_timeout"; the env should then be discarded).
@@ -89,7 +92,11 @@ async def run_episode(env: Env, task: EnvTask, policy: Policy, max_steps: int,
                 traj["error"] = f"context_too_long: {count_tokens(context)} tokens after trimming, budget {budget}"
                 return traj
         try:
-            text = await policy(context)
+            if action_patterns:
+                pattern = await env_call(env.action_pattern)
+                text = await policy(context, pattern)
+            else:
+                text = await policy(context)
         except Exception as e:
             traj["error"] = _error(e, "policy")
             return traj

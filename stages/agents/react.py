@@ -14,12 +14,17 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-REACT_FORMAT = """You act in an environment, one step at a time, to complete a task. After each of your \
+from stages.engines.base import Constraint
+from stages.formats import LINE, OutputFormat, text_budget
+
+THOUGHT_LABEL, ACTION_LABEL = "Thought", "Action"
+
+REACT_FORMAT = f"""You act in an environment, one step at a time, to complete a task. After each of your \
 replies the environment answers with an observation.
 
 Reply in exactly this format:
-Thought: <your reasoning about the situation and what to do next>
-Action: <exactly one action, written as the environment expects it>
+{THOUGHT_LABEL}: <your reasoning about the situation and what to do next>
+{ACTION_LABEL}: <exactly one action, written as the environment expects it>
 
 Give exactly one Action line per reply, with nothing after it. If the environment says an action failed, read \
 why, and try something else."""
@@ -130,3 +135,19 @@ def trim_context(messages: list[dict], count_tokens: Callable[[list[dict]], int]
         tail = tail[2:]
         dropped += 1
     return head + tail, dropped
+
+
+class ReactTurnFormat(OutputFormat):
+    """One policy turn, `Thought: <one line>` then `Action: <one action>`: the labels of REACT_FORMAT, the action
+    held to the environment's action pattern (`Env.action_pattern()`, a regex) where it gives one, else one line.
+    The parser is `parse_react`, which reads this shape and looser ones."""
+    name, kind = "react_turn", "regex"
+
+    def constraint(self, action_pattern: Optional[str] = None, max_tokens: int = 96) -> Constraint:
+        action = f"({action_pattern})" if action_pattern else f"{LINE}{{1,100}}"
+        thought = f"{LINE}{{1,{max(20, text_budget(max_tokens, reserve=40))}}}"
+        return Constraint(regex=f"{THOUGHT_LABEL}: {thought}\n{ACTION_LABEL}: {action}")
+
+    def parse(self, text: str) -> ReactTurn:
+        return parse_react(text)
+

@@ -11,6 +11,33 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Optional
 
 
+CONSTRAINT_KINDS = ("regex", "choice", "json", "grammar")
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """What an engine holds a completion to: exactly one of a regex (the whole completion matches it), a choice
+    (the completion is one of these strings), a JSON schema, or a grammar (EBNF / GBNF as the engine's backend
+    reads it). Built by an output format (stages/formats.py), which also parses what comes back."""
+    regex: Optional[str] = None
+    choice: Optional[tuple[str, ...]] = None
+    json: Optional[str] = None          # a JSON schema, as JSON text (hashable, sent as is)
+    grammar: Optional[str] = None
+
+    def __post_init__(self):
+        set_ = [k for k in CONSTRAINT_KINDS if getattr(self, k) is not None]
+        if len(set_) != 1:
+            raise ValueError(f"a Constraint sets exactly one of {CONSTRAINT_KINDS}, got {set_ or 'none'}")
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in CONSTRAINT_KINDS if getattr(self, k) is not None)
+
+    @property
+    def value(self) -> Any:
+        return getattr(self, self.kind)
+
+
 @dataclass
 class SamplingParams:
     temperature: float = 0.7
@@ -18,6 +45,7 @@ class SamplingParams:
     max_tokens: int = 256
     n: int = 1
     stop: list[str] = field(default_factory=list)
+    constraint: Optional[Constraint] = None      # structured output; None: free text
 
 
 @dataclass

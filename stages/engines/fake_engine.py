@@ -17,6 +17,9 @@ Built-in scripts read the gold answer from a marker in the prompt, `[gold=<answe
   and a continuation ending in the gold answer read from the reference in the prompt (`[revise=forbidden]` makes
   it mention "the previous attempt", `[revise=noprefix]` makes it skip the prefix copy); the smoothing prompt
   gets the revision back behind an opening phrase.
+A request with a constraint gets a completion that holds to it, as a real engine's would: the script's text when
+it already does (for a regex: the whole text, else the first part of it that matches), else the first choice / the
+shortest string the regex matches (`honour_constraint`).
 A marker `[fail=<reason>]` in the prompt makes that request fail with error_reason <reason> (tests of error rows).
 A prompt of more whitespace-separated words than config.max_model_len fails with "prompt_too_long", like vLLM.
 Token counts are word counts.
@@ -164,6 +167,91 @@ def register_script(name: str, fn: ScriptFn) -> None:
     SCRIPTS[name] = fn
 
 
+def shortest_match(pattern: str) -> str:
+    """A short string the regex matches whole (the fewest repeats, the first alternative, a plain character from
+    each class): what a constrained model that wrote nothing useful would still have to write."""
+    import re._constants as C
+    import re._parser as P
+
+    def char_in(items) -> str:
+        negate = bool(items) and items[0][0] == C.NEGATE
+        def ok(ch: str) -> bool:
+            hit = False
+            for op, av in items:
+                if op == C.LITERAL:
+                    hit |= ord(ch) == av
+                elif op == C.RANGE:
+                    hit |= av[0] <= ord(ch) <= av[1]
+                elif op == C.CATEGORY:
+                    hit |= {C.CATEGORY_DIGIT: ch.isdigit(), C.CATEGORY_NOT_DIGIT: not ch.isdigit(),
+                            C.CATEGORY_SPACE: ch.isspace(), C.CATEGORY_NOT_SPACE: not ch.isspace(),
+                            C.CATEGORY_WORD: ch.isalnum() or ch == "_",
+                            C.CATEGORY_NOT_WORD: not (ch.isalnum() or ch == "_")}.get(av, False)
+            return hit != negate
+        for ch in "a0 x.-_AZ9":
+            if ok(ch):
+                return ch
+        for op, av in items:                    # a class of rare characters only
+            if op == C.LITERAL:
+                return chr(av)
+            if op == C.RANGE:
+                return chr(av[0])
+        raise ValueError(f"no character found for class {items}")
+
+    def walk(parsed) -> str:
+        out = []
+        for op, av in parsed:
+            if op == C.LITERAL:
+                out.append(chr(av))
+            elif op == C.NOT_LITERAL:
+                out.append("a" if av != ord("a") else "b")
+            elif op == C.ANY:
+                out.append("a")
+            elif op == C.IN:
+                out.append(char_in(av))
+            elif op in (C.MAX_REPEAT, C.MIN_REPEAT, getattr(C, "POSSESSIVE_REPEAT", None)):
+                lo, _hi, sub = av
+                out.append(walk(sub) * lo)
+            elif op == C.SUBPATTERN:
+                out.append(walk(av[-1]))
+            elif op == C.BRANCH:
+                out.append(walk(av[1][0]))
+            elif op == C.CATEGORY:
+                out.append(char_in([(C.CATEGORY, av)]))
+            elif op in (C.AT, C.ASSERT, C.ASSERT_NOT):
+                continue
+            else:
+                raise ValueError(f"regex construct {op} is not supported by the fake engine")
+        return "".join(out)
+    return walk(P.parse(pattern))
+
+
+def honour_constraint(text: str, constraint) -> str:
+    """The completion a constrained engine would give where the script wrote `text` (see the module doc)."""
+    import json
+    import re
+    if constraint is None:
+        return text
+    if constraint.kind == "choice":
+        if text in constraint.choice:
+            return text
+        low = text.lower()
+        return next((c for c in constraint.choice if c.lower() in low), constraint.choice[0])
+    if constraint.kind == "regex":
+        rx = re.compile(constraint.regex)
+        if rx.fullmatch(text):
+            return text
+        m = rx.search(text)
+        return m.group(0) if m and rx.fullmatch(m.group(0)) else shortest_match(constraint.regex)
+    if constraint.kind == "json":
+        try:
+            json.loads(text)
+            return text
+        except ValueError:
+            return "{}"
+    return text          # a grammar: the fake engine does not check it
+
+
 class FakeEngine(Engine):
     kind = "fake"
 
@@ -207,6 +295,7 @@ class FakeEngine(Engine):
             for i in range(req.sampling.n):
                 out = script(req, i)
                 if isinstance(out, str):
+                    out = honour_constraint(out, req.sampling.constraint)
                     out = Completion(text=out, finish_reason="stop", completion_tokens=len(out.split()))
                 res.completions.append(out)
         except FakeFailure as e:

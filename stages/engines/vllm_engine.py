@@ -219,8 +219,15 @@ class VLLMEngine(Engine):
         from vllm.sampling_params import RequestOutputKind
 
         s = req.sampling
+        structured = None
+        if s.constraint is not None:
+            from vllm.sampling_params import StructuredOutputsParams
+            c = s.constraint
+            value = list(c.choice) if c.kind == "choice" else c.value
+            structured = StructuredOutputsParams(**{c.kind: value})
         return SamplingParams(n=s.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
-                              stop=list(s.stop) or None, output_kind=RequestOutputKind.FINAL_ONLY)
+                              stop=list(s.stop) or None, output_kind=RequestOutputKind.FINAL_ONLY,
+                              structured_outputs=structured)
 
     def _engine_inputs(self, ids: list[list[int]]) -> list[Any]:
         """Token prompts as engine inputs: rendered by vLLM's Renderer where it has one (vLLM >= 0.30; passing

@@ -69,6 +69,16 @@ class Env:
     def valid_actions(self) -> Optional[list[str]]:
         return None
 
+    def action_pattern(self) -> Optional[str]:
+        """A regex every action this env accepts now matches (a policy's turn is constrained to it where the engine
+        can); by default the valid actions, where the env lists them; None: any one line. Override it to give
+        your env's action syntax."""
+        actions = self.valid_actions()
+        if not actions:
+            return None
+        from stages.formats import one_of
+        return one_of(actions)
+
     def snapshot(self) -> Any:
         raise NotImplementedError(f"{self.name} cannot snapshot; replay the actions from reset")
 

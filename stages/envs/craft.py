@@ -102,6 +102,7 @@ class CraftEnv(Env):
         self.goal: Optional[str] = None
         self.inventory: dict[str, int] = {}
         self.done = False
+        self._commands: list[str] = []     # the crafting commands the task shows (action_pattern)
 
     # --- world and tasks --------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -149,6 +150,7 @@ class CraftEnv(Env):
             raise ConfigError(f"task {task.task_id}: goal {goal!r} cannot be crafted in world {w.world_id}")
         self.goal, self.inventory, self.done = goal, {}, False
         lines = w.recipe_lines(goal, self.config.distractors, random.Random(task.seed))
+        self._commands = list(lines)
         obs = "Crafting commands:\n{}\n\nGoal: craft {}.".format("\n".join(lines), goal)
         return obs, {"goal": goal, "depth": w.depth(goal), "world_id": w.world_id}
 
@@ -169,6 +171,39 @@ class CraftEnv(Env):
             return self._craft(m.group(1), m.group(2))
         return self._fail(f"Could not execute {action.strip()!r}: actions are 'get N item', "
                           f"'craft N item using N item, N item, ...' and 'inventory'.")
+
+    def action_pattern(self) -> Optional[str]:
+        """The task's actions: `get N item` for the base items its crafting commands use (N from 1 to 64), each
+        crafting command as shown (an item type's ingredient written as the type or as any of its members), and
+        `inventory`."""
+        if self.goal is None:
+            return None
+        from stages.formats import literal, number_in, one_of
+        w, bases, crafts = self.world, set(), []
+        for line in self._commands:
+            m = _CRAFT.fullmatch(_norm(line))
+            if not m:
+                crafts.append(literal(line))
+                continue
+            parts = []
+            for part in m.group(2).split(","):
+                c = _COUNTED.fullmatch(part.strip())
+                if not c:
+                    parts.append(literal(part.strip()))
+                    continue
+                name = _item(c.group(2))
+                if w.is_tag(name):
+                    parts.append(f"{c.group(1)} {one_of([name, *w.tags[name]])}")
+                    bases.update(x for x in w.tags[name] if w.is_base(x))
+                else:
+                    parts.append(literal(f"{c.group(1)} {name}"))
+                    if w.is_base(name):
+                        bases.add(name)
+            crafts.append(f"craft {literal(m.group(1))} using " + ", ".join(parts))
+        options = [f"({'|'.join(crafts)})", "inventory"] if crafts else ["inventory"]
+        if bases:
+            options.insert(0, f"get {number_in(1, 64)} {one_of(bases)}")
+        return "|".join(options)
 
     @staticmethod
     def _fail(text: str) -> tuple[str, float, bool, dict[str, Any]]:
@@ -232,11 +267,13 @@ class CraftEnv(Env):
 
     # --- state ------------------------------------------------------------------------------------------------
     def snapshot(self) -> Any:
-        return {"goal": self.goal, "inventory": dict(self.inventory), "done": self.done}
+        return {"goal": self.goal, "inventory": dict(self.inventory), "done": self.done,
+                "commands": list(self._commands)}
 
     def restore(self, state: Any) -> None:
         self.setup()
         self.goal, self.inventory, self.done = state["goal"], dict(state["inventory"]), state["done"]
+        self._commands = list(state.get("commands", self._commands))
 
     def gold_plan(self, task: EnvTask) -> list[tuple[str, str]]:
         self.setup()

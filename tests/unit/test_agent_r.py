@@ -78,7 +78,8 @@ register_script("agent_r_garbled_judge", script_garbled_judge)
 def recipe(data_root, env=None, script="agent_r", **over):
     d = {"dataset": "ar", "method": "agent_r", "env": env or {"kind": "craft", "config": GEN},
          "tasks": {"kind": "env", "count": 4}, "engines": {"policy": {"kind": "fake", "fake_script": script}},
-         "mcts": {"iterations": 6, "children": 3, "max_depth": 4},
+         "mcts": {"iterations": 6, "children": 3, "max_depth": 4, "constrain": "off"},
+         "judge": {"constrain": "off"},      # the scripts' own text (unparsed turns, garbled judges) is what is tested
          "execution": {"runner": "local", "shard_size": 2}, "storage": {"root": str(data_root)}}
     for k, v in over.items():
         d[k] = {**d[k], **v} if isinstance(v, dict) and isinstance(d.get(k), dict) else v

@@ -272,7 +272,7 @@ def test_self_correct_method_reviews_and_retries_wrong_attempts_with_one_engine(
     m = build(cfg, progress=False).manifest
     # mixed: sample 1 of each problem is wrong -> reviewed "incorrect" -> retried once -> correct
     assert m.stages["generate"]["out"] == 8 and m.stages["self_check"]["out"] == 8
-    assert m.stages["self_check"]["counts"] == {"parse_ok": 8}
+    assert m.stages["self_check"]["counts"] == {"parse_ok": 8, "parsed": 8} and m.stages["self_check"]["parse_rate"] == 1.0
     assert m.stages["retry"]["in"] == 8 and m.stages["retry"]["out"] == 4        # 4 retries appended
     assert m.stages["verify_retry"]["in"] == 12 and m.stages["verify_retry"]["counts"] == {"already_verified": 8}
     assert m.tables["attempts"].rows == 12

@@ -24,6 +24,8 @@ def lemma_recipe(data_root, tasks, **over):
          "engines": {"student": {"kind": "fake", "fake_script": "lemma"},
                      "teacher": {"kind": "fake", "fake_script": "lemma"}},
          "generate": {"n": 2, "max_tokens": 64},
+         # the teacher script's own text (garbled judges, free-form injections) is what these tests read
+         "judge": {"constrain": "off"}, "judge_injections": {"constrain": "off"}, "injections": {"constrain": "off"},
          "execution": {"runner": "local", "shard_size": 3, "shards_in_flight": 1},
          "storage": {"root": str(data_root)}}
     for k, v in over.items():

@@ -78,6 +78,9 @@ for _name, _fn in (("planner", script_planner), ("garbage", script_garbage), ("v
 
 
 def stage(script="planner", max_model_len=4096, **opts) -> RolloutStage:
+    """The rollout stage on a scripted policy; unconstrained unless asked (these tests read the scripts' own text:
+    markdown turns, garbage, ...)."""
+    opts.setdefault("constrain", "off")
     ctx = StageContext(run_id="run-1", method="agent_rollout",
                        engines={"policy": EngineConfig(kind="fake", fake_script=script, max_model_len=max_model_len)})
     return RolloutStage(RolloutConfig(**opts), name="rollout", context=ctx)
@@ -317,7 +320,7 @@ def test_engine_failure_fails_the_shard_not_the_episode():
 def agent_recipe(data_root, env, script="planner", **over):
     d = {"dataset": "agents", "method": "agent_rollout", "env": env, "tasks": {"kind": "env", "count": 5},
          "engines": {"policy": {"kind": "fake", "fake_script": script}},
-         "rollout": {"n": 2, "gold": True, "max_steps": 12},
+         "rollout": {"n": 2, "gold": True, "max_steps": 12, "constrain": "off"},
          "execution": {"runner": "local", "shard_size": 2}, "storage": {"root": str(data_root)}}
     for k, v in over.items():
         d[k] = {**d[k], **v} if isinstance(v, dict) and isinstance(d.get(k), dict) else v

@@ -43,7 +43,7 @@ import json
 import math
 import random
 from collections import Counter
-from typing import Awaitable, Callable, Literal, Optional, Sequence
+from typing import Any, Awaitable, Callable, Literal, Optional, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -51,7 +51,8 @@ from schemas.rows import make_id
 from pipelines.methods.agent_r.tree import Node, Tree, node_id_for, path_messages
 from stages.envs.base import Env, EnvFailure, EnvTask
 
-Policy = Callable[[list[dict], int, float], Awaitable[list[str]]]
+Policy = Callable[..., Awaitable[list[str]]]    # (messages, n, temperature, constraint=None) -> n texts
+TurnConstraint = Callable[[Optional[str]], Any]  # the env's action pattern at a node -> the turn's constraint
 ParseAction = Callable[[str], tuple[Optional[str], bool]]
 Trim = Callable[[list[dict]], list[dict]]
 Opening = Callable[[EnvTask, str], list[dict]]
@@ -136,8 +137,10 @@ class _Search:
     """The state of one tree's search (kept off the Tree so a Tree stays plain data)."""
 
     def __init__(self, tree: Tree, env: Env, policy: Policy, parse_action: ParseAction, settings: MCTSSettings,
-                 trim: Optional[Trim], opening: Optional[Opening], executor: Optional[cf.Executor]):
+                 trim: Optional[Trim], opening: Optional[Opening], executor: Optional[cf.Executor],
+                 turn_constraint: Optional[TurnConstraint] = None):
         self.tree, self.env, self.policy, self.parse_action = tree, env, policy, parse_action
+        self.turn_constraint = turn_constraint
         self.s, self.trim, self.executor = settings, trim, executor
         self.opening = opening or default_opening
         self.stats = tree.stats
@@ -229,7 +232,13 @@ class _Search:
             return
         self.stats["policy_calls"] += 1
         try:
-            texts = list(await self.policy(prompt, s.children, s.temperature))
+            if self.turn_constraint is not None:     # the env's actions at this node hold the samples
+                await self.goto(node)
+                pattern = await self.call(self.env.action_pattern)
+                texts = list(await self.policy(prompt, s.children, s.temperature,
+                                               constraint=self.turn_constraint(pattern)))
+            else:
+                texts = list(await self.policy(prompt, s.children, s.temperature))
         except Exception as e:
             self.fail(node, f"policy: {_short(e)}", "policy_errors")
             return
@@ -344,7 +353,7 @@ class _ReplayMismatch(Exception):
 async def search_tree(task: EnvTask, env: Env, policy: Policy, parse_action: ParseAction,
                       settings: Optional[MCTSSettings] = None, *, trim: Optional[Trim] = None,
                       opening: Optional[Opening] = None, iteration: int = 0, tree_id: Optional[str] = None,
-                      executor: Optional[cf.Executor] = None) -> Tree:
+                      executor: Optional[cf.Executor] = None, turn_constraint: Optional[TurnConstraint] = None) -> Tree:
     """Search one task's tree. Never raises for env or policy failures (see the module docstring).
     `env` must be set up; env calls run on the event loop unless an `executor` is given (use one for envs that
     block, such as a JVM). `opening(task, first_observation)` builds the conversation's start (default: Agent-R's
@@ -353,7 +362,7 @@ async def search_tree(task: EnvTask, env: Env, policy: Policy, parse_action: Par
     env_name = getattr(env, "name", type(env).__name__)
     tree = Tree(tree_id=tree_id or default_tree_id(task, env_name, iteration, settings), task=task,
                 env_name=env_name, iteration=iteration, settings=settings.model_dump())
-    await _Search(tree, env, policy, parse_action, settings, trim, opening, executor).run()
+    await _Search(tree, env, policy, parse_action, settings, trim, opening, executor, turn_constraint).run()
     return tree
 
 
@@ -362,7 +371,8 @@ async def search_many(tasks: Sequence[EnvTask], env_factory: Callable[[], Env], 
                       trim: Optional[Trim] = None, opening: Optional[Opening] = None, iteration: int = 0,
                       executor: Optional[cf.Executor] = None,
                       on_tree: Optional[Callable[[Tree], None]] = None,
-                      tree_id: Optional[Callable[[EnvTask], str]] = None) -> list[Tree]:
+                      tree_id: Optional[Callable[[EnvTask], str]] = None,
+                      turn_constraint: Optional[TurnConstraint] = None) -> list[Tree]:
     """Search every task's tree, `concurrency` trees at a time: each worker owns one env (made by `env_factory`,
     set up once, reused for its tasks, closed at the end), so the trees' policy calls interleave on the engine.
     Returns the trees in task order. A worker whose env cannot be made or set up gives the task it holds an error
@@ -408,7 +418,8 @@ async def search_many(tasks: Sequence[EnvTask], env_factory: Callable[[], Env], 
                         continue
                 tree = await search_tree(task, env, policy, parse_action, settings, trim=trim, opening=opening,
                                          iteration=iteration, executor=executor,
-                                         tree_id=tree_id(task) if tree_id else None)
+                                         tree_id=tree_id(task) if tree_id else None,
+                                         turn_constraint=turn_constraint)
                 results[i] = tree
                 if on_tree is not None:
                     on_tree(tree)

@@ -22,13 +22,14 @@ from schemas.errors import RowError
 from pipelines.methods.agent_r.rows import JUDGE_COLUMNS, RevisionTrajectory
 from schemas.rows import make_id
 from pipelines.methods.agent_r.search_stages import engine_policy, env_spec_key, pair_from_row, trees_from_tables
-from pipelines.methods.agent_r.step_judge import JudgeSettings, Judgement, StepJudge, first_error_walk
+from pipelines.methods.agent_r.step_judge import (JudgeSettings, Judgement, StepJudge, StepJudgementFormat,
+                                                  first_error_walk)
 from pipelines.methods.agent_r.splice import MIN_SIGNALS, REVISION_SIGNALS, WAIT_ACTION, choose_signal, good_path, splice
 from pipelines.methods.agent_r.tree import Node, Tree
 from stages.base import ExpandStage, Failed, MapStage, ShardInfo, StageStats, columns_except
 from stages.envs import make_env
 from stages.envs.spec import read_task_record
-from stages.llm import LLMMixin, LLMOptions
+from stages.llm import ConstrainedOptions, LLMMixin, LLMOptions
 from stages.options import Options
 
 
@@ -36,7 +37,7 @@ from stages.options import Options
 ENV_NAMES = {"craft": "a text-based crafting game", "twx": "a text-based game (TextWorldExpress)"}
 
 
-class JudgeConfig(LLMOptions):
+class JudgeConfig(ConstrainedOptions):
     role: str = Field("policy", description="engine role of the judge: Agent-R's actor judges itself (policy)")
     template: Literal["agent_r_judge"] = Field("agent_r_judge", description="the step-judgement prompt")
     temperature: float = Field(0.0, ge=0, description="judge sampling temperature (0: a step's verdict is "
@@ -64,6 +65,7 @@ class JudgeBadPathsStage(LLMMixin, MapStage):
                             "prompt_template", "verdict", "first_error_step", "raw_text", "parse_ok", "parse_error")}
     description = "the policy judges each pair's bad path step by step; stop at the first Bad"
     config_class = JudgeConfig
+    output_format = StepJudgementFormat()
     table = "pairs"
     reads = {"pairs": ("pair_id", "kind", "tree_id", "good_leaf_id", "bad_leaf_id", "divergence_node_id"),
              "trees": ("tree_id",), "nodes": ("tree_id", "node_id")}
@@ -96,7 +98,8 @@ class JudgeBadPathsStage(LLMMixin, MapStage):
             if tree.tree_id not in judges:
                 js = JudgeSettings(temperature=c.temperature, on_unparsed=c.on_unparsed,
                                    environment=c.environment or environment_name(tree.env_name),
-                                   max_history_steps=c.max_history_steps)
+                                   max_history_steps=c.max_history_steps,
+                                   constraint=self.format_sampling(max_tokens=c.max_tokens).get("constraint"))
                 judges[tree.tree_id] = StepJudge(tree, policy, js)
             async with sem:
                 walk = await first_error_walk(tree, pair_from_row(tree, row), judges[tree.tree_id])
@@ -121,6 +124,7 @@ class JudgeBadPathsStage(LLMMixin, MapStage):
             for k, v in judge.stats.items():
                 stats.count(k, v)
             for j in judge.judged():
+                self.count_parse(stats, j.parse_ok)
                 jid = self.judgement_id(j)
                 if jid not in seen:
                     seen.add(jid)

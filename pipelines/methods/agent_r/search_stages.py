@@ -29,32 +29,34 @@ from schemas.rows import make_id
 from pipelines.methods.agent_r.mcts import MCTSSettings, search_many
 from pipelines.methods.agent_r.tree import Tree, total_stats, tree_from_rows, tree_rows, tree_summary
 from pipelines.methods.agent_r.pairs import DEFAULT_ALPHA, DEFAULT_BETA, Pair, PairSettings, good_leaves, make_pairs
-from stages.agents.react import initial_messages, parse_react, trim_context
+from stages.agents.react import ReactTurnFormat, initial_messages, trim_context
 from stages.base import ExpandStage, Failed, ShardInfo, StageStats, columns_except
-from stages.engines.base import GenerationRequest
+from stages.engines.base import Constraint, GenerationRequest
 from stages.envs import EnvTask, make_env
 from stages.envs.spec import read_task_record
-from stages.llm import BudgetLLMMixin, LLMMixin, LLMOptions
+from stages.llm import BudgetLLMMixin, ConstrainedOptions, LLMMixin, LLMOptions
 from stages.options import Options
 
 
 # ---- the policy's engine -------------------------------------------------------------------------------------------
 def engine_policy(stage: LLMMixin, stats: StageStats, shard: ShardInfo, request_prefix: str,
                   unit: str) -> tuple[Callable[..., Awaitable[list[str]]], list[BaseException]]:
-    """(policy, fatal): `await policy(messages, n, temperature)` is the texts of n samples of the stage's engine
-    (its system prompt in front; tokens counted in stats). An engine that fails as a whole (not one request) is
+    """(policy, fatal): `await policy(messages, n, temperature, constraint=None)` is the texts of n samples of the
+    stage's engine (its system prompt in front; tokens counted in stats; a constraint holds them to a format). An engine that fails as a whole (not one request) is
     appended to `fatal`, for the caller to raise (the shard fails; a rerun resumes); later calls raise "aborted"."""
     c = stage.config
     fatal: list[BaseException] = []
     ids = itertools.count()
 
-    async def policy(messages: list[dict], n: int, temperature: float) -> list[str]:
+    async def policy(messages: list[dict], n: int, temperature: float,
+                     constraint: Optional[Constraint] = None) -> list[str]:
         if fatal:
             raise RowError("aborted", f"the engine failed for another {unit} of this shard")
         msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
         if c.system_prompt:
             msgs.insert(0, {"role": "system", "content": c.system_prompt})
-        req = GenerationRequest(messages=msgs, sampling=stage.sampling_params(n=n, temperature=temperature),
+        req = GenerationRequest(messages=msgs, sampling=stage.sampling_params(n=n, temperature=temperature,
+                                                                               constraint=constraint),
                                 request_id=f"{request_prefix}:{shard.shard_id}:{next(ids)}")
         try:
             (res,) = await stage._llm.agenerate([req], tag=stage.name, shard=shard.shard_id)
@@ -70,7 +72,7 @@ def engine_policy(stage: LLMMixin, stats: StageStats, shard: ShardInfo, request_
 
 
 # ---- search --------------------------------------------------------------------------------------------------------
-class MCTSConfig(LLMOptions):
+class MCTSConfig(ConstrainedOptions):
     role: str = Field("policy", description="engine role of the policy model (a key of the recipe's `engines`)")
     template: Literal["react_agent"] = Field("react_agent", description="the opening's wording (the ReAct format, "
                                                                         "then the task instruction)")
@@ -118,6 +120,7 @@ class MCTSStage(BudgetLLMMixin, ExpandStage):
     config_class = MCTSConfig
     source = "problems"
     target = "trees"
+    output_format = ReactTurnFormat()
     reads = {"problems": ("problem_id", "env", "env_config_json")}
     writes = ("trees", "nodes")
 
@@ -158,8 +161,11 @@ class MCTSStage(BudgetLLMMixin, ExpandStage):
                                   **self.lineage([p["problem_id"]])}]
             for r in tree_rows(tree):
                 nodes.append({**r, "problem_id": p["problem_id"], **self.lineage([r["parent_id"] or tree.tree_id])})
-        for k, v in total_stats(trees).items():
+        totals = total_stats(trees)
+        for k, v in totals.items():
             stats.count(k, int(v))
+        stats.count("parsed", int(totals.get("policy_samples", 0)))
+        stats.count("parse_ok", int(totals.get("policy_samples", 0) - totals.get("unparsed_samples", 0)))
         stats.count("nodes", len(nodes))
         self.emit("nodes", nodes)
         return [out[k] for k in range(len(rows))]
@@ -179,8 +185,12 @@ class MCTSStage(BudgetLLMMixin, ExpandStage):
             return ctx
 
         def parse(text: str) -> tuple[Optional[str], bool]:
-            t = parse_react(text)
+            t = self.output_format.parse(text)
             return t.action, t.parse_ok
+
+        turn_constraint = ((lambda pattern: self.output_format.constraint(action_pattern=pattern,
+                                                                          max_tokens=c.max_tokens))
+                           if self.constrained else None)
 
         def opening(task: EnvTask, obs: str) -> list[dict]:
             return initial_messages(task.instruction, obs)
@@ -194,7 +204,8 @@ class MCTSStage(BudgetLLMMixin, ExpandStage):
                 trees = await search_many(
                     tasks, lambda: make_env(spec["kind"], dict(spec["config"]), spec["class"]), policy, parse,
                     settings, concurrency=c.concurrency, trim=trim, opening=opening, iteration=c.iteration,
-                    executor=executor, tree_id=lambda t: self.tree_id(by_task[id(t)]["problem_id"], t))
+                    executor=executor, tree_id=lambda t: self.tree_id(by_task[id(t)]["problem_id"], t),
+                    turn_constraint=turn_constraint)
                 return [(by_task[id(t.task)], t) for t in trees]
 
             for res in await asyncio.gather(*(one_group(spec, jobs) for spec, jobs in groups)):

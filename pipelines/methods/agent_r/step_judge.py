@@ -35,9 +35,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from pipelines.methods.agent_r.mcts import Policy
 from pipelines.methods.agent_r.pairs import Pair
 from pipelines.methods.agent_r.tree import Node, Tree
+from stages.engines.base import Constraint
+from stages.formats import LINE, OutputFormat, one_of, text_budget
 from stages.prompts import load_template
 
 VERDICTS = ("good", "bad", "uncertain", "unparsed")
+JUDGEMENT_LABEL = "Judgement"
+WORDS = ("Good", "Bad", "Uncertain")      # what a judge writes after the label (prompts/agent_r_judge.txt)
 
 # "Judgement:" / "Judgment:", markdown around the label or the word ("**Judgement:** Bad", "Judgement: `Good`")
 _LABEL = re.compile(r"judge?ment\s*[*_`]*\s*[:：]", re.IGNORECASE)
@@ -61,6 +65,19 @@ def parse_judgement(text: str) -> tuple[str, str, bool]:
     return words[0], raw[:m.start()].strip(), True
 
 
+class StepJudgementFormat(OutputFormat):
+    """A few sentences of reasoning, then the last line `Judgement: Good|Bad|Uncertain`."""
+    name, kind = "step_judgement", "regex"
+    lines = 4
+
+    def constraint(self, max_tokens: int = 160) -> Constraint:
+        per_line = max(10, text_budget(max_tokens) // self.lines)
+        return Constraint(regex=rf"({LINE}{{1,{per_line}}}\n){{0,{self.lines}}}{JUDGEMENT_LABEL}: {one_of(WORDS)}")
+
+    def parse(self, text: str) -> tuple[str, str, bool]:
+        return parse_judgement(text)
+
+
 class JudgeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -75,6 +92,7 @@ class JudgeSettings(BaseModel):
                                                                      "'a text crafting game'")
     max_history_steps: Optional[int] = Field(None, ge=0, description="show only the last N earlier steps in the "
                                                                      "prompt (None: all)")
+    constraint: Optional[Constraint] = Field(None, description="the judge replies' constraint (None: free text)")
 
 
 @dataclass
@@ -157,8 +175,9 @@ class StepJudge:
         prompt = judge_prompt(self.tree, node, self.settings)
         self.stats["judge_calls"] += 1
         try:
+            extra = {"constraint": self.settings.constraint} if self.settings.constraint is not None else {}
             texts = await self.policy([{"role": "user", "content": prompt, "loss": False}], 1,
-                                      self.settings.temperature)
+                                      self.settings.temperature, **extra)
             if not texts:
                 raise ValueError("the policy returned no text")
         except Exception:

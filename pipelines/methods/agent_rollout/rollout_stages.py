@@ -38,10 +38,11 @@ from stages.base import ExpandStage, Failed, ShardInfo, StageStats, columns_exce
 from stages.engines.base import GenerationRequest
 from stages.envs import Env, EnvTask, make_env
 from stages.envs.spec import read_task_record
-from stages.llm import BudgetLLMMixin, LLMOptions
+from stages.agents.react import ReactTurnFormat
+from stages.llm import BudgetLLMMixin, ConstrainedOptions
 
 
-class RolloutConfig(LLMOptions):
+class RolloutConfig(ConstrainedOptions):
     role: str = Field("policy", description="engine role of the policy model (a key of the recipe's `engines`)")
     template: Literal["react_agent"] = Field(
         "react_agent", description="the opening's wording (stages/prompts/react_agent.txt: the ReAct format, then "
@@ -79,6 +80,7 @@ class RolloutStage(BudgetLLMMixin, ExpandStage):
     kind = "rollout"
     fills = {"trajectories": columns_except(Trajectory)}
     description = "the policy model acts in each task's environment (ReAct turns), n episodes per task"
+    output_format = ReactTurnFormat()
     config_class = RolloutConfig
     source, target = "problems", "trajectories"
     reads = {"problems": ("problem_id", "env", "env_config_json")}
@@ -142,13 +144,17 @@ class RolloutStage(BudgetLLMMixin, ExpandStage):
         sampling = self.sampling_params(n=1)
         rid = f"{p['problem_id']}:{k}"
 
-        async def policy(messages: list[dict]) -> str:
+        async def policy(messages: list[dict], action_pattern: Optional[str] = None) -> str:
             if fatal:
                 raise RowError("aborted", "the engine failed for another episode of this shard")
             msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
             if c.system_prompt:
                 msgs.insert(0, {"role": "system", "content": c.system_prompt})
-            req = GenerationRequest(messages=msgs, sampling=sampling, request_id=rid)
+            turn = sampling
+            if self.constrained:
+                turn = self.sampling_params(n=1, **self.format_sampling(action_pattern=action_pattern,
+                                                                        max_tokens=c.max_tokens))
+            req = GenerationRequest(messages=msgs, sampling=turn, request_id=rid)
             try:
                 (res,) = await self._llm.agenerate([req], tag=self.name, shard=shard.shard_id)
             except Exception as e:       # the engine as a whole failed: the shard fails (a rerun resumes)
@@ -173,7 +179,8 @@ class RolloutStage(BudgetLLMMixin, ExpandStage):
             traj = None
             try:
                 traj = await run_episode(env, task, policy, c.max_steps, self.count_prompt, self.budget,
-                                         pool.executor_for(env), c.step_timeout_s)
+                                         pool.executor_for(env), c.step_timeout_s,
+                                         action_patterns=self.constrained)
             finally:    # an env that hung is replaced, as run_episodes does
                 pool.release(env, discard=traj is None or error_reason(traj["error"] or "") == "env_timeout")
         if traj["error"]:
@@ -222,6 +229,7 @@ class RolloutStage(BudgetLLMMixin, ExpandStage):
         if not gold:
             stats.count("episodes")
             stats.count("turns", len(steps))
+            stats.count("parsed", len(steps))
             stats.count("parse_ok", len(steps) - unparsed)
             stats.count("unparsed", unparsed)
             stats.count("invalid_actions", invalid)

@@ -21,9 +21,13 @@ from fractions import Fraction
 from typing import Callable, Optional
 
 from stages.answers import extract_answer, normalize_number
+from stages.engines.base import Constraint
+from stages.formats import LINE, OutputFormat, literal, text_budget
 
 __all__ = ["InjectionParse", "parse_injection", "injection_drop_reason", "same_answer"]
 
+ANSWER_LINE = "The answer is: "                    # what the prompt asks the solution to end with
+OPEN_TAG, CLOSE_TAG = "<explanation>", "</explanation>"
 _OPEN = re.compile(r"<\s*explanation\s*>", re.IGNORECASE)
 _CLOSE = re.compile(r"<\s*/\s*explanation\s*>", re.IGNORECASE)
 _EXPLANATION_LINE = re.compile(r"^[ \t]*(?:\*\*|#+[ \t]*)?explanation(?:\*\*)?[ \t]*:(?:\*\*)?[ \t]*",
@@ -78,6 +82,24 @@ def parse_injection(raw: Optional[str]) -> InjectionParse:
     elif not explanation:
         reason = "no_explanation"
     return InjectionParse(solution, explanation or None, final, reason is None, reason, raw_text)
+
+
+class InjectionFormat(OutputFormat):
+    """Solution lines, the line `The answer is: <number>`, then `<explanation>...</explanation>`
+    (prompts/lemma_inject.txt): the constraint and `parse_injection` read the same answer line and tags."""
+    name, kind = "lemma_injection", "regex"
+    max_lines = 6
+
+    def constraint(self, max_tokens: int = 256) -> Constraint:
+        budget = text_budget(max_tokens, reserve=48)
+        per_line = max(20, budget // (self.max_lines + 2))
+        steps = rf"({LINE}{{1,{per_line}}}\n){{1,{self.max_lines}}}"
+        answer = r"-?[0-9][0-9,]{0,12}(\.[0-9]{1,4})?"
+        note = rf"[^<\n]{{1,{max(20, budget // 4)}}}"
+        return Constraint(regex=f"{steps}{literal(ANSWER_LINE)}{answer}\n{literal(OPEN_TAG)}{note}{literal(CLOSE_TAG)}")
+
+    def parse(self, text: str) -> "InjectionParse":
+        return parse_injection(text)
 
 
 def _as_number(s: str) -> Optional[Fraction]:

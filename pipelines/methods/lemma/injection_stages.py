@@ -12,11 +12,11 @@ from schemas.rows import make_id
 from stages.base import ExpandStage, Failed, FilterStage, is_live
 from stages.filter import verified_drop_reason
 from stages.engines.base import GenerationRequest
-from pipelines.methods.lemma.injection_reply import parse_injection
+from pipelines.methods.lemma.injection_reply import InjectionFormat
 from pipelines.methods.lemma.revision_checks import segments_text
 from pipelines.methods.lemma.rules_injector import SUPPORTED_TYPES, inject_error
 from pipelines.methods.lemma.taxonomy import INJECTION_TYPES, TRANSITION_PHRASES, definition
-from stages.llm import LLMMixin, LLMOptions
+from stages.llm import ConstrainedOptions, LLMMixin
 from stages.options import Options
 from stages.verify import VerifyStage
 
@@ -24,7 +24,7 @@ from stages.verify import VerifyStage
 RULES_MODEL = "rules:arithmetic"
 
 
-class InjectConfig(LLMOptions):
+class InjectConfig(ConstrainedOptions):
     role: str = Field("teacher", description="engine role of the injecting teacher")
     template: str = Field("lemma_inject", description="prompt template name (a <name>.txt in stages/prompts/ or the method's prompts/)")
     source: Literal["llm", "rules", "both"] = Field(
@@ -57,6 +57,7 @@ class InjectStage(LLMMixin, ExpandStage):
     kind = "lemma_inject"
     description = "erroneous solutions: a teacher's of types drawn by weight (llm), programmatic ones (rules)"
     config_class = InjectConfig
+    output_format = InjectionFormat()
     source = "problems"
     target = "injections"
     reads = {"problems": ("problem_id", "question", "reference_solution", "reference_answer", "gold_steps_json"),
@@ -153,7 +154,8 @@ class InjectStage(LLMMixin, ExpandStage):
                                             p.get("reference_answer") or "",
                                             error_type=t, error_definition=definition(t))
                 jobs.append((p, t, k, user))
-        reqs = [GenerationRequest(messages=self.messages(u), sampling=self.sampling_params(n=1),
+        fmt = self.format_sampling(max_tokens=c.max_tokens)
+        reqs = [GenerationRequest(messages=self.messages(u), sampling=self.sampling_params(n=1, **fmt),
                                   request_id=f"{p['problem_id']}:{k}") for p, t, k, u in jobs]
         results = self.call(reqs, shard, stats)
         key, model = self.generation_key(), self.model_label
@@ -164,7 +166,8 @@ class InjectStage(LLMMixin, ExpandStage):
                     key=f"inject:{k}"))
                 continue
             comp = res.completions[0]
-            parsed = parse_injection(comp.text)
+            parsed = self.output_format.parse(comp.text)
+            self.count_parse(stats, parsed.parse_ok)
             stats.count("llm_parse_ok" if parsed.parse_ok else f"llm_unparsed_{parsed.reason}")
             made[p["problem_id"]].append({
                 "injection_id": make_id(p["problem_id"], "llm", t, key, k, prefix="i-"),

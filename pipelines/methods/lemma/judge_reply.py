@@ -33,11 +33,16 @@ from dataclasses import asdict, dataclass, field
 from typing import Iterable, Optional
 
 from pipelines.methods.lemma.taxonomy import ERROR_LABELS, LABEL_ALIASES, canonical_label
+from stages.engines.base import Constraint
+from stages.formats import LINE, OutputFormat, number_in, one_of, text_budget
 
 __all__ = ["JudgeResult", "ParseRates", "parse_judgement", "parse_rates", "VERDICTS", "UNPARSED_REASONS",
            "format_judgement"]
 
 VERDICTS = ("located", "says_correct", "unparsed")
+# the answer's fields, as the prompt names them (prompts/lemma_judge.txt), the constraint builds them and the
+# parser reads them
+VERDICT_FIELD, STEP_FIELD, TYPE_FIELD, REASON_FIELD = "Verdict", "First wrong step", "Error type", "Reason"
 UNPARSED_REASONS = ("empty", "no_verdict", "no_step_number", "step_out_of_range", "contradictory", "ambiguous")
 
 
@@ -62,11 +67,26 @@ class JudgeResult:
 def format_judgement(first_error_step: Optional[int], error_type: Optional[str] = None, reason: str = "") -> str:
     """The answer format the prompt asks for (used in few-shot examples and tests)."""
     if first_error_step is None:
-        return "Verdict: correct"
-    lines = ["Verdict: incorrect", f"First wrong step: {first_error_step}", f"Error type: {error_type or ''}"]
+        return f"{VERDICT_FIELD}: correct"
+    lines = [f"{VERDICT_FIELD}: incorrect", f"{STEP_FIELD}: {first_error_step}", f"{TYPE_FIELD}: {error_type or ''}"]
     if reason:
-        lines.append(f"Reason: {reason}")
+        lines.append(f"{REASON_FIELD}: {reason}")
     return "\n".join(lines)
+
+
+class JudgementFormat(OutputFormat):
+    """`Verdict: correct`, or `Verdict: incorrect` with the first wrong step (a number among the steps shown), one
+    of the 12 error labels and a one-line reason: the constraint and `parse_judgement` read the same fields."""
+    name, kind = "lemma_judgement", "regex"
+
+    def constraint(self, n_steps: int, max_tokens: int = 96) -> Constraint:
+        reason = f"{LINE}{{1,{max(10, text_budget(max_tokens, reserve=32))}}}"
+        located = (f"incorrect\n{STEP_FIELD}: {number_in(1, max(1, n_steps))}\n{TYPE_FIELD}: {one_of(ERROR_LABELS)}"
+                   f"\n{REASON_FIELD}: {reason}")
+        return Constraint(regex=f"{VERDICT_FIELD}: (correct|{located})")
+
+    def parse(self, text: str, n_steps: int) -> "JudgeResult":
+        return parse_judgement(text, n_steps)
 
 
 # --------------------------------------------------------------------------------------------- patterns

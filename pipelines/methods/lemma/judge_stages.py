@@ -9,9 +9,9 @@ from pydantic import Field
 
 from schemas.rows import make_id
 from stages.base import ExpandStage, Failed, ShardInfo, StageStats
-from pipelines.methods.lemma.judge_reply import parse_judgement
+from pipelines.methods.lemma.judge_reply import JudgementFormat
 from pipelines.methods.lemma.taxonomy import format_label_list
-from stages.llm import LLMMixin, LLMOptions
+from stages.llm import ConstrainedOptions, LLMMixin
 from stages.steps import number_steps, split_solution, step_rows
 
 JUDGE_FILLS = {"judgements": ("target_table", "target_id", "problem_id", "judge_model", "judge_role",
@@ -19,7 +19,7 @@ JUDGE_FILLS = {"judgements": ("target_table", "target_id", "problem_id", "judge_
                               "type_parse_ok", "raw_text", "parse_ok", "parse_error")}
 
 
-class JudgeConfig(LLMOptions):
+class JudgeConfig(ConstrainedOptions):
     role: str = Field("teacher", description="engine role of the judge (a key of the recipe's `engines`)")
     template: str = Field("lemma_judge", description="prompt template name (a <name>.txt in stages/prompts/ or the method's prompts/)")
     temperature: float = Field(0.0, ge=0, description="sampling temperature (0: the judge's most likely answer)")
@@ -33,6 +33,7 @@ class _JudgeBase(LLMMixin, ExpandStage):
     `first_error_step` N is the step there with idx N: the same split, and numbering, as an attempt's `steps`."""
 
     config_class = JudgeConfig
+    output_format = JudgementFormat()
     target = "judgements"
     text_column = ""
     id_column = ""
@@ -58,7 +59,9 @@ class _JudgeBase(LLMMixin, ExpandStage):
                 question=p.get("question", ""), reference_solution=p.get("reference_solution") or
                 p.get("reference_answer") or "", numbered_steps=number_steps(splits[r[self.id_column]]),
                 labels=format_label_list())
-        results = self.ask(prompts, shard, stats, n=1)
+        constraints = {rid: self.format_sampling(n_steps=len(splits[rid]), max_tokens=self.config.max_tokens)
+                       for rid in prompts}
+        results = self.ask(prompts, shard, stats, per_request=constraints, n=1)
         key, model = self.generation_key(), self.model_label
         out: list[list[dict] | Failed] = []
         for r in rows:
@@ -73,9 +76,11 @@ class _JudgeBase(LLMMixin, ExpandStage):
                 continue
             text = res.completions[0].text
             n_steps = len(splits[rid])
-            jr = parse_judgement(text, n_steps)
+            jr = self.output_format.parse(text, n_steps)
+            self.count_parse(stats, jr.parse_ok)
             stats.count(jr.verdict)
-            stats.count("parse_ok" if jr.parse_ok else "unparsed_" + (jr.reason or "unknown"))
+            if not jr.parse_ok:
+                stats.count("unparsed_" + (jr.reason or "unknown"))
             stats.count("type_parse_ok" if jr.type_parse_ok else "type_unparsed")
             row = {"judgement_id": make_id(self.target_table_name, rid, key, prefix="j-"),
                    "target_table": self.target_table_name, "target_id": rid, "problem_id": r["problem_id"],

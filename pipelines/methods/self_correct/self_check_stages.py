@@ -21,9 +21,13 @@ from schemas.rows import make_id
 from stages.base import ExpandStage, Failed, ShardInfo, StageStats
 from stages.engines.base import GenerationRequest
 from stages.generate import ATTEMPT_COLUMNS, attempt_row
-from stages.llm import LLMMixin, LLMOptions
+from stages.engines.base import Constraint
+from stages.formats import LINE, OutputFormat, one_of, text_budget
+from stages.llm import ConstrainedOptions, LLMMixin, LLMOptions
 
-_VERDICT = re.compile(r"verdict\s*[:：]?\s*\**\s*(correct|incorrect|wrong|right)\b", re.IGNORECASE)
+VERDICT_LABEL = "Verdict"
+VERDICTS = ("correct", "incorrect")
+_VERDICT = re.compile(rf"{VERDICT_LABEL}\s*[:：]?\s*\**\s*(correct|incorrect|wrong|right)\b", re.IGNORECASE)
 
 
 def parse_verdict(text: Optional[str]) -> tuple[Optional[str], Optional[str]]:
@@ -31,12 +35,26 @@ def parse_verdict(text: Optional[str]) -> tuple[Optional[str], Optional[str]]:
     incorrect/correct. (None, reason) when there is none."""
     found = list(_VERDICT.finditer(text or ""))
     if not found:
-        return None, "no 'Verdict: correct|incorrect' line"
+        return None, f"no '{VERDICT_LABEL}: {'|'.join(VERDICTS)}' line"
     word = found[-1].group(1).lower()
     return ("correct" if word in ("correct", "right") else "incorrect"), None
 
 
-class SelfCheckConfig(LLMOptions):
+class VerdictFormat(OutputFormat):
+    """A short review, then the last line `Verdict: correct|incorrect` (prompts/self_check.txt)."""
+    name, kind = "review_verdict", "regex"
+    lines = 4
+
+    def constraint(self, max_tokens: int = 192) -> Constraint:
+        per_line = max(10, text_budget(max_tokens) // self.lines)
+        review = rf"({LINE}{{1,{per_line}}}\n){{0,{self.lines}}}"
+        return Constraint(regex=f"{review}{VERDICT_LABEL}: {one_of(VERDICTS)}")
+
+    def parse(self, text: str) -> tuple[Optional[str], Optional[str]]:
+        return parse_verdict(text)
+
+
+class SelfCheckConfig(ConstrainedOptions):
     template: str = Field("self_check", description="prompt template name (a <name>.txt in stages/prompts/ or the method's prompts/)")
     temperature: float = Field(0.0, ge=0, description="sampling temperature (0: the model's most likely review)")
     max_tokens: int = Field(192, ge=1, description="max new tokens of a review")
@@ -49,6 +67,7 @@ class SelfCheckStage(LLMMixin, ExpandStage):
                             "verdict", "raw_text", "parse_ok", "parse_error")}
     description = "the model reviews each answered attempt and says whether it is correct"
     config_class = SelfCheckConfig
+    output_format = VerdictFormat()
     source, target = "attempts", "judgements"
     reads = {"attempts": ("attempt_id", "problem_id", "completion", "answer_parse_ok"),
              "problems": ("problem_id", "question")}
@@ -62,7 +81,8 @@ class SelfCheckStage(LLMMixin, ExpandStage):
         todo = [a for a in rows if a.get("answer_parse_ok")]
         reqs = [GenerationRequest(messages=self.messages(self.template.render(
                     question=question.get(a["problem_id"], ""), solution=a.get("completion") or "")),
-                    sampling=self.sampling_params(n=1), request_id=a["attempt_id"]) for a in todo]
+                    sampling=self.sampling_params(n=1, **self.format_sampling(max_tokens=self.config.max_tokens)),
+                    request_id=a["attempt_id"]) for a in todo]
         results = dict(zip((a["attempt_id"] for a in todo), self.call(reqs, shard, stats)))
         key, model = self.generation_key(), self.model_label
         out: list[list[dict] | Failed] = []
@@ -76,8 +96,10 @@ class SelfCheckStage(LLMMixin, ExpandStage):
                 out.append(Failed(res.error_reason or "no_completions", res.error_message or ""))
                 continue
             text = res.completions[0].text
-            verdict, err = parse_verdict(text)
-            stats.count("parse_ok" if verdict else "unparsed")
+            verdict, err = self.output_format.parse(text)
+            self.count_parse(stats, verdict is not None)
+            if verdict is None:
+                stats.count("unparsed")
             out.append([{"judgement_id": make_id(a["attempt_id"], key, prefix="j-"), "target_table": "attempts",
                          "target_id": a["attempt_id"], "problem_id": a["problem_id"], "judge_model": model,
                          "judge_role": self.config.judge_role, "prompt_template": self.template.ref,
