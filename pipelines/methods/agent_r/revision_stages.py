@@ -29,7 +29,7 @@ from pipelines.methods.agent_r.tree import Node, Tree
 from stages.base import ExpandStage, Failed, MapStage, ShardInfo, StageStats, columns_except
 from stages.envs import make_env
 from stages.envs.spec import read_task_record
-from stages.llm import ConstrainedOptions, LLMMixin, LLMOptions
+from stages.llm import ConstrainedOptions, LLMMixin
 from stages.options import Options
 
 
