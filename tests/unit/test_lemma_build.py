@@ -77,6 +77,7 @@ def test_rules_source_publishes_verified_revisions(data_root):
     # the judge measured on the rules labels: counted in the manifest
     acc = judge_accuracy(m.stages["judge_injections"])
     assert acc["labelled"] == len(inj) and 0 <= acc["exact"] <= acc["within_1"] <= 1
+    assert 0 < acc["random_exact"] <= acc["random_within_1"] <= 1        # the chance baseline beside it
     # no LLM injection was asked for
     assert m.stages["injections"]["counts"].get("rules_revisions") == len(inj)
     assert not any(k.startswith("llm_") for k in m.stages["injections"]["counts"])

@@ -199,3 +199,22 @@ def test_fuzz_arbitrary_text(raw, n_steps):
     if r.verdict == "located":
         assert r.first_error_step in _numbers_written(raw)
 
+
+
+def test_the_random_step_baseline_beside_the_judges_accuracy():
+    """A judge naming one of the n steps shown at random hits the exact step 1/n of the time, and within one step
+    (the step and its neighbours that exist)/n; judge_accuracy divides what was counted by the labelled rows."""
+    from pipelines.methods.lemma.judge_stages import JudgeInjectionsStage
+    from pipelines.methods.lemma.summary import judge_accuracy
+    from stages.base import StageStats
+    from stages.engines.config import EngineConfig
+    from tests.helpers import context
+    st = JudgeInjectionsStage(name="judge_injections",
+                              context=context(teacher=EngineConfig(kind="fake", fake_script="lemma")))
+    stats = StageStats()
+    four = [{"idx": i, "text": f"s{i}"} for i in range(1, 5)]
+    st.after({"source": "rules", "first_error_step": 1}, {"first_error_step": 1, "steps": four}, stats)   # 1/4, 2/4
+    st.after({"source": "rules", "first_error_step": 3}, {"first_error_step": 4, "steps": four}, stats)   # 1/4, 3/4
+    acc = judge_accuracy(stats.as_dict())
+    assert acc["labelled"] == 2 and acc["exact"] == 0.5 and acc["within_1"] == 1.0
+    assert acc["random_exact"] == 0.25 and acc["random_within_1"] == 0.625

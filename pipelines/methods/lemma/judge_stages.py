@@ -141,6 +141,10 @@ class JudgeInjectionsStage(_JudgeBase):
         gold = row.get("first_error_step")
         if row.get("source") == "rules" and gold:
             stats.count("labelled")
+            n = max(1, len(judged.get("steps") or []))      # a judge naming a step at random among those shown:
+            near = sum(1 for k in range(1, n + 1) if abs(k - gold) <= 1)
+            stats.count("random_exact_milli", round(1000 / n))          # its expected hits, in thousandths
+            stats.count("random_within_1_milli", round(1000 * near / n))
             got = judged["first_error_step"]
             if got is not None:
                 stats.count("exact" if got == gold else "not_exact")

@@ -10,11 +10,15 @@ TEACHER_STAGES = ("judge", "injections", "judge_injections", "revise", "smooth")
 
 def judge_accuracy(stage_stats: dict) -> dict[str, Optional[float]]:
     """Exact and +-1 first-error accuracy of the judge on the rules-labelled injections, from the stats of a
-    JudgeInjectionsStage (manifest `stages[name]`). A judgement that located nothing counts as a miss."""
+    JudgeInjectionsStage (manifest `stages[name]`), beside what a judge naming a step at random among those shown
+    would score (`random_exact`, `random_within_1`), and the judge's parse rate. A judgement that located nothing
+    counts as a miss."""
     c = stage_stats.get("counts", {})
     n = c.get("labelled", 0)
-    return {"labelled": n, "exact": c.get("exact", 0) / n if n else None,
-            "within_1": c.get("within_1", 0) / n if n else None}
+    rate = lambda k, scale=1: round(c.get(k, 0) / scale / n, 4) if n else None     # noqa: E731
+    return {"labelled": n, "exact": rate("exact"), "within_1": rate("within_1"),
+            "random_exact": rate("random_exact_milli", 1000), "random_within_1": rate("random_within_1_milli", 1000),
+            "parse_rate": stage_stats.get("parse_rate")}
 
 
 def lemma_yield(stages: dict[str, dict]) -> dict[str, int]:
@@ -48,6 +52,9 @@ def lemma_summary(stages: dict[str, dict]) -> dict[str, Any]:
     fmt = lambda x: "n/a" if x is None else f"{x:.2f}"       # noqa: E731
     return {"yield": " -> ".join(f"{k} {v}" for k, v in lemma_yield(stages).items()),
             "judge on rules labels": f"{acc['labelled']} labelled, exact {fmt(acc['exact'])}, "
-                                     f"within 1 step {fmt(acc['within_1'])}",
+                                     f"within 1 step {fmt(acc['within_1'])} (a random step: exact "
+                                     f"{fmt(acc['random_exact'])}, within 1 {fmt(acc['random_within_1'])})",
+            "judge parse rate": ", ".join(f"{s} {fmt(stages[s].get('parse_rate'))}"
+                                          for s in ("judge", "judge_injections") if s in stages),
             **{f"error types, {k.replace('_', ' ')}": ", ".join(f"{t} {n}" for t, n in h.items()) or "none"
                for k, h in type_histograms(stages).items()}}
