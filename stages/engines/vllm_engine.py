@@ -136,6 +136,7 @@ class VLLMEngine(Engine):
         self.model_path = resolve_model(self.config.model, self.models_dir)
         if Path(self.model_path).is_dir():
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from vllm.config import StructuredOutputsConfig
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -151,7 +152,8 @@ class VLLMEngine(Engine):
         args = AsyncEngineArgs(model=self.model_path, dtype=self.dtype_choice.dtype, max_model_len=c.max_model_len,
                                max_num_seqs=c.max_num_seqs, gpu_memory_utilization=self.memory_utilization,
                                enforce_eager=c.enforce_eager, enable_prefix_caching=c.enable_prefix_caching,
-                               seed=c.seed, disable_log_stats=True)
+                               seed=c.seed, disable_log_stats=True,
+                               structured_outputs_config=StructuredOutputsConfig(backend=c.structured_outputs_backend))
         try:
             # LLM_CLASS: the offline-batch scheduler defaults (on CPU max_num_batched_tokens 4096, not the 2048
             # an unnamed context gets), i.e. exactly what vllm.LLM uses; it measurably matters for throughput.
