@@ -1,11 +1,11 @@
 """What constrained outputs cost: the same policy-turn requests on one engine with and without the ReAct turn's
 constraint (regex from the env's actions), interleaved (free, held, free, held, ...), and how long a constraint
-takes to compile. Target: constrained at most 15% slower (tokens/s). Writes bench/results/constraints.json.
+takes to build with each backend vLLM offers (the engine uses engines.<role>.structured_outputs_backend). Target: constrained at most 15% slower (tokens/s). Writes bench/results/constraints.json.
 
 The requests: the opening of `--tasks` crafting-world tasks (the agent_demo recipe's world), `--samples` samples
 each, as the rollout stage sends them. Each run reports output tokens/s (engine start excluded), and how many
-samples parse as a turn with an action the env offers. Compile time: xgrammar (the backend vLLM picks on CPU)
-compiling each task's regex against the embedded model's tokenizer, cold.
+samples parse as a turn with an action the env offers. Compile time: llguidance and xgrammar building each
+task's regex against the embedded model's tokenizer, cold.
 
     .venv/bin/python bench/constraints.py [--tasks 16] [--samples 4] [--repeats 2]
 """
@@ -48,6 +48,9 @@ def requests(n_tasks: int, samples: int, max_tokens: int, constrained: bool, tag
 
 
 def compile_times(patterns: list[str], max_tokens: int) -> dict:
+    """Per backend vLLM can use: the time to build each task's constraint for the embedded model's tokenizer."""
+    import llguidance
+    import llguidance.hf
     import xgrammar
     from transformers import AutoTokenizer
 
@@ -55,16 +58,27 @@ def compile_times(patterns: list[str], max_tokens: int) -> dict:
     from stages.agents.react import ReactTurnFormat
     from stages.engines.model_prep import resolve_model
     tok = AutoTokenizer.from_pretrained(resolve_model("embedded", Root(str(REPO / "data")).models_dir))
+    regexes = [ReactTurnFormat().constraint(action_pattern=p, max_tokens=max_tokens).regex for p in patterns]
     info = xgrammar.TokenizerInfo.from_huggingface(tok)
-    times = []
-    for p in patterns:
-        compiler = xgrammar.GrammarCompiler(info, cache_enabled=False)
-        regex = ReactTurnFormat().constraint(action_pattern=p, max_tokens=max_tokens).regex
-        t0 = time.perf_counter()
-        compiler.compile_regex(regex)
-        times.append(time.perf_counter() - t0)
-    return {"backend": "xgrammar", "patterns": len(times), "median_ms": round(1000 * statistics.median(times), 1),
-            "max_ms": round(1000 * max(times), 1)}
+    guidance_tok = llguidance.hf.from_tokenizer(tok)
+
+    def xgr(rx):
+        xgrammar.GrammarCompiler(info, cache_enabled=False).compile_regex(rx)
+
+    def guidance(rx):
+        m = llguidance.LLMatcher(guidance_tok, llguidance.LLMatcher.grammar_from_regex(rx))
+        if m.is_error():
+            raise ValueError(m.get_error())
+    out = {}
+    for name, fn in (("guidance", guidance), ("xgrammar", xgr)):
+        times = []
+        for rx in regexes:
+            t0 = time.perf_counter()
+            fn(rx)
+            times.append(time.perf_counter() - t0)
+        out[name] = {"patterns": len(times), "median_ms": round(1000 * statistics.median(times), 1),
+                     "max_ms": round(1000 * max(times), 1)}
+    return out
 
 
 def main() -> None:
