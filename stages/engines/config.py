@@ -44,6 +44,10 @@ class EngineConfig(Options):
     api_key_env: str = Field("OPENAI_API_KEY", description="openai: environment variable holding the key "
                                                            "(the key itself is never stored or logged)")
     max_concurrency: int = Field(32, ge=1, description="openai: requests in flight at once")
+    structured_outputs: Literal["vllm", "openai", "none"] = Field(
+        "vllm", description="openai: how a constrained request is sent: vllm (a vLLM server's `structured_outputs` "
+                            "request field: regex, choice, json, grammar), openai (`response_format` with a JSON "
+                            "schema: json only; stages needing another kind run free with constrain=auto), none")
     max_retries: int = Field(4, ge=0, description="openai: retries on transient failures (429, 5xx, timeouts, "
                                                   "disconnects)")
     request_timeout_s: float = Field(120.0, description="openai: per-request timeout")
