@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
-from schemas.errors import ConfigError, EngineError, TransientEngineError
+from schemas.errors import ConfigError, EngineError, EngineUnavailable, TransientEngineError
 from stages.engines.base import Engine, GenerationRequest, GenerationResult
 from stages.engines.config import EngineConfig, budget_counts, group_roles
 
@@ -132,8 +132,8 @@ class EngineHost:
             engine = self._engine
             try:
                 return await engine.generate(requests, on_result=on_result)
-            except (ConfigError, TransientEngineError):
-                raise
+            except (ConfigError, TransientEngineError, EngineUnavailable):
+                raise   # an outage outlasted its timeout (the engine waited already): the shard fails, no restart
             except EngineError as e:   # the engine died under us: start a new one and resubmit the batch
                 if not _STOPPING.is_set():
                     await asyncio.sleep(RESTART_GRACE_S)   # a Ctrl-C that killed it reaches errata's handler too

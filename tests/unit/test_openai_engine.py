@@ -1,5 +1,6 @@
 """The OpenAI engine against a real local HTTP server: retries only on transient failures (429, 5xx, timeouts,
-disconnects), row errors for the rest, key handling (sent, never logged), raw prompts, bounded concurrency."""
+disconnects), row errors for the rest, key handling (sent, never logged), raw prompts, bounded concurrency; outages
+of the server as a whole (requests held and resubmitted, or EngineUnavailable), never error rows."""
 from __future__ import annotations
 
 import asyncio
@@ -14,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from pipelines.config import EngineConfig
-from schemas.errors import ConfigError
+from schemas.errors import ConfigError, EngineUnavailable, error_chain
 from stages.engines import make_engine
 from stages.engines.base import GenerationRequest, SamplingParams
 
@@ -31,11 +32,16 @@ def chat(text, n=1, rid="r"):
 class ScriptedServer:
     """A local OpenAI-compatible server. `plan[key]` is a list of (status, body) served in order for requests whose
     content (chat) or prompt (completions) contains `key`; the last entry repeats; status 0 closes the connection
-    without a response (a server killed mid-request). Records every request."""
+    without a response (a server killed mid-request). Records every request. GET (the health URL, `/v1/models`)
+    answers `health` (a status). `go_down()` stops it as a killed server stops: requests in flight get no response,
+    new connections are refused; `come_back()` serves again on the same port."""
 
     def __init__(self, delay: float = 0.0):
         self.plan: dict[str, list[tuple[int, dict | str]]] = {}
         self.hits: list[dict] = []
+        self.probes: list[str] = []
+        self.health = 200
+        self.down = False
         self.lock = threading.Lock()
         self.delay = delay
         self.in_flight = 0
@@ -45,6 +51,15 @@ class ScriptedServer:
         class H(BaseHTTPRequestHandler):
             def log_message(self, *a):
                 pass
+
+            def do_GET(self):
+                outer.probes.append(self.path)
+                raw = json.dumps({"object": "list", "data": [{"id": "served-model", "object": "model"}]})
+                self.send_response(outer.health)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw.encode())
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -63,7 +78,7 @@ class ScriptedServer:
                 raw = payload if isinstance(payload, str) else json.dumps(payload)
                 with outer.lock:
                     outer.in_flight -= 1
-                if status == 0:       # the server goes away mid-request: no response at all
+                if status == 0 or outer.down:   # the server goes away mid-request: no response at all
                     self.close_connection = True
                     return
                 try:
@@ -75,8 +90,10 @@ class ScriptedServer:
                 except (BrokenPipeError, ConnectionResetError):   # the client timed out and left
                     pass
 
+        self.handler = H
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.port = self.httpd.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/v1"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     @staticmethod
@@ -97,8 +114,30 @@ class ScriptedServer:
         return self
 
     def __exit__(self, *a):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.go_down()
+
+    def go_down(self):
+        self.down = True
+        if self.httpd is not None:
+            httpd, self.httpd = self.httpd, None
+            httpd.shutdown()
+            httpd.server_close()
+
+    def come_back(self):
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), self.handler)
+        self.down = False
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def later(self, *steps):
+        """In a thread: (seconds, callable) steps one after the other (e.g. go down, then come back)."""
+        def go():
+            for wait, fn in steps:
+                time.sleep(wait)
+                fn()
+        t = threading.Thread(target=go, daemon=True)
+        t.start()
+        return t
 
 
 SECRET = "sk-test-SECRET-never-log-me-123"
@@ -186,14 +225,29 @@ def test_openai_timeout_is_transient(monkeypatch):
     assert len(slow.hits) == 2
 
 
-def test_openai_connect_error_is_transient(monkeypatch):
+def test_openai_connect_refused_with_nothing_listening_is_an_outage_not_error_rows(monkeypatch):
+    """Connections refused, health URL refused too: the engine as a whole is down. Once outage_timeout_s has passed
+    the batch raises EngineUnavailable; no request comes back as an error result."""
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()                                           # nothing listens there now
-    e = openai_engine(f"http://127.0.0.1:{port}/v1", monkeypatch, max_retries=2)
-    [r] = run(_gen(e, [chat("anyone?")]))
-    assert r.error_reason == "transient_exhausted" and "ConnectError" in r.error_message and e.retries == 2
+    e = openai_engine(f"http://127.0.0.1:{port}/v1", monkeypatch, max_retries=2, outage_timeout_s=0.3)
+    seen = []
+
+    async def go():
+        await e.start()
+        try:
+            return await e.generate([chat("anyone?", rid="a"), chat("hello?", rid="b")],
+                                    on_result=lambda i, r: seen.append(r))
+        finally:
+            await e.close()
+    with pytest.raises(EngineUnavailable) as ei:
+        run(go())
+    msg = str(ei.value)
+    assert f"127.0.0.1:{port}/v1" in msg and "waited" in msg and "ConnectError" in msg, msg
+    assert seen == [] and e.retries >= 2 and e.outages == 1
+    assert error_chain(ei.value) == [ei.value]   # nothing transient chained (Prefect would retry the task)
 
 
 def test_openai_malformed_body_is_a_row_error(server, monkeypatch):
