@@ -129,9 +129,12 @@ class ScriptedServer:
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
-    def later(self, *steps):
-        """In a thread: (seconds, callable) steps one after the other (e.g. go down, then come back)."""
+    def later(self, *steps, once=lambda: True):
+        """In a thread, once `once()` holds: (seconds, callable) steps one after the other (e.g. go down, then come
+        back)."""
         def go():
+            while not once():
+                time.sleep(0.01)
             for wait, fn in steps:
                 time.sleep(wait)
                 fn()
@@ -304,3 +307,160 @@ def test_openai_concurrency_is_bounded(monkeypatch):
     assert all(r.ok for r in res) and [r.request_id for r in res] == [str(i) for i in range(6)]
     assert s.max_in_flight == 2          # all submitted at once, never more than 2 on the wire
     assert dt >= 3 * 0.15 * 0.9
+
+
+# --- outages: the server as a whole goes away -------------------------------------------------------------------
+def outage_engine(url, monkeypatch, **kw):
+    e = openai_engine(url, monkeypatch, **kw)
+    e.probe_base_s, e.probe_max_s = 0.05, 0.2
+    return e
+
+
+def test_openai_server_down_mid_batch_and_back_every_request_completes(monkeypatch, caplog):
+    """Killed with requests in flight (no response, then connections refused), back on the same port ~1.5 s later:
+    the requests wait for it behind one prober, are resubmitted, and all complete; no error result."""
+    caplog.set_level(logging.WARNING, logger="stages.engines.openai_engine")
+    with ScriptedServer(delay=0.3) as s:
+        e = outage_engine(s.url, monkeypatch, max_retries=2, outage_timeout_s=30)
+        s.later((0.05, s.go_down), (1.5, s.come_back), once=lambda: len(s.hits) >= 6)    # all 6 in flight
+        t0 = time.perf_counter()
+        res = run(_gen(e, [chat(f"q{i}", rid=str(i)) for i in range(6)]))
+        took = time.perf_counter() - t0
+    assert [r.request_id for r in res] == [str(i) for i in range(6)]
+    assert all(r.ok for r in res), [r.error_message for r in res]
+    assert [r.completions[0].text for r in res] == [f"reply 0 to q{i}" for i in range(6)]
+    assert took >= 1.5
+    assert e.outages == 1 and e.resubmitted == 6 and e.outage_seconds > 0
+    d = e.describe()
+    assert d["outages"] == 1 and d["resubmitted"] == 6
+    down = [r for r in caplog.records if "is down" in r.getMessage()]
+    back = [r for r in caplog.records if "is back after" in r.getMessage()]
+    assert len(down) == 1 and len(back) == 1, caplog.text
+    assert all(len(s.hits_for(f"q{i}")) >= 2 for i in range(6))       # sent before the outage and after it
+
+
+def test_openai_server_stays_down_longer_than_outage_timeout_raises_engine_unavailable(monkeypatch):
+    """Through the EngineHost a stage calls: EngineUnavailable reaches the caller (not taken for a dead engine to
+    restart), no request became a result, and while the server stays down a later call fails at once."""
+    from stages.engines.host import EngineHost
+    from stages.engines.openai_engine import OpenAIEngine
+    monkeypatch.setattr(OpenAIEngine, "backoff_base_s", 0.01)
+    monkeypatch.setattr(OpenAIEngine, "probe_base_s", 0.05)
+    monkeypatch.setattr(OpenAIEngine, "probe_max_s", 0.2)
+    with ScriptedServer(delay=0.3) as s:
+        host = EngineHost(EngineConfig(kind="openai", model="m", base_url=s.url, max_retries=1,
+                                       outage_timeout_s=0.8))
+
+        async def go():
+            await host.start()
+            s.later((0.05, s.go_down), once=lambda: len(s.hits) >= 4)
+            try:
+                with pytest.raises(EngineUnavailable) as first:
+                    await host.generate([chat(f"q{i}", rid=str(i)) for i in range(4)], tag="generate", shard=0)
+                t0 = time.perf_counter()
+                with pytest.raises(EngineUnavailable, match="still down"):
+                    await host.generate([chat("later")], tag="generate", shard=1)
+                return first.value, time.perf_counter() - t0, host.describe()
+            finally:
+                await host.close()
+        exc, second_took, described = run(go())
+    msg = str(exc)
+    assert s.url in msg and "waited" in msg and "outage_timeout_s=0.8" in msg and "last failure" in msg, msg
+    assert error_chain(exc) == [exc]
+    assert second_took < 0.5                        # no second wait of outage_timeout_s
+    assert host.restarts == 0 and host.starts == 1
+    p = host.progress()["generate"]
+    assert p["done_requests"] == 0 and p["failed_requests"] == 0    # no error results
+    assert described["outages"] == 1 and described["resubmitted"] == 0
+
+
+def test_openai_one_bad_prompt_while_the_server_is_healthy_is_one_error_result(server, monkeypatch):
+    server.plan["too long"] = [(400, {"error": {"message": "prompt is too long for max_model_len"}})]
+    e = outage_engine(server.url, monkeypatch)
+    res = run(_gen(e, [chat("fine 1"), chat("way too long prompt"), chat("fine 2")]))
+    assert [r.ok for r in res] == [True, False, True]
+    assert res[1].error_reason == "http_400" and "too long" in res[1].error_message
+    assert e.outages == 0 and server.probes == []
+
+
+def test_openai_request_timing_out_while_health_answers_is_a_row_error_not_an_outage(monkeypatch):
+    with ScriptedServer(delay=0.5) as slow:
+        slow.plan["fast"] = [(200, None)]
+        e = outage_engine(slow.url, monkeypatch, max_retries=1, timeout=0.2)
+        res = run(_gen(e, [chat("slow one")]))
+    assert res[0].error_reason == "transient_exhausted" and "Timeout" in res[0].error_message
+    assert e.outages == 0 and slow.probes == ["/v1/models"]          # one probe: the server answers
+
+
+def test_openai_repeated_5xx_with_health_down_is_an_outage_then_resubmitted(server, monkeypatch):
+    """A proxy whose backend is gone: 502 for every request and for the health URL; the backend comes back."""
+    server.health = 502
+    server.plan["q"] = [(502, "bad gateway")] * 4 + [(200, None)]
+    e = outage_engine(server.url, monkeypatch, max_retries=1, outage_timeout_s=30)
+
+    def back():
+        server.health = 200
+    server.later((0.1, back), once=lambda: len(server.probes) >= 2)    # down by the first request's probe
+    res = run(_gen(e, [chat("q1"), chat("q2")]))
+    assert all(r.ok for r in res) and e.outages == 1 and e.resubmitted == 2
+    assert len(server.probes) >= 2
+
+
+def test_openai_health_url_default_relative_and_key_only_to_the_same_server(monkeypatch):
+    from stages.engines.openai_engine import OpenAIEngine
+    base = "http://127.0.0.1:9/v1"
+    assert OpenAIEngine(EngineConfig(kind="openai", base_url=base)).health_url == base + "/models"
+    assert OpenAIEngine(EngineConfig(kind="openai", base_url=base + "/", health_url="/health")).health_url == \
+        "http://127.0.0.1:9/health"
+    for url, keyed in (("/health", True), ("http://elsewhere:8000/health", False)):
+        e = openai_engine(base, monkeypatch, health_url=url)
+        run(e.start())
+        assert ("Authorization" in e._health.headers) == keyed
+        run(e.close())
+
+
+def test_progress_shows_the_openai_engine_s_tokens_per_s_from_its_usage_figures(monkeypatch):
+    """The openai engine counts no tokens while the server generates: the stage's line reads its tokens/s from the
+    usage figures of the finished requests over the stage's time."""
+    from pipelines.progress import ProgressMonitor
+    from stages.engines.host import EngineHost
+    with ScriptedServer(delay=0.2) as s:
+        host = EngineHost(EngineConfig(kind="openai", model="m", base_url=s.url))
+
+        async def go():
+            await host.start()
+            try:
+                await host.generate([chat(f"q{i}", n=2) for i in range(3)], tag="generate", shard=0)
+                return host.progress(), host.describe()
+            finally:
+                await host.close()
+        progress, described = run(go())
+
+    class Plan:
+        shard_ids = [0]
+
+        def pending(self, tag):
+            return [0]
+
+    class Engines:
+        def progress(self):
+            return {tag: {"k": p} for tag, p in progress.items()}
+    import io
+    out = io.StringIO()
+    (ln,) = ProgressMonitor(Engines(), Plan(), stream=out, log_every=0).render(Engines().progress())
+    assert progress["__engine__"]["completion_tokens"] == 3 * 14 and progress["generate"]["completion_tokens"] == 42
+    assert ln["done"] == ln["total"] == 6 and ln["tokens_per_s"] > 0 and ln["down_s"] is None
+    g = progress["generate"]
+    assert ln["tokens_per_s"] == pytest.approx(42 / (g["last_done"] - g["first_submit"]))   # over the stage's time
+    assert f"6/6 sequences, 1/1 shards, {ln['tokens_per_s']:.0f} tok/s" in out.getvalue()
+    assert described["kind"] == "openai" and described["outages"] == 0
+
+
+def test_progress_line_says_when_the_stage_s_engine_is_down():
+    from pipelines.progress import status_line
+    a = {"done_sequences": 2, "planned_sequences": 8, "shards": 1, "completion_tokens": 100, "first_submit": 100.0,
+         "last_done": 105.0}
+    ln = status_line("generate", a, shards_pending=1, now=110.0, down_s=23.4)
+    assert ln["text"].endswith(", engine down for 23 s") and ln["tokens_per_s"] == 10.0
+    done = dict(a, done_sequences=8)
+    assert status_line("generate", done, shards_pending=1, now=200.0)["tokens_per_s"] == 20.0  # up to last_done
