@@ -169,7 +169,8 @@ class OpenAIEngine(Engine):
         except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as e:
             # timeouts, refused/reset connections, and a server that went away mid-response
             # ("Server disconnected without sending a response"): all worth a retry with backoff
-            raise _Transient(f"{type(e).__name__}: {e}", refused=isinstance(e, httpx.ConnectError)) from None
+            what = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            raise _Transient(what, refused=isinstance(e, httpx.ConnectError)) from None
         if resp.status_code in TRANSIENT_STATUS:
             ra = resp.headers.get("retry-after")
             try:
@@ -231,7 +232,8 @@ class OpenAIEngine(Engine):
         msg = (f"the OpenAI-compatible server at {self.config.base_url} is unavailable: waited {waited:.0f} s "
                f"(outage_timeout_s={self.config.outage_timeout_s:g}) for {self.health_url} to answer "
                f"(last probe: {o.last_probe or 'none'}); last failure: {o.last_failure}")
-        log.warning("openai engine: %s", msg)
+        log.warning("openai engine: gave up on the server at %s after %.0f s (outage_timeout_s); its %d waiting "
+                    "request(s) fail with EngineUnavailable", self.config.base_url, waited, o.waiting)
         self._gave_up = msg
         self._end_outage(o, msg)
 
