@@ -464,3 +464,25 @@ def test_progress_line_says_when_the_stage_s_engine_is_down():
     assert ln["text"].endswith(", engine down for 23 s") and ln["tokens_per_s"] == 10.0
     done = dict(a, done_sequences=8)
     assert status_line("generate", done, shards_pending=1, now=200.0)["tokens_per_s"] == 20.0  # up to last_done
+
+
+def test_openai_refused_while_health_answers_gets_one_more_round_then_is_a_row_error(server, monkeypatch):
+    """Refused connections that outlast the retries while the health URL answers: the server has just come back, so
+    the request gets one more round of retries (no error row); refused through that round too, it is a row error."""
+    from stages.engines import openai_engine as oe
+    e = outage_engine(server.url, monkeypatch, max_retries=1)
+    real = oe.OpenAIEngine._post_once
+    refusals = {"came back": 2, "never": 100}
+
+    async def post(self, path, body):
+        key = next(k for k in refusals if k in body["messages"][-1]["content"])
+        if refusals[key] > 0:
+            refusals[key] -= 1
+            raise oe._Transient("ConnectError: refused", refused=True)
+        return await real(self, path, body)
+    monkeypatch.setattr(oe.OpenAIEngine, "_post_once", post)
+    came_back, never = run(_gen(e, [chat("came back"), chat("never")]))
+    assert came_back.ok and came_back.completions[0].text == "reply 0 to came back"
+    assert never.error_reason == "transient_exhausted" and "refused" in never.error_message
+    assert refusals["never"] == 100 - 4                  # two rounds of 1 try + 1 retry, no more
+    assert e.outages == 0 and len(server.probes) == 3    # one probe after each used-up round
