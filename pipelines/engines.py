@@ -96,7 +96,7 @@ class RayEngineClient:
                 return ray.get(h.generate.remote(requests, tag, shard), timeout=None)
             except Exception as e:
                 if not self._died(e, tries):
-                    raise
+                    raise _errata(e)
                 tries += 1
                 self._wait_alive(h)
 
@@ -109,7 +109,7 @@ class RayEngineClient:
                 return await h.generate.remote(requests, tag, shard)
             except Exception as e:
                 if not self._died(e, tries):
-                    raise
+                    raise _errata(e)
                 tries += 1
                 await asyncio.to_thread(self._wait_alive, h)
 
@@ -236,6 +236,17 @@ class RayEngines:
             except Exception:
                 pass
         self.names.pop(k, None)
+
+
+def _errata(e: BaseException) -> BaseException:
+    """The engine's own ErrataError (EngineUnavailable: the stage sees what it sees in process) out of Ray's
+    wrapper; any other error as it came."""
+    from schemas.errors import ErrataError
+    inner = _unwrap(e)
+    if isinstance(inner, ErrataError) and inner is not e:
+        inner.__cause__, inner.__suppress_context__ = None, True
+        return inner
+    return e
 
 
 def _unwrap(e: BaseException) -> BaseException:

@@ -169,8 +169,7 @@ class OpenAIEngine(Engine):
         except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as e:
             # timeouts, refused/reset connections, and a server that went away mid-response
             # ("Server disconnected without sending a response"): all worth a retry with backoff
-            what = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-            raise _Transient(what, refused=isinstance(e, httpx.ConnectError)) from None
+            raise _Transient(_named(e), refused=isinstance(e, httpx.ConnectError)) from None
         if resp.status_code in TRANSIENT_STATUS:
             ra = resp.headers.get("retry-after")
             try:
@@ -189,7 +188,7 @@ class OpenAIEngine(Engine):
         try:
             r = await self._health.get(self.health_url)
         except (httpx.HTTPError, OSError) as e:
-            return False, f"{type(e).__name__}: {e}"
+            return False, _named(e)
         return r.status_code < 500, f"HTTP {r.status_code}"
 
     def _begin_outage(self, failure: str) -> None:
@@ -343,6 +342,11 @@ class OpenAIEngine(Engine):
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
+
+
+def _named(e: BaseException) -> str:
+    """'Type: message', or the type alone when the message is empty (httpx's ReadError often is)."""
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
 
 
 def _origin(url: str) -> tuple[str, str]:
