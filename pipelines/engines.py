@@ -105,7 +105,10 @@ class RayEngineClient:
                 return ray.get(h.generate.remote(requests, tag, shard), timeout=None)
             except Exception as e:
                 if not self._died(e, tries):
-                    gone = self._gone(e)
+                    inner = _errata(e)       # errata's own error out of Ray's wrapper (EngineUnavailable, ...)
+                    if inner is not e:
+                        raise inner
+                    gone = self._gone(e)     # an engine actor that died for good: an outage
                     if gone is e:
                         raise
                     raise gone from e
@@ -121,7 +124,10 @@ class RayEngineClient:
                 return await h.generate.remote(requests, tag, shard)
             except Exception as e:
                 if not self._died(e, tries):
-                    gone = self._gone(e)
+                    inner = _errata(e)       # errata's own error out of Ray's wrapper (EngineUnavailable, ...)
+                    if inner is not e:
+                        raise inner
+                    gone = self._gone(e)     # an engine actor that died for good: an outage
                     if gone is e:
                         raise
                     raise gone from e
@@ -251,6 +257,17 @@ class RayEngines:
             except Exception:
                 pass
         self.names.pop(k, None)
+
+
+def _errata(e: BaseException) -> BaseException:
+    """The engine's own ErrataError (EngineUnavailable: the stage sees what it sees in process) out of Ray's
+    wrapper; any other error as it came."""
+    from schemas.errors import ErrataError
+    inner = _unwrap(e)
+    if isinstance(inner, ErrataError) and inner is not e:
+        inner.__cause__, inner.__suppress_context__ = None, True
+        return inner
+    return e
 
 
 def _unwrap(e: BaseException) -> BaseException:

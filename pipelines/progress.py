@@ -39,20 +39,25 @@ def aggregate(per_engine: dict[str, dict]) -> dict[str, Any]:
 
 
 def status_line(tag: str, a: dict[str, Any], shards_pending: int, now: float,
-                live_tps: Optional[float] = None) -> dict[str, Any]:
+                live_tps: Optional[float] = None, down_s: Optional[float] = None) -> dict[str, Any]:
     """The numbers shown for one stage. `live_tps`: the engine's current output tokens/s (counted every engine
-    step), when the engine reports it; else tokens of finished requests over the stage's time so far."""
+    step), when the engine reports it (vLLM in process); else the completion tokens of the finished requests (the
+    usage figures an OpenAI-compatible server sends back) over the stage's time so far, up to its last finished
+    request once every sequence is done. `down_s`: how long the stage's engine has been down (an outage), if it is."""
     done, planned = a["done_sequences"], a["planned_sequences"]
     exact = a["shards"] >= shards_pending or shards_pending <= 0
     total = planned if exact else int(round(planned / max(1, a["shards"]) * shards_pending))
-    elapsed = max(1e-6, now - a["first_submit"]) if a["first_submit"] else 0.0
+    finished = exact and done >= total and a.get("last_done")
+    end = a["last_done"] if finished else now
+    elapsed = max(1e-6, end - a["first_submit"]) if a["first_submit"] else 0.0
     tps = live_tps if live_tps is not None else (a["completion_tokens"] / elapsed if elapsed else 0.0)
     rate = done / elapsed if elapsed else 0.0
     eta = (total - done) / rate if rate > 0 else None
+    down = f", engine down for {down_s:.0f} s" if down_s is not None else ""
     text = (f"{tag}: {done}/{'' if exact else '~'}{total} sequences, {a['shards']}/{shards_pending} shards, "
-            f"{tps:.0f} tok/s, ETA {_fmt_eta(eta) if done < total else '0m00s'}")
+            f"{tps:.0f} tok/s, ETA {_fmt_eta(eta) if done < total else '0m00s'}{down}")
     return {"tag": tag, "done": done, "total": total, "exact": exact, "tokens_per_s": tps, "eta_s": eta,
-            "text": text}
+            "down_s": down_s, "text": text}
 
 
 class ProgressMonitor:
@@ -121,12 +126,14 @@ class ProgressMonitor:
         `final`, or with `finished_only` for the stages that reached their total since they were last shown."""
         now = time.time()
         progress = dict(progress)
-        rates = {k: self._engine_rate(k, live) for k, live in progress.pop("__engine__", {}).items()}
+        engines = progress.pop("__engine__", {})
+        rates = {k: self._engine_rate(k, live) for k, live in engines.items()}
         lines = []
         for tag, per in sorted(progress.items()):
             known = [rates[k] for k in per if rates.get(k) is not None]
+            downs = [engines[k]["down_s"] for k in per if (engines.get(k) or {}).get("down_s") is not None]
             lines.append(status_line(tag, aggregate(per), self._shards_pending(tag), now,
-                                     sum(known) if known else None))
+                                     sum(known) if known else None, max(downs) if downs else None))
         if self.tty:
             from tqdm import tqdm
             for ln in lines:
@@ -140,7 +147,8 @@ class ProgressMonitor:
                                                        **width)
                 bar.total = ln["total"]
                 bar.n = ln["done"]
-                bar.set_postfix_str(f"{ln['tokens_per_s']:.0f} tok/s", refresh=False)
+                down = f", engine down for {ln['down_s']:.0f} s" if ln["down_s"] is not None else ""
+                bar.set_postfix_str(f"{ln['tokens_per_s']:.0f} tok/s{down}", refresh=False)
                 bar.refresh()
         elif finished_only:
             for ln in lines:

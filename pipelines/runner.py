@@ -15,6 +15,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -25,7 +26,7 @@ from typing import Any, Iterator, Optional
 import pyarrow as pa
 
 from pipelines.staging import Staging, table_from_rows
-from schemas.errors import ConfigError
+from schemas.errors import ConfigError, ErrataError
 from schemas.rows import from_ipc_bytes, ipc_bytes
 from stages.base import ShardInfo, Stage
 from stages.engines.hardware import ENGINE_ENV_DEFAULTS
@@ -283,6 +284,10 @@ def start_ray(address: Optional[str], num_cpus: Optional[int]) -> bool:
     # "requests 0.0B" (a 1,024-sequence build's log held a dozen of these multi-line warnings): errata's workers
     # hold one shard at a time and the engines' memory is their own, so the warning is noise in the run's log
     ctx.issue_detectors_config.high_memory_detector_config.detection_time_interval_s = -1
+    # a stage's own error (an ErrataError: EngineUnavailable, StageError) must reach the driver as itself: Ray Data's
+    # UserCodeException wrapper keeps it only as traceback text (its cause does not survive the trip), and a build
+    # whose OpenAI-compatible server stayed down printed "error: StopIteration:" instead of the outage
+    ctx.raise_original_map_exception = True
     return True
 
 
@@ -343,5 +348,23 @@ class RayRunner:
         # The last segment hands no tables on, so no projection is needed here: a projection is one more Ray Data
         # operator whose tasks each reserve a whole CPU, and on a small machine that reservation starved the LLM
         # stage of its CPU budget (measured when it ran 4 actors: only 2 started; the engine's batch drained).
-        for row in ds.iter_rows():
-            yield {"shard_id": row["shard_id"], "stats": json.loads(row["stats"])}
+        try:
+            for row in ds.iter_rows():
+                yield {"shard_id": row["shard_id"], "stats": json.loads(row["stats"])}
+        except Exception as e:
+            from pipelines.engines import _unwrap
+            inner = _unwrap(e)
+            if isinstance(inner, ErrataError) and inner is not e:
+                raise _without_retry_note(inner) from None   # errata's own error, not Ray's wrapper of its actor
+            raise
+
+
+_RAY_RETRY_NOTE = re.compile(r"\nFailed to .{0,80} after \d+/\d+ attempts \(total backoff [\d.]+s\)\.(\n.*)*\Z")
+
+
+def _without_retry_note(e: BaseException) -> BaseException:
+    """Ray Data appends "Failed to apply UDF transform after 1/1 attempts ..." and a paragraph on its retry settings
+    to the message of an error a map task raised; errata's error is shown as it was raised."""
+    if e.args and isinstance(e.args[0], str):
+        e.args = (_RAY_RETRY_NOTE.sub("", e.args[0]),) + e.args[1:]
+    return e

@@ -133,7 +133,7 @@ class EngineHost:
             try:
                 return await engine.generate(requests, on_result=on_result)
             except (ConfigError, TransientEngineError, EngineUnavailable):
-                raise
+                raise   # an outage outlasted its timeout (the engine waited already): the shard fails, no restart
             except EngineError as e:   # the engine died under us: start a new one and resubmit the batch
                 if not _STOPPING.is_set():
                     await asyncio.sleep(RESTART_GRACE_S)   # a Ctrl-C that killed it reaches errata's handler too
