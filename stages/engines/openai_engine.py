@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import random
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 from urllib.parse import urljoin, urlsplit
 
-from stages.engines.base import Completion, Engine, GenerationRequest, GenerationResult, OnResult
+from stages.engines.base import Completion, Constraint, Engine, GenerationRequest, GenerationResult, OnResult
 from schemas.errors import ConfigError, EngineUnavailable
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,19 @@ class _Outage:
     done: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     waiting: int = 0            # requests that waited for it
     last_probe: str = ""
+
+
+def constraint_fields(c: Constraint, mode: str) -> dict[str, Any]:
+    """The request fields that carry a constraint to the server: a vLLM server's `structured_outputs` (every kind),
+    or OpenAI's `response_format` with a JSON schema (json only). Anything the server cannot take is refused here
+    (the chain check already keeps constrain=auto stages free on such a server)."""
+    if mode == "vllm":
+        return {"structured_outputs": {c.kind: list(c.choice) if c.kind == "choice" else c.value}}
+    if mode == "openai" and c.kind == "json":
+        return {"response_format": {"type": "json_schema",
+                                    "json_schema": {"name": "output", "schema": json.loads(c.json), "strict": True}}}
+    raise ConfigError(f"openai engine (structured_outputs: {mode}) cannot send a {c.kind} constraint; set "
+                      f"engines.<role>.structured_outputs=vllm for a vLLM server, or the stage's constrain=off")
 
 
 class OpenAIEngine(Engine):
@@ -148,6 +162,8 @@ class OpenAIEngine(Engine):
                                 "max_tokens": s.max_tokens, "n": s.n}
         if s.stop:
             body["stop"] = list(s.stop)
+        if s.constraint is not None:
+            body.update(constraint_fields(s.constraint, getattr(self.config, "structured_outputs", "vllm")))
         if req.messages is not None:
             body["messages"] = req.messages
             return "chat/completions", body

@@ -125,3 +125,25 @@ def test_a_constrained_rollout_parses_every_turn_and_records_its_format(data_roo
     from pipelines.catalog import Catalog
     trajs = Catalog(str(data_root)).read_table(m, "trajectories").to_pylist()
     assert trajs and all(s["parse_ok"] and not s["invalid"] for t in trajs for s in t["steps"])
+
+
+def test_the_openai_engine_sends_a_constraint_as_the_server_takes_it():
+    from stages.engines.openai_engine import constraint_fields
+    rx = Constraint(regex="Judgement: (Good|Bad)")
+    assert constraint_fields(rx, "vllm") == {"structured_outputs": {"regex": "Judgement: (Good|Bad)"}}
+    assert constraint_fields(Constraint(choice=("a", "b")), "vllm") == {"structured_outputs": {"choice": ["a", "b"]}}
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    rf = constraint_fields(Constraint(json=json.dumps(schema)), "openai")["response_format"]
+    assert rf["type"] == "json_schema" and rf["json_schema"]["schema"] == schema
+    with pytest.raises(ConfigError, match="cannot send a regex constraint"):
+        constraint_fields(rx, "openai")
+
+
+def test_an_openai_engine_of_an_openai_style_server_leaves_regex_formats_free_with_auto():
+    over = ["engines.policy.kind=openai", "engines.policy.base_url=http://127.0.0.1:9/v1",
+            "engines.policy.structured_outputs=openai"]
+    assert check_recipe(load_recipe("agent_demo", over))[0].constrained is False
+    with pytest.raises(ConfigError, match=r"openai engine \(structured_outputs: openai\) cannot hold its output to "
+                                          r"a regex constraint"):
+        check_recipe(load_recipe("agent_demo", [*over, "rollout.constrain=on"]))
+    assert check_recipe(load_recipe("agent_demo", over[:2]))[0].constrained is True      # a vLLM server
