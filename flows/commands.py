@@ -118,12 +118,18 @@ def cmd_serve(args) -> int:
 
 
 # --- runs ---------------------------------------------------------------------------------------------------------
+def _note(msg: str) -> None:
+    """A run found Running whose process is gone, now marked Crashed (to stderr: stdout is the listing)."""
+    import sys
+    print(msg, file=sys.stderr)
+
+
 def cmd_runs(args) -> int:
     _env(args)
     if getattr(args, "runs_cmd", None) == "show":
         return cmd_runs_show(args)
     from flows.runs import list_runs, short_error
-    runs = list_runs(limit=args.limit)
+    runs = list_runs(limit=args.limit, log=_note)
     if not runs:
         print("no errata flow runs yet")
         return 0
@@ -136,7 +142,7 @@ def cmd_runs(args) -> int:
 
 def cmd_runs_show(args) -> int:
     from flows.runs import show_run
-    r = show_run(args.run_id)
+    r = show_run(args.run_id, log=_note)
     if args.json:
         d = {k: v for k, v in r.__dict__.items()}
         print(json.dumps(d, indent=2, default=str))

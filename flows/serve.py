@@ -245,6 +245,8 @@ def serve(data: Optional[str] = None, repo_file: Optional[str | Path] = "default
         with temporary_settings(updates={PREFECT_API_URL: url}):
             ui = server.ui_url if server else url.rsplit("/api", 1)[0]
             log(f"serving {len(specs)} schedule(s) against {url}; Prefect UI: {ui}; Ctrl-C stops")
+            from flows.lost_runs import mark_lost_runs_quietly
+            mark_lost_runs_quietly(log=log)     # runs of a serve or build killed earlier: Crashed, not Running
             for s in specs:
                 log(f"  {s.name:<24} {s.what}, {s.when}{' (paused)' if s.paused else ''}")
             _run(book, specs, poll_s, limit, log, shutdown)
