@@ -154,7 +154,10 @@ def cmd_runs_show(args) -> int:
     if r.schedule:
         print(f"schedule  {r.schedule}")
     print(f"started   {_when(r.started)}")
-    print(f"duration  {f'{r.seconds:.1f} s' if r.seconds is not None else ''}")
+    print(f"duration  {f'{r.seconds:.1f} s' if r.seconds is not None else ''}"
+          + (" (until its last sign of life)" if r.last_seen else ""))
+    if r.last_seen:
+        print(f"last seen {_when(r.last_seen)}")
     print(f"version   {r.version or ''}")
     print(f"tags      {', '.join(r.tags)}")
     params = {k: v for k, v in r.parameters.items() if k != "config"}

@@ -14,13 +14,16 @@ exists only while a build runs. So errata checks the process itself:
   zombie, or is another process with the same pid, or was started before this machine's last boot) is set to
   `Crashed` through Prefect's API, with the message "build process <pid> on <host> is gone (killed or lost)".
   Prefect's orchestration rules accept that only from a non-final state, so a run that has just finished keeps its
-  state.
+  state. The run's last sign of life (its latest event: Prefect's flow-run heartbeat, which errata turns on every
+  30 s by default, or a state change) is kept as the label `errata.last_seen`: `errata runs` shows the duration up
+  to it, not up to when errata noticed.
 - A run recorded on another host (or in another pid namespace, e.g. another container) cannot be checked from
   here and is left alone; that host's next `errata runs` or build marks it. So is a run with no record (killed
   before its flow body started, or started by an older errata).
 """
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import socket
@@ -33,6 +36,7 @@ LABEL_PID = "errata.pid"
 LABEL_START = "errata.pid_start"
 LABEL_BOOT = "errata.boot_id"
 LABEL_PID_NS = "errata.pid_ns"
+LABEL_LAST_SEEN = "errata.last_seen"   # set when errata marks the run Crashed
 PAGE = 200                # runs per request: the most Prefect's API returns
 CTIME_TOLERANCE_S = 1.0   # where only a wall-clock start time is known (not Linux)
 
@@ -165,6 +169,33 @@ def lost_message(flow_name: str, p: ProcessId) -> str:
     return f"{what} process {p.pid} on {p.host} is gone (killed or lost)"
 
 
+def _last_seen(client, fr, tasks) -> Optional[dt.datetime]:
+    """The last sign of life of a flow run: its latest event (its heartbeats, every
+    PREFECT_FLOWS_HEARTBEAT_FREQUENCY seconds, its own and its task runs' state changes), else its latest state or
+    task-run state. A Crashed state's time is when errata noticed the process was gone, maybe much later."""
+    times = [fr.start_time, fr.state.timestamp if fr.state else None]
+    for t in tasks:
+        times += [t.start_time, t.end_time, t.state.timestamp if t.state else None]
+    try:
+        from prefect.events.filters import EventAnyResourceFilter, EventFilter, EventOccurredFilter
+        since = fr.start_time or fr.expected_start_time or fr.created
+        page = client.read_events(EventFilter(any_resource=EventAnyResourceFilter(id=[f"prefect.flow-run.{fr.id}"]),
+                                              occurred=EventOccurredFilter(since=since)), limit=1)
+        times += [e.occurred for e in page.events]
+    except Exception:  # noqa: BLE001  (a server without the events API: the states are enough)
+        pass
+    times = [t for t in times if t is not None]
+    return max(times) if times else None
+
+
+def last_seen(labels: Optional[dict]) -> Optional[dt.datetime]:
+    """When a run that errata marked Crashed was last known to run (None for any other run)."""
+    try:
+        return dt.datetime.fromisoformat(str((labels or {})[LABEL_LAST_SEEN]))
+    except (KeyError, ValueError):
+        return None
+
+
 def mark_lost_runs(flow_names: Optional[list[str]] = None, log: Optional[Callable[[str], None]] = None,
                    limit: int = 1000) -> list[str]:
     """Set every Running or Pending run of errata's flows whose recorded process is gone on this host to Crashed
@@ -199,13 +230,17 @@ def mark_lost_runs(flow_names: Optional[list[str]] = None, log: Optional[Callabl
             if who is None or is_gone(who, here) is not True:
                 continue
             msg = lost_message(flows.get(fr.flow_id, ""), who)
+            tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[fr.id])))
+            seen = _last_seen(client, fr, tasks)
             result = client.set_flow_run_state(fr.id, Crashed(message=msg))
             if result.status != SetStateStatus.ACCEPT:
                 continue                  # it reached a final state meanwhile
             marked.append(str(fr.id))
+            if seen is not None:
+                client.update_flow_run_labels(fr.id, {LABEL_LAST_SEEN: seen.isoformat()})
             if log:
                 log(f"run {fr.name} ({str(fr.id)[:8]}) marked Crashed: {msg}")
-            for t in client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[fr.id]))):
+            for t in tasks:
                 if t.state and t.state.type in open_states:
                     client.set_task_run_state(t.id, Crashed(message=msg))
     return marked

@@ -16,6 +16,7 @@ import re  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from typing import Any, Callable, Optional  # noqa: E402
 
+from flows.lost_runs import last_seen  # noqa: E402
 from schemas.errors import ConfigError  # noqa: E402
 
 FLOW_NAMES = ["errata-build", "errata-export"]
@@ -34,6 +35,7 @@ class RunInfo:
     started: Optional[dt.datetime]
     seconds: Optional[float]
     error: Optional[str]
+    last_seen: Optional[dt.datetime] = None   # a run errata marked Crashed: when its process was last known to run
     parameters: dict[str, Any] = field(default_factory=dict)
     tags: list[str] = field(default_factory=list)
     artifacts: list[dict] = field(default_factory=list)
@@ -61,11 +63,14 @@ def _info(fr, flow_names: dict) -> RunInfo:
     error = None
     if st and (st.is_failed() or st.is_crashed() or st.is_cancelled()):
         error = (st.message or "").strip() or state
+    seen = last_seen(getattr(fr, "labels", None)) if st and st.is_crashed() else None
+    if seen and fr.start_time:   # its end_time is when errata noticed the process was gone, maybe much later
+        secs = max(0.0, (seen - fr.start_time).total_seconds())
     return RunInfo(id=str(fr.id), name=fr.name, flow=flow_names.get(fr.flow_id, "?"), state=state,
                    recipe=recipe, dataset=_tag(tags, "dataset"),
                    version=_tag(tags, "version") or _tag(tags, "source"), schedule=_tag(tags, "schedule"),
                    started=fr.start_time or fr.expected_start_time, seconds=secs, error=error,
-                   parameters=params, tags=tags)
+                   last_seen=seen, parameters=params, tags=tags)
 
 
 def list_runs(limit: int = 20, mark_lost: bool = True, log: Optional[Callable[[str], None]] = None) -> list[RunInfo]:
