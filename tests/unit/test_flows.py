@@ -114,6 +114,9 @@ def test_runs_whose_process_is_gone_are_marked_crashed_and_only_those(data_root)
     assert runs["zombie-dead"].state == "Crashed"
     assert runs["zombie-dead"].error == f"build process {dead.pid} on {dead.host} is gone (killed or lost)"
     assert runs["zombie-reused"].state == "Crashed" and f"build process {me.pid} on" in runs["zombie-reused"].error
+    # its duration runs to its last sign of life (here: its task run's start), not to when it was found gone
+    seen = runs["zombie-reused"].last_seen
+    assert seen is not None and runs["zombie-reused"].seconds == (seen - runs["zombie-reused"].started).total_seconds()
     assert {runs[f"zombie-{n}"].state for n in ("live", "elsewhere", "unrecorded")} == {"Running"}
     assert runs["zombie-done"].state == "Completed"
     shown = show_run(ids["reused"])
