@@ -10,7 +10,8 @@ the run's finished shards and stages stay in staging, so the next run of that sc
 same recipe, resumes it), then the server; a watchdog makes sure serve is gone within `STOP_DEADLINE_S` even if
 Prefect's own shutdown hangs. The server cannot outlive serve: it gets SIGTERM when serve dies, however it dies
 (PR_SET_PDEATHSIG), and a server left by an earlier serve (recorded in PREFECT_HOME/errata-server.json) is stopped
-by the next one.
+by the next one. At its start, serve marks the runs whose process is gone (killed with kill -9, lost) Crashed
+(flows/lost_runs.py).
 """
 from __future__ import annotations
 
