@@ -18,6 +18,9 @@ DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     # 20 s (Prefect's default) is close to what a 2-core machine needs to start the temporary server.
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+    # A flow run's heartbeat event (Prefect's minimum interval): when a killed build was last alive
+    # (flows/lost_runs.py), and what a Prefect automation on a lasting server can watch.
+    "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
 }
 SERVER_FILE = "errata-server.json"
 

@@ -21,6 +21,9 @@ reads. `publish` makes the new version.
 - Results: the flow run gets tags `dataset:<name>`, `recipe:<name>`, `version:<name>@<N>` and a markdown artifact
   (key `build-<dataset>`) with the version, row counts, per-stage counts and timings.
 - A failed build leaves a failed flow run whose message is the reason, and publishes nothing.
+- A killed build (kill -9, a lost machine) cannot report its end: the flow run records its process (host, pid,
+  start time) as labels when it starts, and the next build, `errata runs` or `errata serve` on that host marks a
+  Running run whose process is gone Crashed (flows/lost_runs.py).
 """
 from __future__ import annotations
 
@@ -39,6 +42,7 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.context import TaskRunContext  # noqa: E402
 
 from flows._env import shorten_errata_tracebacks  # noqa: E402
+from flows.lost_runs import mark_lost_runs_quietly, record_this_process  # noqa: E402
 from flows.tags import add_tags  # noqa: E402
 
 from pipelines.build import BuildResult, BuildSteps, build  # noqa: E402
@@ -179,6 +183,8 @@ def build_flow(recipe: Optional[str] = None, overrides: Optional[list[str]] = No
                config: Optional[dict] = None, progress: bool = True) -> BuildResult:
     """One dataset build. Give a recipe name/path (+ `key=value` overrides), or a full recipe config."""
     started = time.time()
+    record_this_process(log=_log)
+    mark_lost_runs_quietly(log=_log)
     cfg = resolve_config(recipe, overrides, config)
     label = recipe or cfg.dataset
     add_tags([f"dataset:{cfg.dataset}", f"recipe:{label}", f"recipe_hash:{cfg.config_hash()}"])

@@ -118,12 +118,18 @@ def cmd_serve(args) -> int:
 
 
 # --- runs ---------------------------------------------------------------------------------------------------------
+def _note(msg: str) -> None:
+    """A run found Running whose process is gone, now marked Crashed (to stderr: stdout is the listing)."""
+    import sys
+    print(msg, file=sys.stderr)
+
+
 def cmd_runs(args) -> int:
     _env(args)
     if getattr(args, "runs_cmd", None) == "show":
         return cmd_runs_show(args)
     from flows.runs import list_runs, short_error
-    runs = list_runs(limit=args.limit)
+    runs = list_runs(limit=args.limit, log=_note)
     if not runs:
         print("no errata flow runs yet")
         return 0
@@ -136,7 +142,7 @@ def cmd_runs(args) -> int:
 
 def cmd_runs_show(args) -> int:
     from flows.runs import show_run
-    r = show_run(args.run_id)
+    r = show_run(args.run_id, log=_note)
     if args.json:
         d = {k: v for k, v in r.__dict__.items()}
         print(json.dumps(d, indent=2, default=str))
@@ -148,7 +154,10 @@ def cmd_runs_show(args) -> int:
     if r.schedule:
         print(f"schedule  {r.schedule}")
     print(f"started   {_when(r.started)}")
-    print(f"duration  {f'{r.seconds:.1f} s' if r.seconds is not None else ''}")
+    print(f"duration  {f'{r.seconds:.1f} s' if r.seconds is not None else ''}"
+          + (" (until its last sign of life)" if r.last_seen else ""))
+    if r.last_seen:
+        print(f"last seen {_when(r.last_seen)}")
     print(f"version   {r.version or ''}")
     print(f"tags      {', '.join(r.tags)}")
     params = {k: v for k, v in r.parameters.items() if k != "config"}

@@ -10,6 +10,7 @@ from flows._env import prefect_env
 
 prefect_env()
 
+import logging  # noqa: E402
 import os  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from typing import Optional  # noqa: E402
@@ -19,6 +20,7 @@ from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from flows._env import shorten_errata_tracebacks  # noqa: E402
+from flows.lost_runs import record_this_process  # noqa: E402
 from flows.tags import add_tags  # noqa: E402
 
 from pipelines.catalog import Catalog  # noqa: E402
@@ -66,6 +68,7 @@ def _run_name() -> str:
 def export_flow(ref: str, format: str, out: str, jsonl: bool = False, max_pairs: int = 1,
                 data: Optional[str] = None) -> ExportRunResult:
     """Export `ref` (DATASET for the latest version, or DATASET@N) as `format` under `out`."""
+    record_this_process(log=logging.getLogger("errata.export").warning)
     r = export_task(data or data_root(), ref, format, os.path.abspath(out), jsonl, max_pairs)
     add_tags([f"dataset:{r.source.split('@')[0]}", f"source:{r.source}", f"export:{format}"])
     if r.skipped:

@@ -1,7 +1,9 @@
 """Run history: errata's flow runs as the Prefect API records them.
 
 Reads from PREFECT_API_URL when set, else from the server `errata serve` started, else from the project-local
-database through a temporary server (a few seconds to start).
+database through a temporary server (a few seconds to start). Before reading, a Running or Pending run whose
+recorded process is gone on this host (a build killed with kill -9, a lost machine) is marked Crashed
+(flows/lost_runs.py).
 """
 from __future__ import annotations
 
@@ -12,8 +14,9 @@ prefect_env()
 import datetime as dt  # noqa: E402
 import re  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
-from typing import Any, Optional  # noqa: E402
+from typing import Any, Callable, Optional  # noqa: E402
 
+from flows.lost_runs import last_seen  # noqa: E402
 from schemas.errors import ConfigError  # noqa: E402
 
 FLOW_NAMES = ["errata-build", "errata-export"]
@@ -32,6 +35,7 @@ class RunInfo:
     started: Optional[dt.datetime]
     seconds: Optional[float]
     error: Optional[str]
+    last_seen: Optional[dt.datetime] = None   # a run errata marked Crashed: when its process was last known to run
     parameters: dict[str, Any] = field(default_factory=dict)
     tags: list[str] = field(default_factory=list)
     artifacts: list[dict] = field(default_factory=list)
@@ -59,20 +63,27 @@ def _info(fr, flow_names: dict) -> RunInfo:
     error = None
     if st and (st.is_failed() or st.is_crashed() or st.is_cancelled()):
         error = (st.message or "").strip() or state
+    seen = last_seen(getattr(fr, "labels", None)) if st and st.is_crashed() else None
+    if seen and fr.start_time:   # its end_time is when errata noticed the process was gone, maybe much later
+        secs = max(0.0, (seen - fr.start_time).total_seconds())
     return RunInfo(id=str(fr.id), name=fr.name, flow=flow_names.get(fr.flow_id, "?"), state=state,
                    recipe=recipe, dataset=_tag(tags, "dataset"),
                    version=_tag(tags, "version") or _tag(tags, "source"), schedule=_tag(tags, "schedule"),
                    started=fr.start_time or fr.expected_start_time, seconds=secs, error=error,
-                   parameters=params, tags=tags)
+                   last_seen=seen, parameters=params, tags=tags)
 
 
-def list_runs(limit: int = 20) -> list[RunInfo]:
+def list_runs(limit: int = 20, mark_lost: bool = True, log: Optional[Callable[[str], None]] = None) -> list[RunInfo]:
+    """The latest runs of errata's flows, newest first (after marking the runs whose process is gone Crashed)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterState
     from prefect.client.schemas.filters import FlowRunFilterStateType
     from prefect.client.schemas.objects import StateType
     from prefect.client.schemas.sorting import FlowRunSort
     not_scheduled = [t for t in StateType if t != StateType.SCHEDULED]
+    if mark_lost:
+        from flows.lost_runs import mark_lost_runs_quietly
+        mark_lost_runs_quietly(log=log)
     with get_client(sync_client=True) as client:
         flows = client.read_flows(flow_filter=FlowFilter(name=FlowFilterName(any_=FLOW_NAMES)))
         names = {f.id: f.name for f in flows}
@@ -85,9 +96,13 @@ def list_runs(limit: int = 20) -> list[RunInfo]:
         return [_info(fr, names) for fr in runs]
 
 
-def show_run(run_id: str) -> RunInfo:
+def show_run(run_id: str, mark_lost: bool = True, log: Optional[Callable[[str], None]] = None) -> RunInfo:
     """One run by id or unique id prefix, with its artifacts and task runs."""
     import uuid
+
+    if mark_lost:
+        from flows.lost_runs import mark_lost_runs_quietly
+        mark_lost_runs_quietly(log=log)
 
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter
@@ -98,7 +113,7 @@ def show_run(run_id: str) -> RunInfo:
         try:
             fr = client.read_flow_run(uuid.UUID(run_id))
         except (ValueError, ObjectNotFound):
-            matches = [r for r in list_runs(limit=200) if r.id.startswith(run_id.lower())]
+            matches = [r for r in list_runs(limit=200, mark_lost=False) if r.id.startswith(run_id.lower())]
             if len(matches) > 1:
                 raise ConfigError(f"run id prefix '{run_id}' is ambiguous: "
                                   + ", ".join(m.id[:12] for m in matches[:5])) from None

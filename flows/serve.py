@@ -10,7 +10,8 @@ the run's finished shards and stages stay in staging, so the next run of that sc
 same recipe, resumes it), then the server; a watchdog makes sure serve is gone within `STOP_DEADLINE_S` even if
 Prefect's own shutdown hangs. The server cannot outlive serve: it gets SIGTERM when serve dies, however it dies
 (PR_SET_PDEATHSIG), and a server left by an earlier serve (recorded in PREFECT_HOME/errata-server.json) is stopped
-by the next one.
+by the next one. At its start, serve marks the runs whose process is gone (killed with kill -9, lost) Crashed
+(flows/lost_runs.py).
 """
 from __future__ import annotations
 
@@ -245,6 +246,8 @@ def serve(data: Optional[str] = None, repo_file: Optional[str | Path] = "default
         with temporary_settings(updates={PREFECT_API_URL: url}):
             ui = server.ui_url if server else url.rsplit("/api", 1)[0]
             log(f"serving {len(specs)} schedule(s) against {url}; Prefect UI: {ui}; Ctrl-C stops")
+            from flows.lost_runs import mark_lost_runs_quietly
+            mark_lost_runs_quietly(log=log)     # runs of a serve or build killed earlier: Crashed, not Running
             for s in specs:
                 log(f"  {s.name:<24} {s.what}, {s.when}{' (paused)' if s.paused else ''}")
             _run(book, specs, poll_s, limit, log, shutdown)

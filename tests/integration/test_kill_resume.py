@@ -179,3 +179,50 @@ def test_ctrl_c_in_a_terminal_stops_a_prefect_build_at_once(tmp_path):
     r = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "resuming" in r.stdout + r.stderr, r.stderr[-3000:]
 
+
+
+def _generated(root: Path) -> int:
+    return len(list(root.glob("staging/slow/*/shards/*/generate/_SUCCESS")))
+
+
+def test_killed_prefect_builds_show_as_crashed_not_running(tmp_path):
+    """Three Prefect builds killed with kill -9 (the build's process group, as a crash or a lost machine leaves
+    them) are listed as Crashed, with the reason, not as Running forever; the rerun completes and resumes. Each
+    next build marks the run killed before it (its flow checks at its start), `errata runs` the last one."""
+    cmd, env, root = _slow_fake_build(tmp_path)
+    cmd += ["--set", "execution.shards_in_flight=1", "--set", "engines.student.fake_delay_s=1"]   # a shard at a time
+    killed = []
+    for i in range(3):
+        before = _generated(root)
+        log = tmp_path / f"build-{i}.out"
+        with open(log, "w") as out:
+            p = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 120
+        while _generated(root) <= before and time.time() < deadline:   # a new shard: the flow body is running
+            assert p.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.2)
+        kids = psutil.Process(p.pid).children(recursive=True)
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait(timeout=30)
+        killed.append(p.pid)
+        psutil.wait_procs(kids, timeout=15)    # its temporary server follows it (PR_SET_PDEATHSIG)
+    runs_cmd = [cmd[0], "runs", "--limit", "10"]
+    r = subprocess.run(runs_cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    # the first two were marked by the builds after them, the third (which no later build saw) by `errata runs`
+    assert r.stderr.count("marked Crashed") == 1 and f"build process {killed[2]} on" in r.stderr, r.stderr[-3000:]
+    rows = [line.split() for line in r.stdout.splitlines()[2:] if line.strip()]
+    assert [row[2] for row in rows] == ["Crashed"] * 3, r.stdout
+    assert "Running" not in r.stdout and r.stdout.count("gone (killed or lost)") == 3, r.stdout
+    shown = subprocess.run([cmd[0], "runs", "show", rows[0][0]], env=env, cwd=REPO, capture_output=True,
+                           text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    assert "state     Crashed" in shown.stdout and f"build process {killed[2]} on" in shown.stdout, shown.stdout
+    assert "last seen" in shown.stdout, shown.stdout
+    assert not re.search(r"^  generate\S*\s+Running", shown.stdout, re.M), shown.stdout
+
+    rerun = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0 and "resuming" in rerun.stdout + rerun.stderr, rerun.stderr[-3000:]
+    r = subprocess.run(runs_cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    states = [line.split()[2] for line in r.stdout.splitlines()[2:] if line.strip()]
+    assert states == ["Completed", "Crashed", "Crashed", "Crashed"], r.stdout

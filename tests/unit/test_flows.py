@@ -54,6 +54,10 @@ def test_build_flow_publishes_and_records_the_run(fake_recipe, data_root):
     md = next(a for a in info.artifacts if a["key"] == "build-fake")["data"]
     assert "# fake@1" in md and "| attempts | 12 |" in md and "| generate | 6 | 12 |" in md
     assert "| engine | roles |" in md and "| student |" in md
+    from prefect.client.orchestration import get_client   # the build's process, for "no zombie runs"
+    with get_client(sync_client=True) as client:
+        labels = client.read_flow_run(info.id).labels
+    assert labels["errata.pid"] == os.getpid() and labels["errata.pid_start"]
 
 
 def test_failed_build_fails_the_flow_run_with_the_reason_and_publishes_nothing(fake_recipe, data_root, tmp_path):
@@ -79,6 +83,57 @@ def test_a_stage_over_its_error_budget_fails_the_flow_run_after_that_stage(data_
     assert Catalog(str(data_root)).versions("budget") == []
     tasks = _task_runs(state.state_details.flow_run_id)
     assert "generate" in tasks and "verify" not in tasks and "publish" not in tasks   # stopped after the stage
+
+
+def test_runs_whose_process_is_gone_are_marked_crashed_and_only_those(data_root):
+    """A Running run whose recorded process is gone on this host (dead, or its pid now another process) becomes
+    Crashed with the reason, its running task runs too; a live one, one on another host and a finished one stay."""
+    import dataclasses
+    import subprocess
+    import sys
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.responses import SetStateStatus
+    from prefect.states import Completed, Crashed, Running
+
+    from flows.build import build_flow, stage_task
+    from flows.lost_runs import mark_lost_runs, process_identity
+    from flows.runs import list_runs, show_run
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    dead = process_identity(child.pid)
+    child.kill()
+    child.wait()
+    me = process_identity()
+    cases = {"dead": dead, "live": me, "elsewhere": dataclasses.replace(dead, host="elsewhere"),
+             "reused": dataclasses.replace(me, start="ticks:1")}
+    ids = {}
+    with get_client(sync_client=True) as client:
+        for name, who in cases.items():
+            fr = client.create_flow_run(build_flow, name=f"zombie-{name}", state=Running())
+            client.update_flow_run_labels(fr.id, who.labels())
+            ids[name] = str(fr.id)
+        task_run = client.create_task_run(stage_task, fr.id, "generate-0", name="generate-0", state=Running())
+        ids["unrecorded"] = str(client.create_flow_run(build_flow, name="zombie-unrecorded", state=Running()).id)
+        done = client.create_flow_run(build_flow, name="zombie-done", state=Completed())
+        client.update_flow_run_labels(done.id, dead.labels())
+        # what keeps a run that finishes while it is checked: Prefect does not crash a run in a final state
+        assert client.set_flow_run_state(done.id, Crashed(message="x")).status != SetStateStatus.ACCEPT
+
+    notes = []
+    assert sorted(mark_lost_runs(log=notes.append)) == sorted([ids["dead"], ids["reused"]])
+    assert len(notes) == 2 and "marked Crashed" in notes[0]
+    runs = {r.name: r for r in list_runs(limit=50)}
+    assert runs["zombie-dead"].state == "Crashed"
+    assert runs["zombie-dead"].error == f"build process {dead.pid} on {dead.host} is gone (killed or lost)"
+    assert runs["zombie-reused"].state == "Crashed" and f"build process {me.pid} on" in runs["zombie-reused"].error
+    # its duration runs to its last sign of life (here: its task run's start), not to when it was found gone
+    seen = runs["zombie-reused"].last_seen
+    assert seen is not None and runs["zombie-reused"].seconds == (seen - runs["zombie-reused"].started).total_seconds()
+    assert {runs[f"zombie-{n}"].state for n in ("live", "elsewhere", "unrecorded")} == {"Running"}
+    assert runs["zombie-done"].state == "Completed"
+    shown = show_run(ids["reused"])
+    assert shown.state == "Crashed" and [(t["name"], t["state"]) for t in shown.tasks] == [("generate-0", "Crashed")]
+    assert task_run.id and mark_lost_runs() == []          # once is enough
 
 
 def _stage_calls(monkeypatch, fail=None):
