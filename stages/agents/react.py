@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from stages.engines.base import Constraint
-from stages.formats import LINE, OutputFormat, text_budget
+from stages.formats import LINE, OutputFormat
 
 THOUGHT_LABEL, ACTION_LABEL = "Thought", "Action"
 
@@ -145,7 +145,9 @@ class ReactTurnFormat(OutputFormat):
 
     def constraint(self, action_pattern: Optional[str] = None, max_tokens: int = 96) -> Constraint:
         action = f"({action_pattern})" if action_pattern else f"{LINE}{{1,100}}"
-        thought = f"{LINE}{{1,{max(20, text_budget(max_tokens, reserve=40))}}}"
+        # the thought leaves room for the longest action (~20 tokens) and counts 2 characters a token, so the
+        # Action line is written before max_tokens cuts the turn
+        thought = f"{LINE}{{1,{max(20, (max_tokens - 48) * 2)}}}"
         return Constraint(regex=f"{THOUGHT_LABEL}: {thought}\n{ACTION_LABEL}: {action}")
 
     def parse(self, text: str) -> ReactTurn:
