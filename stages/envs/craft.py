@@ -173,9 +173,9 @@ class CraftEnv(Env):
                           f"'craft N item using N item, N item, ...' and 'inventory'.")
 
     def action_pattern(self) -> Optional[str]:
-        """The task's actions: `get N item` for the base items its crafting commands use (N from 1 to 64), each
-        crafting command as shown (an item type's ingredient written as the type or as any of its members), and
-        `inventory`."""
+        """The actions that can work now (as TextWorldExpress's valid actions): `get N item` for the base items the
+        task's crafting commands use (N from 1 to 64), each crafting command as shown whose ingredients are held
+        now (an item type's ingredient written as any member held in that number), and `inventory`."""
         if self.goal is None:
             return None
         from stages.formats import literal, number_in, one_of
@@ -185,21 +185,20 @@ class CraftEnv(Env):
             if not m:
                 crafts.append(literal(line))
                 continue
-            parts = []
+            parts, held = [], True
             for part in m.group(2).split(","):
                 c = _COUNTED.fullmatch(part.strip())
                 if not c:
-                    parts.append(literal(part.strip()))
+                    held = False
                     continue
-                name = _item(c.group(2))
-                if w.is_tag(name):
-                    parts.append(f"{c.group(1)} {one_of([name, *w.tags[name]])}")
-                    bases.update(x for x in w.tags[name] if w.is_base(x))
-                else:
-                    parts.append(literal(f"{c.group(1)} {name}"))
-                    if w.is_base(name):
-                        bases.add(name)
-            crafts.append(f"craft {literal(m.group(1))} using " + ", ".join(parts))
+                n, name = int(c.group(1)), _item(c.group(2))
+                members = [x for x in w.tags[name]] if w.is_tag(name) else [name]
+                bases.update(x for x in members if w.is_base(x))
+                enough = [x for x in members if self.inventory.get(x, 0) >= n]
+                held = held and bool(enough)
+                parts.append(f"{n} {one_of(enough)}" if enough else "")
+            if held:
+                crafts.append(f"craft {literal(m.group(1))} using " + ", ".join(parts))
         options = [f"({'|'.join(crafts)})", "inventory"] if crafts else ["inventory"]
         if bases:
             options.insert(0, f"get {number_in(1, 64)} {one_of(bases)}")
