@@ -151,3 +151,25 @@ def test_an_openai_engine_of_an_openai_style_server_leaves_regex_formats_free_wi
                                           r"a regex constraint"):
         check_recipe(load_recipe("agent_demo", [*over, "rollout.constrain=on"]))
     assert check_recipe(load_recipe("agent_demo", over[:2]))[0].constrained is True      # a vLLM server
+
+
+def test_a_constraint_travels_in_a_pickled_request():
+    """Ray ships requests to the engine actor pickled: the constraint goes with them."""
+    import pickle
+    from stages.engines.base import GenerationRequest, SamplingParams
+    req = GenerationRequest(messages=[{"role": "user", "content": "x"}], request_id="r",
+                            sampling=SamplingParams(constraint=Constraint(regex="a|b")))
+    assert pickle.loads(pickle.dumps(req)).sampling.constraint == Constraint(regex="a|b")
+
+
+@pytest.mark.integration
+def test_a_constrained_rollout_on_the_ray_runner(data_root):
+    """The same constrained rollout on Ray (the engine an actor, the stage in a Ray Data worker)."""
+    import tests.unit.test_rollout  # noqa: F401  (registers the scripts)
+    from pipelines.build import build
+    from tests.unit.test_rollout import agent_recipe
+    cfg = agent_recipe(data_root, {"kind": "craft", "config": GEN}, script="garbage",
+                       rollout={"constrain": "on", "gold": False}, execution={"runner": "ray"})
+    m = build(cfg, progress=False).manifest
+    assert m.execution["runner"] == "ray"
+    assert m.stages["rollout"]["parse_rate"] == 1.0 and m.stages["rollout"]["counts"]["parsed"] > 0
