@@ -87,8 +87,8 @@ def test_agent_r_on_twx_coin(tmp_path):
     assert "published agent_r@1" in p.stdout
     man, _ = _check_version(root, 2)
     assert man["inputs"]["env"]["kind"] == "twx"
-    c = man["stages"]["mcts"]["counts"]          # TWX cannot snapshot: every child is executed by reset + replay
-    assert "env_restores" not in c and c["env_resets"] == c["children"] + c["trees"]
+    c = man["stages"]["mcts"]["counts"]          # TWX cannot snapshot: a child is reached by reset + replay
+    assert "env_restores" not in c and c["trees"] < c["env_resets"] <= c["children"] + c["expansions"] + c["trees"]
     assert c.get("replay_mismatches", 0) == 0
     judge_prompts = _rows(root, "judgements")
     assert all("science" not in j["raw_text"].lower() for j in judge_prompts)

@@ -60,10 +60,11 @@ def test_snapshot_and_replay_give_identical_trees(k):
     replay = search(task, RandomWalker(seed=k), env=LineWorld())
     assert tree_rows(snap) == tree_rows(replay)
     assert len(snap.nodes) > 10
-    # the snapshot run restored, the replay run reset and replayed
-    assert snap.stats["env_restores"] == snap.stats["children"] and snap.stats["replay_steps"] == 0
+    # the snapshot run restored, the replay run reset and replayed; neither when the env was at the node already
+    # (the first child of an expansion right after the root's reset or a step to its parent)
+    assert 0 < snap.stats["env_restores"] < snap.stats["children"] and snap.stats["replay_steps"] == 0
     assert replay.stats["env_restores"] == 0 and replay.stats["replay_steps"] > 0
-    assert replay.stats["env_resets"] == replay.stats["children"] + 1
+    assert replay.stats["env_resets"] < replay.stats["children"] + 1
     assert snap.stats["env_resets"] == 1
 
 

@@ -146,6 +146,7 @@ class _Search:
         self.stats = tree.stats
         self.rng = random.Random(f"{settings.seed}:{tree.tree_id}")
         self.snapshots = bool(settings.use_snapshots and getattr(env, "can_snapshot", False))
+        self._at: Optional[Node] = None     # the node whose state the env is in now (None: unknown)
 
     async def call(self, fn, *args):
         if self.executor is None:
@@ -156,17 +157,23 @@ class _Search:
 
     async def reset(self) -> tuple[str, dict]:
         self.stats["env_resets"] += 1
+        self._at = None
         return await self.call(self.env.reset, self.tree.task)
 
     async def step(self, action: str) -> tuple[str, float, bool, dict]:
         self.stats["env_steps"] += 1
+        self._at = None
         return await self.call(self.env.step, action)
 
     async def goto(self, node: Node) -> None:
-        """Put the env in the state after `node`'s step."""
+        """Put the env in the state after `node`'s step (nothing to do when it is there already)."""
+        if self._at is node:
+            return
+        self._at = None
         if self.snapshots:
             self.stats["env_restores"] += 1
             await self.call(self.env.restore, node.state)
+            self._at = node
             return
         await self.reset()
         for n in node.lineage()[1:]:
@@ -175,6 +182,7 @@ class _Search:
             if self.s.check_replay and obs != n.observation:
                 raise _ReplayMismatch(f"replaying depth {n.depth} ({n.executed_action!r}) gave a different "
                                       f"observation than recorded")
+        self._at = node
 
     # ---- search
 
@@ -183,6 +191,7 @@ class _Search:
         try:
             obs, _info = await self.reset()
             root = Node(node_id=node_id_for(tree.tree_id, ()), path=(), parent=None, depth=0, observation=obs)
+            self._at = root
             if self.snapshots:
                 self.stats["env_snapshots"] += 1
                 root.state = await self.call(self.env.snapshot)
@@ -276,6 +285,7 @@ class _Search:
         try:
             await self.goto(parent)
             obs, reward, done, info = await self.step(child.executed_action)
+            self._at = child
             if self.snapshots:
                 self.stats["env_snapshots"] += 1
                 child.state = await self.call(self.env.snapshot)
