@@ -207,7 +207,7 @@ def mark_lost_runs(flow_names: Optional[list[str]] = None, log: Optional[Callabl
     from prefect.client.schemas.responses import SetStateStatus
     from prefect.states import Crashed
 
-    from flows.runs import FLOW_NAMES
+    from flows.tags import FLOW_NAMES
     names = flow_names or FLOW_NAMES
     open_states = [StateType.RUNNING, StateType.PENDING]
     here = process_identity()

@@ -17,9 +17,8 @@ from dataclasses import dataclass, field  # noqa: E402
 from typing import Any, Callable, Optional  # noqa: E402
 
 from flows.lost_runs import last_seen  # noqa: E402
+from flows.tags import FLOW_NAMES  # noqa: E402
 from schemas.errors import ConfigError  # noqa: E402
-
-FLOW_NAMES = ["errata-build", "errata-export"]
 
 
 @dataclass

@@ -1,6 +1,8 @@
 """Tags on the current flow run: how `errata runs` finds a run's dataset, recipe and version."""
 from __future__ import annotations
 
+FLOW_NAMES = ["errata-build", "errata-export"]      # the flows whose runs `errata runs` lists
+
 
 def add_tags(tags: list[str]) -> None:
     """Add tags to the current flow run (no-op outside one)."""

@@ -42,7 +42,7 @@ class CheckStage(LLMMixin, ExpandStage):
     kind = "check"
     config_class = CheckConfig
     source, target = "attempts", "test_checks"
-    reads = {"attempts": ("attempt_id", "problem_id", "completion", "is_correct"),
+    reads = {"attempts": ("attempt_id", "problem_id", "completion"),
              "problems": ("problem_id", "question")}
 
     def expand(self, rows, tables, stats, shard):

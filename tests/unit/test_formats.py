@@ -164,11 +164,12 @@ def test_a_constraint_travels_in_a_pickled_request():
 
 @pytest.mark.integration
 def test_a_constrained_rollout_on_the_ray_runner(data_root):
-    """The same constrained rollout on Ray (the engine an actor, the stage in a Ray Data worker)."""
-    import tests.unit.test_rollout  # noqa: F401  (registers the scripts)
+    """The same constrained rollout on Ray (the engine an actor, the stage in a Ray Data worker). The built-in
+    `no_answer` script writes no ReAct turn at all (a script registered by a test module is not known in Ray's
+    workers)."""
     from pipelines.build import build
     from tests.unit.test_rollout import agent_recipe
-    cfg = agent_recipe(data_root, {"kind": "craft", "config": GEN}, script="garbage",
+    cfg = agent_recipe(data_root, {"kind": "craft", "config": GEN}, script="no_answer",
                        rollout={"constrain": "on", "gold": False}, execution={"runner": "ray"})
     m = build(cfg, progress=False).manifest
     assert m.execution["runner"] == "ray"
