@@ -81,9 +81,17 @@ class RayEngineClient:
         are."""
         import ray.exceptions as rex
         if isinstance(e, (rex.RayActorError, rex.ActorUnavailableError)):
-            return EngineUnavailable(f"engine actor died and did not come back ({type(e).__name__}: "
+            gone = EngineUnavailable(f"engine actor died and did not come back ({type(e).__name__}: "
                                      f"{str(e).strip().splitlines()[0][:300] if str(e).strip() else ''})")
+            gone.__cause__ = e
+            return gone
         return e
+
+    def _final(self, e: BaseException) -> BaseException:
+        """What a call that will not be resubmitted raises: errata's own error out of Ray's wrapper
+        (EngineUnavailable, ...), an outage for an engine actor that died for good, else the error as it came."""
+        inner = _errata(e)
+        return inner if inner is not e else self._gone(e)
 
     def _died(self, e: BaseException, tries: int) -> bool:
         import ray.exceptions as rex
@@ -105,13 +113,10 @@ class RayEngineClient:
                 return ray.get(h.generate.remote(requests, tag, shard), timeout=None)
             except Exception as e:
                 if not self._died(e, tries):
-                    inner = _errata(e)       # errata's own error out of Ray's wrapper (EngineUnavailable, ...)
-                    if inner is not e:
-                        raise inner
-                    gone = self._gone(e)     # an engine actor that died for good: an outage
-                    if gone is e:
+                    final = self._final(e)
+                    if final is e:
                         raise
-                    raise gone from e
+                    raise final
                 tries += 1
                 self._wait_alive(h)
 
@@ -124,13 +129,10 @@ class RayEngineClient:
                 return await h.generate.remote(requests, tag, shard)
             except Exception as e:
                 if not self._died(e, tries):
-                    inner = _errata(e)       # errata's own error out of Ray's wrapper (EngineUnavailable, ...)
-                    if inner is not e:
-                        raise inner
-                    gone = self._gone(e)     # an engine actor that died for good: an outage
-                    if gone is e:
+                    final = self._final(e)
+                    if final is e:
                         raise
-                    raise gone from e
+                    raise final
                 tries += 1
                 await asyncio.to_thread(self._wait_alive, h)
 
