@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Literal, Optional
 import yaml
 from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
 
+from pipelines.clean import CLEAN_STAGES, CleanConfig, clean_stage_config
 from schemas.errors import ConfigError
 from schemas.registry import Method, get_method, methods
 from stages.engines.config import EMBEDDED_MODEL, EngineConfig  # noqa: F401  (re-exported)
@@ -88,6 +89,9 @@ class RecipeConfig(Options):
                                                          "embedded model")
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig, description="how it runs")
     storage: StorageConfig = Field(default_factory=StorageConfig, description="where it is written")
+    clean: CleanConfig = Field(default_factory=CleanConfig, description="cleaning stages any method can add: "
+                                                                        "near-duplicate removal, decontamination "
+                                                                        "against evaluation sets (docs/cleaning.md)")
 
     @model_validator(mode="after")
     def _roles_have_engines(self) -> "RecipeConfig":
@@ -118,6 +122,8 @@ class RecipeConfig(Options):
         return roles
 
     def stage_config(self, section: str) -> Options:
+        if section in CLEAN_STAGES and section not in self.stage_sections:
+            return clean_stage_config(self.clean, section)
         return getattr(self, section)
 
     def config_hash(self) -> str:

@@ -11,6 +11,10 @@ Files are GSM8K-style (`question`, `answer` ending in `#### N`) or MATH-style (`
 `\\boxed{}`, optional `answer`); fields are auto-detected or named in the config. Input is validated in full
 before anything runs: the first bad row raises `InputError` naming the file, the 1-based line (JSONL) or row
 (Parquet, datasets) and the field.
+
+Every kind's problems then go through `flag_duplicate_problems` (pipelines/inputs.py): a problem whose question
+repeats an earlier one's (normalized text; for env tasks, the same env and task config too) gets
+`drop_reason = duplicate_problem` on every copy but the first (in source order), unless `keep_duplicates`.
 """
 from __future__ import annotations
 
@@ -26,7 +30,10 @@ from stages.answers import reference_answer_from_solution
 from stages.arithmetic import BUILTIN_SOURCE, builtin_problems
 from stages.options import Options
 
-__all__ = ["builtin_problems", "load_problems", "problems_from_records", "BUILTIN_SOURCE", "TaskSourceConfig"]
+__all__ = ["builtin_problems", "load_problems", "problems_from_records", "BUILTIN_SOURCE", "TaskSourceConfig",
+           "flag_duplicate_problems", "problem_key", "DUPLICATE_PROBLEM"]
+
+DUPLICATE_PROBLEM = "duplicate_problem"
 
 
 class TaskSourceConfig(Options):
@@ -54,6 +61,11 @@ class TaskSourceConfig(Options):
                                                "come along)")
     where: Optional[str] = Field(None, description="version: a read-only SQL condition on that table's rows, "
                                                    "e.g. \"is_correct = false\"")
+    keep_duplicates: bool = Field(False, description="keep problems whose question repeats an earlier problem's "
+                                                     "(same text once whitespace and case are normalized; env "
+                                                     "tasks: and the same task config). Default: every copy but "
+                                                     "the first is flagged drop_reason=duplicate_problem, counted, "
+                                                     "and no stage works on it")
 
     @model_validator(mode="before")
     @classmethod
@@ -319,3 +331,37 @@ def load_problems(config, limit: Optional[int] = None, env=None) -> list[dict]:
     if kind == "hf":
         return _load_hf(config, limit)
     raise InputError(f"unknown task source kind '{kind}'", field="tasks.kind")
+
+
+def problem_key(problem: dict) -> str:
+    """What two problems are compared on: the question, whitespace collapsed and case folded; for an env task also
+    its env and task config (the same instruction in another world is another task)."""
+    from stages.filter import normalize_text
+    key = normalize_text(problem.get("question"))
+    record = problem.get("env_config_json")
+    if problem.get("env") and record:
+        try:
+            d = json.loads(record)
+            task = d.get("task") or {}
+            cfg = {k: v for k, v in d.items() if k != "task"}
+            key += "\x1f" + json.dumps([cfg, task.get("config")], sort_keys=True, default=str)
+        except (ValueError, AttributeError):
+            key += "\x1f" + record
+    return key
+
+
+def flag_duplicate_problems(problems: list[dict]) -> int:
+    """Set drop_reason = duplicate_problem on every live problem whose key (`problem_key`) an earlier live problem
+    has (list order is source order). Returns how many were flagged. Rows already dropped are left as they are."""
+    seen: set[str] = set()
+    flagged = 0
+    for p in problems:
+        if p.get("drop_reason"):
+            continue
+        key = problem_key(p)
+        if key in seen:
+            p["drop_reason"] = DUPLICATE_PROBLEM
+            flagged += 1
+        else:
+            seen.add(key)
+    return flagged
