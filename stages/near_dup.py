@@ -4,9 +4,10 @@ The stage scans the build shard by shard (`scans_shards`): for each live row, in
 MinHash signature of the text's word shingles and asks the LSH index of the rows kept so far for the most similar
 one. At or above `threshold` (estimated Jaccard) the row joins that row's cluster and is dropped with reason
 `near_duplicate`; else it is kept and indexed. Only the kept rows' signatures (and ids) stay in memory, never the
-texts. `within` (a column, e.g. problem_id) compares only rows that share its value. A cluster is one kept row (the first seen) and the rows that matched it: a row is compared with kept rows
-only, so clusters do not chain (A~B and B~C with A!~C leave C kept). Every member of a cluster of two or more gets
-a row in the build-scope table `near_duplicates` (cluster id, kept or not, similarity).
+texts. `within` (a column, e.g. problem_id) compares only rows that share its value. A cluster is one kept row
+(the first seen) and the rows that matched it: a row is compared with kept rows only, so clusters do not chain
+(A~B and B~C with A!~C leave C kept). Every member of a cluster of two or more gets a row in the build-scope table
+`near_duplicates` (cluster id, kept or not, similarity).
 
 A recipe turns it on with one line, `clean: {near_dup: {table: attempts, column: completion}}` (pipelines/clean.py
 places it: before the method's stages for `problems`, after them for any other table).
