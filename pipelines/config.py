@@ -23,6 +23,7 @@ from schemas.errors import ConfigError
 from schemas.registry import Method, get_method, methods
 from stages.engines.config import EMBEDDED_MODEL, EngineConfig  # noqa: F401  (re-exported)
 from stages.envs.spec import EnvSpec
+from stages.filter import DedupConfig
 from stages.options import Options
 from stages.tasks import TaskSourceConfig
 
@@ -103,6 +104,17 @@ class RecipeConfig(Options):
         for role in roles:
             if role not in self.engines:
                 self.engines[role] = EngineConfig()
+        return self
+
+    @model_validator(mode="after")
+    def _kept_duplicates_stay(self) -> "RecipeConfig":
+        """`tasks.keep_duplicates` keeps repeated problems: a `dedup` stage (which drops the attempts of repeated
+        questions) is then off unless the recipe turns it on itself."""
+        if self.tasks.keep_duplicates:
+            for sec in self.stage_sections:
+                cfg = getattr(self, sec, None)
+                if isinstance(cfg, DedupConfig) and "enabled" not in cfg.model_fields_set:
+                    cfg.enabled = False
         return self
 
     @model_validator(mode="after")

@@ -2,7 +2,7 @@
 dropped with reason `contaminated:<set>`, and the item it matched is recorded.
 
 The recipe names the sets (`clean.decontaminate.sets`), each a task source errata reads (jsonl, parquet, hf, ...:
-stages/tasks.py) with a name. Their questions are loaded once per build and indexed two ways:
+stages/tasks.py; only the question, and `id_field` if set, is read: no answer needed) with a name. Their questions are loaded once per build and indexed two ways:
 - word n-grams (`ngram`, 13 by default, as common in the field): a row that shares at least `min_ngram_matches`
   of an item's n-grams matches it. An item shorter than `ngram` words is indexed whole (its own length), if it has
   at least `min_words` words (shorter items would match too much ordinary text);
@@ -100,8 +100,9 @@ def load_eval_set(s: EvalSetConfig) -> tuple[list[dict], dict[str, Any]]:
         if src.kind in ("version", "env"):
             raise ConfigError(f"clean.decontaminate.sets: '{s.name}' has kind {src.kind}; an evaluation set is a "
                               f"file or dataset (jsonl, parquet, hf) or builtin")
-        rows = load_problems(src, None)
-        items = [{"eval_id": str(p.get("source_index")), "question": p["question"]} for p in rows]
+        rows = load_problems(src, None, questions_only=True)
+        items = [{"eval_id": p.get("source_id", str(p.get("source_index"))), "question": p["question"]}
+                 for p in rows]
         h = hashlib.sha256("\x1e".join(i["question"] for i in items).encode("utf-8")).hexdigest()
         desc = {"name": s.name, "kind": src.kind, **({"path": src.path} if src.path else {}), "rows": len(items),
                 "sha256": h}

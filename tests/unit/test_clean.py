@@ -30,9 +30,8 @@ def _write(path: Path, lines: list[str]) -> Path:
     return path
 
 
-def _recipe(fake_recipe, tasks: Path, **over):
-    cfg = fake_recipe(**over)
-    return cfg.model_copy(update={"tasks": cfg.tasks.model_copy(update={"path": str(tasks)})})
+def _recipe(fake_recipe, tasks: Path, keep_duplicates: bool = False, **over):
+    return fake_recipe(tasks={"path": str(tasks), **({"keep_duplicates": True} if keep_duplicates else {})}, **over)
 
 
 def _build(cfg):
@@ -60,11 +59,10 @@ def test_jsonl_with_one_line_five_times_gives_one_live_problem_and_its_attempts_
 
 def test_keep_duplicates_keeps_every_copy(tmp_path, fake_recipe, data_root):
     tasks = _write(tmp_path / "five.jsonl", [_line("What is 2 plus 3? [gold=5]", 5)] * 5)
-    cfg = _recipe(fake_recipe, tasks, n_samples=2)
-    cfg = cfg.model_copy(update={"tasks": cfg.tasks.model_copy(update={"keep_duplicates": True})})
-    m = _build(cfg)[0].manifest
-    assert m.inputs["duplicate_problems"] == 0 and "problems" not in m.drops
-    assert len(published_rows(data_root, "attempts", "fake")) == 10
+    m = _build(_recipe(fake_recipe, tasks, keep_duplicates=True, n_samples=2))[0].manifest
+    assert m.inputs["duplicate_problems"] == 0 and not m.drops      # nor does the dedup stage drop their attempts
+    attempts = published_rows(data_root, "attempts", "fake")
+    assert len(attempts) == 10 and not any(a["drop_reason"] for a in attempts)
 
 
 def test_duplicates_are_flagged_for_every_file_and_dataset_kind(tmp_path, data_root):
@@ -99,8 +97,7 @@ def test_env_tasks_are_repeats_only_with_the_same_task_config():
 
 def test_version_input_flags_repeats_and_their_rows(tmp_path, fake_recipe, data_root):
     tasks = _write(tmp_path / "t.jsonl", [_line("What is 2 plus 3? [gold=5]", 5)] * 3)
-    cfg = _recipe(fake_recipe, tasks, n_samples=2)
-    _build(cfg.model_copy(update={"tasks": cfg.tasks.model_copy(update={"keep_duplicates": True})}))
+    _build(_recipe(fake_recipe, tasks, keep_duplicates=True, n_samples=2))
     from pipelines.files import Root
     from pipelines.inputs import load_inputs
     from stages.tasks import TaskSourceConfig
@@ -297,3 +294,42 @@ def test_kill_during_the_near_dup_stage_then_rerun_gives_the_rows_of_an_uninterr
     def clusters(r):
         return sorted((x["row_id"], x["cluster_id"], x["kept"]) for x in published_rows(r, "near_duplicates", "kd"))
     assert clusters(root) == clusters(ref_root) and clusters(root)
+
+
+def test_eval_sets_need_only_questions_and_load_as_files_or_datasets(tmp_path):
+    from stages.decontaminate import EvalIndex, DecontaminateConfig, load_eval_set
+    recs = [{"id": "q-17", "problem": LONG.format(a=30)}, {"id": "q-18", "problem": "Another question of the set "
+                                                                                   "with enough words in it."}]
+    jl = _write(tmp_path / "ev.jsonl", [json.dumps(r) for r in recs])
+    pq.write_table(pa.Table.from_pylist(recs), tmp_path / "ev.parquet")
+    for kind, path in [("jsonl", jl), ("parquet", tmp_path / "ev.parquet"), ("hf", jl)]:
+        items, desc = load_eval_set(_eval_cfg(kind, path))
+        assert [i["eval_id"] for i in items] == ["q-17", "q-18"] and desc["rows"] == 2, kind
+        assert desc["kind"] == kind and len(desc["sha256"]) == 64
+    idx = EvalIndex(DecontaminateConfig(sets=[_eval_cfg("jsonl", jl)]))
+    m = idx.match("Please solve: " + LONG.format(a=30))
+    assert m["eval_id"] == "q-17" and m["match"] == "ngram" and m["eval_set"] == "ev_jsonl"
+    assert idx.match("What is 2 plus 2?") is None
+
+
+def _eval_cfg(kind, path):
+    from stages.decontaminate import EvalSetConfig
+    return EvalSetConfig(name=f"ev_{kind}", kind=kind, path=str(path), id_field="id")
+
+
+def test_stage_by_stage_gives_the_same_drops_as_streaming(tmp_path, fake_recipe, data_root):
+    """The Prefect path runs stage by stage (run_stage per stage); the cleaning stages are stages like the others."""
+    from pipelines.build import BuildSteps, build
+    from pipelines.execute import run_stage
+    ev = _eval_set(tmp_path)
+    lines = [_line("Here is a question: " + LONG.format(a=48) + " [gold=72]", 72)] * 2
+    lines += [_line(f"What is {i} plus {i + 7}? [gold={2 * i + 7}]", 2 * i + 7) for i in range(4)]
+    tasks = _write(tmp_path / "t.jsonl", lines)
+    clean = {"decontaminate": {"sets": [{"name": "ev", "path": str(ev)}]},
+             "near_dup": {"table": "attempts", "column": "completion", "within": "problem_id"}}
+    a = _build(_recipe(fake_recipe, tasks, n_samples=3, dataset="streamed", clean=clean))[0].manifest
+    b = build(_recipe(fake_recipe, tasks, n_samples=3, dataset="staged", clean=clean), progress=False,
+              log=lambda *x: None, steps=BuildSteps(run_stage=run_stage)).manifest
+    assert a.drops == b.drops and a.drops["problems"] == {"contaminated:ev": 1, "duplicate_problem": 1}
+    assert list(a.stages) == list(b.stages) == ["decontaminate", "generate", "verify", "filter", "dedup", "near_dup"]
+    assert a.tables["near_duplicates"].rows == b.tables["near_duplicates"].rows
