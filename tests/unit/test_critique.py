@@ -264,7 +264,8 @@ def test_eval_on_version_publishes_scores(data_root):
     want = processbench_scores(items)
     assert scores["all"]["acc_erroneous"] == want["acc_erroneous"]
     assert scores["all"]["acc_correct"] == want["acc_correct"] == 1.0
-    assert em.summary["f1"] == scores["all"]["f1"] and em.summary["random_f1"] == scores["all"]["random_f1"]
+    assert em.summary["scores"]["f1"] == scores["all"]["f1"]
+    assert em.summary["scores"]["random_f1"] == scores["all"]["random_f1"]
     from pipelines.sql import connect, fetch
     cols, rows = fetch(connect(str(data_root)), "SELECT subset, f1 FROM ce.critic_scores ORDER BY subset")
     assert [r[0] for r in rows] == sorted(scores)

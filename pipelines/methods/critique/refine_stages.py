@@ -5,7 +5,7 @@ agrees with the verified correctness and, for a wrong path, a refinement it led 
 from __future__ import annotations
 
 import re
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from pydantic import Field
 
@@ -19,7 +19,7 @@ from stages.verify import VERIFY_COLUMNS, VerifyStage
 
 _NUMERAL = re.compile(r"\d+(?:[.,]\d+)*")
 BARRIER_COLUMNS = ("numerals", "barrier", "passes_barrier")
-REFINEMENT_DROP_ORDER = ("truncated", "no_answer", "refinement_wrong", "shortcut", "over_reserved")
+REFINEMENT_DROP_ORDER = ("verdict_disagrees", "truncated", "no_answer", "refinement_wrong", "shortcut", "over_reserved")
 CRITIQUE_DROP_ORDER = ("unparsed", "verdict_disagrees", "inconsistent", "no_refinement", "refinement_wrong",
                        "shortcut")
 
@@ -41,11 +41,16 @@ class RefineConfig(LLMOptions):
     temperature: float = Field(0.7, ge=0, description="sampling temperature (MathCritique: 0.7)")
     max_tokens: int = Field(256, ge=1, description="max new tokens of a refinement")
     n: int = Field(1, ge=1, description="refinements per critique")
+    when: Literal["wrong_path", "wrong_verdict"] = Field(
+        "wrong_path", description="which parsed critiques the actor refines from: wrong_path (every critique of a "
+                                  "verified-wrong path, its verdict aside, as MathCritique's loop does; the "
+                                  "refinements of a disagreeing critique are measured, then dropped) or "
+                                  "wrong_verdict (only critiques that call the path wrong: less compute)")
 
 
 class RefineStage(LLMMixin, ExpandStage):
     kind = "critique_refine"
-    description = "the actor rewrites each wrong path given a parsed critique that calls it wrong"
+    description = "the actor rewrites each verified-wrong path given a parsed critique of it"
     config_class = RefineConfig
     source, target = "critiques", "refinements"
     reads = {"critiques": ("critique_id", "path_id", "problem_id", "raw_text", "parse_ok", "final_verdict",
@@ -63,7 +68,7 @@ class RefineStage(LLMMixin, ExpandStage):
                 stats.count("skipped_path_correct")
             elif not c.get("parse_ok"):
                 stats.count("skipped_unparsed")
-            elif c.get("final_verdict") is not False:
+            elif c.get("final_verdict") is not False and self.config.when == "wrong_verdict":
                 stats.count("skipped_critique_says_correct")
             else:
                 prompts[c["critique_id"]] = self.template.render(
@@ -110,13 +115,14 @@ class RefinementFilterConfig(Options):
 
 class RefinementFilter(FilterStage):
     kind = "filter_refinements"
-    description = ("keep a refinement when it verifies correct and passes the shortcut barrier, at most "
-                   "reserved_per_critique per critique (truncated, no_answer, refinement_wrong, shortcut, "
-                   "over_reserved)")
+    description = ("keep a refinement when its critique agrees with the verified correctness, it verifies "
+                   "correct and passes the shortcut barrier, at most reserved_per_critique per critique "
+                   "(verdict_disagrees, truncated, no_answer, refinement_wrong, shortcut, over_reserved)")
     config_class = RefinementFilterConfig
     table = "refinements"
     reads = {"refinements": ("refinement_id", "critique_id", "path_id", "problem_id", "sample_index", "text",
                              "finish_reason", "answer_parse_ok", "is_correct"),
+             "critiques": ("critique_id", "agrees"),
              "paths": ("path_id", "text"), "problems": ("problem_id", "reference_solution", "reference_answer")}
     fills = {"refinements": BARRIER_COLUMNS}
 
@@ -128,15 +134,20 @@ class RefinementFilter(FilterStage):
         paths = {p["path_id"]: p.get("text") for p in tables.get("paths", [])}
         refs = {p["problem_id"]: p.get("reference_solution") or p.get("reference_answer")
                 for p in tables.get("problems", [])}
+        agrees = {c["critique_id"]: c.get("agrees") for c in tables.get("critiques", [])}
         kept: dict[str, int] = {}
         out: list[Optional[dict]] = [None] * len(rows)
         for k in sorted(range(len(rows)), key=lambda k: (rows[k]["critique_id"], rows[k]["sample_index"])):
             r = rows[k]
+            if r.get("is_correct") is True:
+                stats.count("verified_correct")
             numerals = count_numerals(r.get("text"))
             barrier = min(count_numerals(refs.get(r["problem_id"])), count_numerals(paths.get(r["path_id"]))) \
                 - c.barrier_margin
             reason = None
-            if c.drop_truncated and r.get("finish_reason") == "length":
+            if agrees.get(r["critique_id"]) is not True:
+                reason = "verdict_disagrees"
+            elif c.drop_truncated and r.get("finish_reason") == "length":
                 reason = "truncated"
             elif not r.get("answer_parse_ok") or r.get("is_correct") is None:
                 reason = "no_answer"

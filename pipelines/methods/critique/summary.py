@@ -38,9 +38,7 @@ def critique_yield(stages: dict[str, dict]) -> dict[str, int]:
     return {"paths": g("paths", "out"), "paths_verified": g("filter_paths", "out"),
             "critiques": g("critique", "out"), "parsed": c("critique", "parse_ok"),
             "agreeing": c("critique", "agrees"), "refinements": g("refine", "out"),
-            "refinements_verified_correct": g("filter_refinements", "in")
-            - sum(v for k, v in stages.get("filter_refinements", {}).items()
-                  if k in ("dropped_truncated", "dropped_no_answer", "dropped_refinement_wrong")),
+            "refinements_verified_correct": c("filter_refinements", "verified_correct"),
             "refinements_kept": g("filter_refinements", "out"), "critiques_kept": g("filter_critiques", "out")}
 
 
@@ -63,4 +61,4 @@ def critique_summary(stages: dict[str, dict]) -> dict[str, Any]:
 
 def eval_summary(stages: dict[str, dict]) -> dict[str, Any]:
     s = first_error_scores(stages.get("critique", {}))
-    return {"critic": describe_scores(s), **{k: v for k, v in s.items()}}
+    return {"critic": describe_scores(s), "scores": s}
