@@ -135,6 +135,11 @@ def check_invariants(t, reserved=1):
         if paths[c["path_id"]]["is_correct"] is False:
             assert per.get(c["critique_id"], 0) >= 1 and c["refinements_kept"] >= 1
     assert all(r["drop_reason"] for r in refs if r not in kept_refs)
+    agree = {c["critique_id"]: c["agrees"] for c in crit}
+    for r in refs:          # a refinement is made only from a parsed critique of a wrong path
+        assert paths[r["path_id"]]["is_correct"] is False and agree[r["critique_id"]] is not None
+        if agree[r["critique_id"]] is False:
+            assert r["drop_reason"] == "verdict_disagrees"
     return kept, kept_refs
 
 
@@ -269,3 +274,45 @@ def test_eval_on_version_publishes_scores(data_root):
     from pipelines.sql import connect, fetch
     cols, rows = fetch(connect(str(data_root)), "SELECT subset, f1 FROM ce.critic_scores ORDER BY subset")
     assert [r[0] for r in rows] == sorted(scores)
+
+
+def test_docs_sql_runs_on_a_build(data_root):
+    """docs/methods/critique.md's audit join and critic comparison run on real versions."""
+    from pipelines.sql import connect, fetch
+    from tests.helpers import doc_sql
+    m = build(recipe(data_root), progress=False, log=lambda *a: None).manifest
+    kept = [c for c in tables(data_root, m)["critiques"] if c["drop_reason"] is None]
+    cols, rows = fetch(connect(str(data_root)), doc_sql("docs/methods/critique.md", "audit-critique"))
+    d = [dict(zip(cols, r)) for r in rows]
+    assert len(d) == len(kept) > 0 and all(x["question"] and x["solution"] for x in d)
+    assert all(x["refinement"] for x in d if x["source"] != "reference" and x["final_verdict"] is False)
+    run_eval(version=m.ref, root=str(data_root), overrides=["engines.critic.kind=fake", "execution.runner=local",
+                                                            "engines.critic.fake_script=critique"],
+             log=lambda *a: None)
+    cols, rows = fetch(connect(str(data_root)), doc_sql("docs/methods/critique.md", "compare-critics"))
+    assert rows and {r[cols.index("subset")] for r in rows} >= {"all"}
+
+
+def test_cli_eval_critique_publishes_and_rejects_bad_input(tmp_path, capsys):
+    from flows.cli import main
+    root = tmp_path / "data"
+    good = tmp_path / "pb.jsonl"
+    good.write_text(json.dumps({"id": "a", "problem": "What is 2 + 3?", "steps": ["2 + 3 = 5.", "The answer is 5."],
+                                "label": -1, "final_answer_correct": True}) + "\n"
+                    + json.dumps({"id": "b", "problem": "What is 2 * 3?", "steps": ["2 * 3 = 5.", "So 5."],
+                                  "label": 0, "final_answer_correct": False}) + "\n")
+    rc = main(["--data", str(root), "eval", "critique", "--data", str(good), "--no-progress", "--runner", "local",
+               "--set", "engines.critic.kind=fake", "--set", "engines.critic.fake_script=critique"])
+    assert rc == 0
+    m = Catalog(str(root)).resolve("critique_eval")
+    t = tables(root, m)
+    assert [p["first_error_step"] for p in sorted(t["paths"], key=lambda p: p["origin"])] == [None, 1]
+    s = {r["subset"]: r for r in t["critic_scores"]}["all"]
+    # the fake critic (no reference shown) calls both wrong from step min(2, n) = 2: a false alarm, and a miss by one
+    assert (s["acc_erroneous"], s["acc_correct"], s["within_1_erroneous"]) == (0.0, 0.0, 1.0)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"problem": "q", "steps": "not a list", "label": 0}) + "\n")
+    rc = main(["--data", str(root), "eval", "critique", "--data", str(bad), "--no-progress",
+               "--set", "engines.critic.kind=fake"])
+    err = capsys.readouterr()
+    assert rc == 2 and "bad.jsonl:1" in err.out + err.err and "steps" in err.out + err.err

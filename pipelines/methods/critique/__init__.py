@@ -22,12 +22,12 @@ from pathlib import Path
 
 from pipelines.methods.critique import exports  # noqa: F401  (registers the exports)
 from pipelines.methods.critique.critique_stages import CritiqueStage
-from pipelines.methods.critique.evaluation import ScoresStage
+from pipelines.methods.critique.evaluation import ScoresStage, run_eval
 from pipelines.methods.critique.path_stages import PathFilter, PathsStage, VerifyPaths
 from pipelines.methods.critique.refine_stages import (CritiqueFilter, RefinementFilter, RefineStage,
                                                       VerifyRefinements)
 from pipelines.methods.critique.summary import critique_summary, eval_summary
-from schemas.registry import Method, StageSpec, register_method
+from schemas.registry import Evaluation, Method, StageSpec, register_evaluation, register_method
 from stages.filter import AttemptFilter
 from stages.generate import GenerateStage
 from stages.verify import VerifyStage
@@ -53,3 +53,8 @@ EVAL_METHOD = register_method(Method(
     (StageSpec("critique", CritiqueStage), StageSpec("scores", ScoresStage)),
     roles=("critic",), inputs=("problems", "paths"), exports={"critic-sft": "critic_sft"},
     summary=eval_summary, home=Path(__file__).parent))
+
+register_evaluation(Evaluation(
+    "critique", "score a critic on first-error labels (a ProcessBench-format file, or a critique version's "
+                "labelled paths): accuracy on erroneous and correct samples, F1, parse rate, a random-step baseline",
+    run_eval))
