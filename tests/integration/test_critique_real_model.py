@@ -60,6 +60,17 @@ def test_build_critique_on_the_embedded_model(tmp_path):
     assert y["critiques"] == len(crit) and y["parsed"] == sum(c["parse_ok"] for c in crit)
     assert y["critiques_kept"] == len(kept) and y["refinements_kept"] == len(kept_refs)
     assert y["refinements"] == len(t["refinements"]) > 0       # every critique of a wrong path is refined
+    # stepwise labels on real output: monotone, false exactly from the kept critique's first Wrong step
+    from pipelines.export import export
+    r = export(str(root), m.ref, "stepwise", str(tmp_path / "stepwise"))
+    assert r.rows == len(kept)
+    import pyarrow.parquet as pq
+    by_id = {c["critique_id"]: c for c in kept}
+    for f in r.files:
+        for row in pq.read_table(f).to_pylist():
+            labels, fw = row["labels"], by_id[row["critique_id"]]["first_wrong_step"]
+            assert labels == [fw is None or i < fw for i in range(1, len(labels) + 1)]
+            assert labels == sorted(labels, reverse=True)            # once false, false to the end
     print("real-model critique yield:", json.dumps(y), "| critic:", m.summary["critic on labelled paths"])
 
 

@@ -316,3 +316,25 @@ def test_cli_eval_critique_publishes_and_rejects_bad_input(tmp_path, capsys):
                "--set", "engines.critic.kind=fake"])
     err = capsys.readouterr()
     assert rc == 2 and "bad.jsonl:1" in err.out + err.err and "steps" in err.out + err.err
+
+
+@pytest.mark.parametrize("reserved,want", [(1, [None, "over_reserved", "shortcut", "refinement_wrong",
+                                                 "verdict_disagrees"]),
+                                            (2, [None, None, "shortcut", "refinement_wrong", "verdict_disagrees"])])
+def test_refinement_filter_reserved_and_barrier(reserved, want):
+    from pipelines.methods.critique.refine_stages import RefinementFilter, RefinementFilterConfig
+    from tests.helpers import run_stage
+    full = "1 + 2 = 3\n3 * 4 = 12\nThe answer is: 12"
+    rows = [{"refinement_id": f"r{i}", "critique_id": "c2" if i == 4 else "c1", "path_id": "pa", "problem_id": "p",
+             "sample_index": i, "text": text, "finish_reason": "stop", "answer_parse_ok": True, "is_correct": ok,
+             "drop_reason": None}
+            for i, (text, ok) in enumerate([(full, True), (full, True), ("The answer is: 12", True),
+                                            (full.replace("12", "13"), False), (full, True)])]
+    st = RefinementFilter(RefinementFilterConfig(reserved_per_critique=reserved))
+    res = run_stage(st, {"refinements": rows, "critiques": [{"critique_id": "c1", "agrees": True},
+                                                            {"critique_id": "c2", "agrees": False}],
+                         "paths": [{"path_id": "pa", "text": "1 + 2 = 4\n4 * 4 = 16\nThe answer is: 16"}],
+                         "problems": [{"problem_id": "p", "reference_solution": "1 + 2 = 3\n3 * 4 = 12\n#### 12"}]})
+    out = res.tables["refinements"]
+    assert [r["drop_reason"] for r in out] == want
+    assert all(r["barrier"] == 5 for r in out) and out[2]["numerals"] == 1 and not out[2]["passes_barrier"]
