@@ -36,7 +36,7 @@ def tables(root, m):
     return {t: cat.read_table(m, t).to_pylist() for t in m.tables}
 
 
-# --- format ----------------------------------------------------------------------------------------------------------
+# --- format --------------------------------------------------------------------------------------------------
 def test_format_constraint_and_parser_agree():
     fmt = CritiqueFormat()
     text = format_critique([("correct", "3 * 4 = 12"), ("wrong", "12 + 5 is 17")], False, "carries the sum")
@@ -79,7 +79,7 @@ def test_barrier_and_stepwise_labels():
     assert stepwise_labels(3, 1) == [False, False, False]
 
 
-# --- scoring on critiques with known answers ---------------------------------------------------------------------------
+# --- scoring on critiques with known answers -------------------------------------------------------------------
 def test_processbench_scores_known_answers():
     items = [{"label": 2, "predicted": 2, "parse_ok": True, "n_steps": 3},      # erroneous, exact
              {"label": 2, "predicted": 3, "parse_ok": True, "n_steps": 3},      # erroneous, within 1
@@ -112,7 +112,7 @@ def test_processbench_loader_names_file_line_field(tmp_path):
     assert "bad.jsonl:2" in str(e.value) and "label" in str(e.value)
 
 
-# --- the build ---------------------------------------------------------------------------------------------------------
+# --- the build -------------------------------------------------------------------------------------------------
 def check_invariants(t, reserved=1):
     paths = {p["path_id"]: p for p in t["paths"]}
     crit = t["critiques"]
@@ -161,7 +161,7 @@ def test_build_closed_loop_invariants_and_yield(data_root):
     assert "refinement_wrong" in reasons          # critique sample 1 names no answer
     assert {r["drop_reason"] for r in t["refinements"]} >= {"shortcut"}   # refine sample 1 copies the answer
     assert kept and kept_refs
-    # the critic on the labelled paths: the fake one names step 2, so exact only where the injection is at 2
+    # the fake critic names step 2: exact only where the injection is at step 2
     labelled = [c for c in t["critiques"] if c["first_error_known"]]
     exact = sum(bool(c["first_error_exact"]) for c in labelled)
     scores = first_error_scores(m.stages["critique"])

@@ -43,8 +43,12 @@ def processbench_scores(items: list[dict]) -> dict[str, Any]:
     prediction; the random baseline names one of (no error, step 1..n) uniformly."""
     err = [i for i in items if i["label"] is not None]
     cor = [i for i in items if i["label"] is None]
-    hit = lambda i: bool(i["parse_ok"]) and i["predicted"] == i["label"]                     # noqa: E731
-    near = lambda i: bool(i["parse_ok"]) and i["predicted"] is not None and abs(i["predicted"] - i["label"]) <= 1  # noqa: E731
+    def hit(i: dict) -> bool:
+        return bool(i["parse_ok"]) and i["predicted"] == i["label"]
+
+    def near(i: dict) -> bool:
+        return bool(i["parse_ok"]) and i["predicted"] is not None and abs(i["predicted"] - i["label"]) <= 1
+
     mean = lambda xs: round(sum(xs) / len(xs), 4) if xs else None                            # noqa: E731
     from pipelines.methods.critique.summary import harmonic
     acc_e, acc_c = mean([hit(i) for i in err]), mean([hit(i) for i in cor])

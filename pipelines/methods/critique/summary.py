@@ -47,8 +47,9 @@ def _fmt(x: Optional[float]) -> str:
 
 
 def describe_scores(s: dict[str, Any]) -> str:
-    return (f"{s['erroneous']} erroneous + {s['correct']} correct labelled; acc erroneous {_fmt(s['acc_erroneous'])}, "
-            f"correct {_fmt(s['acc_correct'])}, F1 {_fmt(s['f1'])}, within 1 step {_fmt(s['within_1_erroneous'])}, "
+    return (f"critiques of {s['erroneous']} erroneous + {s['correct']} correct labelled paths; "
+            f"acc erroneous {_fmt(s['acc_erroneous'])}, correct {_fmt(s['acc_correct'])}, F1 {_fmt(s['f1'])}, "
+            f"within 1 step {_fmt(s['within_1_erroneous'])}, "
             f"parse rate {_fmt(s['parse_rate'])} (random step: acc erroneous {_fmt(s['random_acc_erroneous'])}, "
             f"correct {_fmt(s['random_acc_correct'])}, F1 {_fmt(s['random_f1'])})")
 
