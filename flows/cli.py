@@ -279,6 +279,32 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    """Run a registered evaluation (`errata eval critique`); its results become a new version of --dataset."""
+    from pipelines.console import console, new_log_path, quiet_console
+    from pipelines.config import data_root
+    from schemas.registry import get_evaluation
+    run_eval = get_evaluation(args.what).run
+    args.dataset = args.dataset or f"{args.what}_eval"
+    overrides = list(args.set or [])
+    if args.runner:
+        overrides.append(f"execution.runner={args.runner}")
+    path = new_log_path(args.data or data_root(), f"eval-{args.what}-{args.dataset}")
+    _interrupt_on_signals()
+    with quiet_console(path, verbose=args.verbose):
+        say = logging.getLogger("errata.build").info
+        say(f"evaluating ({args.what}) on {args.eval_data or args.version}; full log: {path}")
+        try:
+            result = run_eval(data=args.eval_data, version=args.version, dataset=args.dataset,
+                              overrides=overrides, root=args.data, limit=args.limit,
+                              progress=not args.no_progress, log=say)
+        except ErrataError as e:
+            print(f"error: {e}\nfull log: {path}", file=console())
+            return 2
+        print_build_summary(result, path)
+    return 0
+
+
 def cmd_recipes(args) -> int:
     from pipelines.config import builtin_recipes, read_yaml_mapping
     from schemas.registry import methods
@@ -374,6 +400,25 @@ def make_parser() -> argparse.ArgumentParser:
                                                                "--option mask_errors=true")
     e.add_argument("--option", action="append", metavar="KEY=VALUE", help="an export's own option (repeatable)")
     e.set_defaults(fn=cmd_export)
+
+    ev = sub.add_parser("eval", help="evaluate a model on a labelled set (critique: a critic on first-error "
+                                     "labels); the results become a dataset version")
+    ev.add_argument("what", metavar="NAME", help="the evaluation: critique (a critic scored on first-error labels: "
+                                                 "ProcessBench's F1, parse rate, a random-step baseline)")
+    ev.add_argument("--data", dest="eval_data", metavar="FILE",
+                    help="the labelled file (critique: ProcessBench-format JSONL: problem, steps, label = 0-based "
+                         "index of the earliest wrong step, -1 if none)")
+    ev.add_argument("--version", metavar="DATASET[@N]", help="instead: a published version's labelled rows "
+                                                              "(critique: paths with a known first wrong step)")
+    ev.add_argument("--dataset", help="dataset the results are published to (default: <NAME>_eval)")
+    ev.add_argument("--limit", type=int, help="score only the first N labelled rows")
+    ev.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="the evaluated model and its stage, e.g. engines.critic.kind=openai, "
+                         "engines.critic.model=M, critique.max_tokens=384, critique.constrain=off (repeatable)")
+    ev.add_argument("--runner", choices=["auto", "ray", "local"], help="as for build")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bars or progress lines")
+    ev.add_argument("-v", "--verbose", action="store_true", help="library logs live")
+    ev.set_defaults(fn=cmd_eval)
 
     r = sub.add_parser("recipes", help="list methods and built-in recipes")
     r.set_defaults(fn=cmd_recipes)

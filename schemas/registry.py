@@ -13,6 +13,8 @@ built-in method is known wherever it is asked for (`errata show --id`, SQL, expo
   `home` is the method's folder, whose `prompts/` and `recipes/` are found there.
 - An export: `ExportSpec(name, reads, description, schema, convert, ...)`, a pure per-row converter over a
   version's tables in TRL's column conventions.
+- An evaluation: `Evaluation(name, description, run)`, what `errata eval NAME` runs (a method package registers
+  it; the result is published as a dataset version).
 """
 from __future__ import annotations
 
@@ -136,6 +138,38 @@ def get_export(name: str) -> ExportSpec:
 def registered_exports() -> dict[str, ExportSpec]:
     load_methods()
     return dict(_EXPORTS)
+
+
+# --- evaluations --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Evaluation:
+    name: str
+    description: str
+    # run(data=FILE | None, version=REF | None, dataset=NAME, overrides=[KEY=VALUE], root=DIR | None,
+    #     limit=N | None, progress=bool, log=callable) -> the published build's result
+    run: Callable[..., Any]
+
+
+_EVALUATIONS: dict[str, Evaluation] = {}
+
+
+def register_evaluation(spec: Evaluation) -> Evaluation:
+    _EVALUATIONS[spec.name] = spec
+    return spec
+
+
+def get_evaluation(name: str) -> Evaluation:
+    load_methods()
+    try:
+        return _EVALUATIONS[name]
+    except KeyError:
+        raise ConfigError(f"unknown evaluation '{name}' (registered: {', '.join(sorted(_EVALUATIONS)) or 'none'})"
+                          ) from None
+
+
+def registered_evaluations() -> dict[str, Evaluation]:
+    load_methods()
+    return dict(_EVALUATIONS)
 
 
 # --- methods ------------------------------------------------------------------------------------------------------
