@@ -114,7 +114,8 @@ def shape(data: ViewerData, m: Manifest, table: str, row: dict[str, Any]) -> dic
     signal = row.get("transition") or row.get("revision_signal")
     view["signal"] = signal
     segs = row.get("segments") or []
-    if segs:
+    msgs = row.get("messages") or []
+    if segs and not msgs:      # a conversation's messages carry the same text, turn by turn
         out, seen_model, spliced = [], False, False
         for s in segs:
             author = s.get("author")
@@ -125,7 +126,6 @@ def shape(data: ViewerData, m: Manifest, table: str, row: dict[str, Any]) -> dic
                         "signal": author == "template" or bool(signal and s.get("text", "").strip() == signal.strip()),
                         "splice_before": splice})
         view["segments"] = out
-    msgs = row.get("messages") or []
     if msgs:
         turn = row.get("revision_turn_index")
         prefix = row.get("prefix_len")
