@@ -155,6 +155,7 @@ class ViewerData:
             conds.append(f"({text}) ILIKE ?")
             params.append(f"%{filters['q']}%")
         if filters.get("where"):
+            check_read_only(f"SELECT 1 WHERE {filters['where']}")   # '1=1; DROP ...' is two statements: refused
             conds.append(f"({filters['where']})")
         return conds, params
 
