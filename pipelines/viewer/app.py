@@ -23,6 +23,7 @@ from schemas.errors import ErrataError, VersionNotFound
 
 TEMPLATES = Path(__file__).parent / "templates"
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
+HIDDEN = {"run_id", "created_at", "method", "prompt", "sampling_json"}
 PLOT_NAME = re.compile(r"^[A-Za-z0-9_.-]+\.(png|svg)$")
 
 
@@ -126,8 +127,13 @@ def create_app(data_root: str, local_only: bool = True) -> FastAPI:
         except SQLError as e:
             pg, error = None, str(e)
         from urllib.parse import urlencode
+        types = data.columns(m, table)
+        shown = []
+        if pg is not None:      # the id first, then the scalar columns (lists and structs are on the row's page)
+            shown = [pg.id_column] + [c for c, t in types.items() if c != pg.id_column and c not in HIDDEN
+                                      and "[]" not in t and not t.startswith(("STRUCT", "MAP"))]
         return page(request, "table.html", 400 if error else 200, m=m, table=table, pg=pg, options=options,
-                    filters=filters, error=error,
+                    shown=shown, filters=filters, error=error,
                     next_qs=urlencode({**filters, "after": pg.next_after}) if pg and pg.next_after else None)
 
     @app.get("/d/{dataset}/{version}/t/{table}/r/{row_id}", response_class=HTMLResponse)
