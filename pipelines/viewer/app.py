@@ -116,14 +116,16 @@ def create_app(data_root: str, local_only: bool = True) -> FastAPI:
         return Response(blob, media_type="image/png" if name.endswith(".png") else "image/svg+xml")
 
     @app.get("/d/{dataset}/{version}/t/{table}", response_class=HTMLResponse)
-    def table_page(request: Request, dataset: str, version: int, table: str, after: Optional[str] = None):
+    def table_page(request: Request, dataset: str, version: int, table: str, after: Optional[str] = None,
+                   order: str = "id"):
         m = data.manifest(dataset, version)
         names = [*FILTERS, "q", "where"]
         filters = {k: request.query_params.get(k, "") for k in names if request.query_params.get(k)}
         options = data.filter_options(m, table)
         error = None
         try:
-            pg = data.page(m, table, filters, after=after)
+            pg = data.page(m, table, filters, order=order, after=after if order == "id" else None,
+                           offset=int(after) if order == "file" and (after or "").isdigit() else 0)
         except SQLError as e:
             pg, error = None, str(e)
         from urllib.parse import urlencode
@@ -134,7 +136,9 @@ def create_app(data_root: str, local_only: bool = True) -> FastAPI:
                                       and "[]" not in t and not t.startswith(("STRUCT", "MAP"))]
         return page(request, "table.html", 400 if error else 200, m=m, table=table, pg=pg, options=options,
                     shown=shown, filters=filters, error=error,
-                    next_qs=urlencode({**filters, "after": pg.next_after}) if pg and pg.next_after else None)
+                    order=order,
+                    next_qs=urlencode({**filters, "order": order, "after": pg.next_after}) if pg and pg.next_after
+                    else None)
 
     @app.get("/d/{dataset}/{version}/t/{table}/r/{row_id}", response_class=HTMLResponse)
     def row_page(request: Request, dataset: str, version: int, table: str, row_id: str):

@@ -130,6 +130,15 @@ def test_keyset_pages_cover_every_row_once(root):
         after = pg.next_after
     ids = [r["revision_id"] for r in table(root, "lm@2", "revisions")]
     assert seen == sorted(ids)
+    # offset pages in file order: the rows as the version's files hold them
+    seen, offset = [], 0
+    while True:
+        pg = data.page(m, "revisions", order="file", offset=offset, limit=7)
+        seen += [r["revision_id"] for r in pg.rows]
+        if pg.next_after is None:
+            break
+        offset = int(pg.next_after)
+    assert seen == ids
 
 
 def test_filters_match_python_counts(root):
@@ -150,6 +159,10 @@ def test_filters_match_python_counts(root):
     assert data.page(m, "revisions", {"q": word}).total == sum(word in r["text"].lower() for r in revs) > 0
     assert data.page(m, "revisions", {"where": "len(segments) = 3"}).total == sum(
         len(r["segments"]) == 3 for r in revs)
+    ar = data.manifest("ar", 1)     # no plain text column: the messages are searched
+    trajs = table(root, "ar@1", "revision_trajectories")
+    assert data.page(ar, "revision_trajectories", {"q": "Crafted"}).total == sum(
+        any("crafted" in x["content"].lower() for x in r["messages"]) for r in trajs) > 0
     errors = ViewerData(str(root))
     assert "stage" in errors.filter_options(m, "errors") or m.tables["errors"].rows == 0
 
