@@ -165,76 +165,88 @@ def examples(con, m: Manifest, present: set[str]) -> dict[str, Any]:
 
 
 # --- plots ------------------------------------------------------------------------------------------------------
-def _bar(title: str, labels: list[str], series: dict[str, list[float]], ylabel: str) -> bytes:
+# At most one figure per kind (each table a series or a labelled bar): a figure costs ~0.1-0.3 s to draw on a
+# 2-core box, and every build publishes.
+def _figure(width: float, height: float = 3.4):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(labels) + 2), 3.2), dpi=100)
-    width = 0.8 / max(1, len(series))
-    for i, (name, vals) in enumerate(series.items()):
-        xs = [x + i * width - 0.4 + width / 2 for x in range(len(labels))]
-        bars = ax.bar(xs, vals, width=width, label=name)
-        ax.bar_label(bars, fontsize=7)
-    ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 4 else 0, ha="right"
-                  if len(labels) > 4 else "center", fontsize=8)
-    ax.set_title(title, fontsize=10)
-    ax.set_ylabel(ylabel, fontsize=8)
-    if len(series) > 1:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+    fig, ax = plt.subplots(figsize=(width, height), dpi=100)
+    return plt, fig, ax
+
+
+def _png(plt, fig) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
 
 
-def _hist(title: str, values: list[int], xlabel: str) -> bytes:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
-    ax.hist(values, bins=min(40, max(5, len(set(values)))))
+def _bar(title: str, labels: list[str], series: dict[str, list[float]], xlabel: str) -> bytes:
+    """Horizontal bars (long labels stay readable), one group per label, one bar per series."""
+    plt, fig, ax = _figure(7.5, 0.8 + 0.22 * len(labels) * len(series) + 0.1 * len(labels))
+    height = 0.8 / max(1, len(series))
+    for i, (name, vals) in enumerate(series.items()):
+        ys = [y + i * height - 0.4 + height / 2 for y in range(len(labels))]
+        ax.bar_label(ax.barh(ys, vals, height=height, label=name), fontsize=7, padding=2)
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.margins(x=0.12)
+    if len(series) > 1:
+        ax.legend(fontsize=7, loc="lower right")
+    return _png(plt, fig)
+
+
+def _hists(title: str, values: dict[str, list[int]], xlabel: str) -> bytes:
+    plt, fig, ax = _figure(7.5)
+    for name, vals in values.items():
+        ax.hist(vals, bins=min(40, max(5, len(set(vals)))), alpha=0.55, label=f"{name} ({len(vals)})")
     ax.set_title(title, fontsize=10)
     ax.set_xlabel(xlabel, fontsize=8)
     ax.set_ylabel("rows", fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    ax.legend(fontsize=7)
+    return _png(plt, fig)
 
 
 def make_plots(con, stats: dict[str, Any]) -> dict[str, bytes]:
-    """PNG bytes by file name (under plots/): one per figure the version has data for."""
+    """PNG bytes by file name (under plots/): one figure per kind the version has data for."""
     plots: dict[str, bytes] = {}
     st = {k: v for k, v in stats["stages"].items() if v["in"] is not None}
     if st:
         plots["stages.png"] = _bar("rows in and out per stage", list(st),
                                    {"in": [v["in"] or 0 for v in st.values()],
                                     "out": [v["out"] or 0 for v in st.values()]}, "rows")
-    for table, t in stats["tables"].items():
-        for key, title in (("drop_reasons", "drop reasons"), ("error_types", "error types"),
-                           ("verdicts", "verdicts")):
-            d = {k: v for k, v in (t.get(key) or {}).items() if not (key == "drop_reasons" and k == "null")}
-            if d:
-                plots[f"{table}-{key}.png"] = _bar(f"{table}: {title}", list(d), {"rows": list(d.values())}, "rows")
-        if t.get("lengths"):
-            col = t["lengths"]["column"]
-            kept = "WHERE drop_reason IS NULL" if "drop_reasons" in t else ""
-            vals = [r[0] for r in con.execute(f"SELECT length({_q(col)}) FROM {_q(table)} {kept} "
+    tables = stats["tables"]
+    for key, title in (("drop_reasons", "drop reasons"), ("error_types", "error types"), ("verdicts", "verdicts")):
+        bars = {f"{t}: {k}": n for t, s in tables.items() for k, n in (s.get(key) or {}).items()
+                if not (key == "drop_reasons" and k == "null")}
+        if bars:
+            plots[f"{key.replace('_', '-')}.png"] = _bar(title + " (per table)", list(bars),
+                                                         {"rows": list(bars.values())}, "rows")
+    ver = {t: s["verification"] for t, s in tables.items() if s.get("verification")}
+    if ver:
+        plots["verification.png"] = _bar("verification (kept rows)", list(ver),
+                                         {k: [v[k] for v in ver.values()] for k in ("correct", "wrong", "unchecked")},
+                                         "rows")
+    lengths = {}
+    for t, s in tables.items():
+        if s.get("lengths"):
+            col = s["lengths"]["column"]
+            kept = "WHERE drop_reason IS NULL" if "drop_reasons" in s else ""
+            vals = [r[0] for r in con.execute(f"SELECT length({_q(col)}) FROM {_q(t)} {kept} "
                                               f"USING SAMPLE 20000 ROWS").fetchall() if r[0] is not None]
             if vals:
-                plots[f"{table}-lengths.png"] = _hist(f"{table}.{col}: length (kept rows, up to 20000 sampled)",
-                                                      vals, "characters")
-        if t.get("loss_mask"):
-            lm = t["loss_mask"]
-            plots[f"{table}-loss-mask.png"] = _bar(f"{table}: trained vs masked words", ["trained", "masked"],
-                                                   {"words": [lm["trained"], lm["masked"]]}, "words")
-        if t.get("verification"):
-            v = t["verification"]
-            plots[f"{table}-verification.png"] = _bar(f"{table}: verification (kept rows)",
-                                                      ["correct", "wrong", "unchecked"],
-                                                      {"rows": [v["correct"], v["wrong"], v["unchecked"]]}, "rows")
+                lengths[f"{t}.{col}"] = vals
+    if lengths:
+        plots["lengths.png"] = _hists("text length (kept rows; up to 20000 sampled per table)", lengths,
+                                      "characters")
+    lm = {t: s["loss_mask"] for t, s in tables.items() if s.get("loss_mask")}
+    if lm:
+        plots["loss-mask.png"] = _bar("trained vs masked words (kept rows)", list(lm),
+                                      {"trained": [v["trained"] for v in lm.values()],
+                                       "masked": [v["masked"] for v in lm.values()]}, "words")
     return plots
 
 

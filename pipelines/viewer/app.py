@@ -117,7 +117,7 @@ def create_app(data_root: str, local_only: bool = True) -> FastAPI:
 
     @app.get("/d/{dataset}/{version}/t/{table}", response_class=HTMLResponse)
     def table_page(request: Request, dataset: str, version: int, table: str, after: Optional[str] = None,
-                   order: str = "id"):
+                   order: str = "file"):
         m = data.manifest(dataset, version)
         names = [*FILTERS, "q", "where"]
         filters = {k: request.query_params.get(k, "") for k in names if request.query_params.get(k)}
