@@ -18,7 +18,8 @@ from pipelines.viewer.data import ViewerData
 from schemas.manifest import Manifest
 
 BIG = ("steps", "segments", "messages")
-STEP_COLUMNS = ("step", "step_idx", "step_index", "first_error_step")
+BAD = {"error", "wrong", "bad", "incorrect"}
+STEP_COLUMNS = ("step", "step_idx", "step_index", "first_error_step", "first_wrong_step")
 
 
 def _is_scalar(v: Any) -> bool:
@@ -27,6 +28,16 @@ def _is_scalar(v: Any) -> bool:
 
 def _by_table(parents: list[dict], table: str) -> Optional[dict]:
     return next((p["row"] for p in parents if p["table"] == table and p["row"] is not None), None)
+
+
+def step_verdicts(r: dict) -> list[dict]:
+    """Per-step verdicts a row carries: items of any list column that have an `idx` and a `verdict` (a
+    critique's step labels, a judge's per-step view)."""
+    out = []
+    for v in r.values():
+        if isinstance(v, list) and v and isinstance(v[0], dict) and "idx" in v[0] and "verdict" in v[0]:
+            out += [x for x in v if x.get("verdict") not in (None, "none")]
+    return out
 
 
 def _step_view(s: dict) -> dict:
@@ -54,14 +65,17 @@ def shape(data: ViewerData, m: Manifest, table: str, row: dict[str, Any]) -> dic
     # the judgement that located the error: the row itself, the one it names, or one about it
     judgement = row if row.get("raw_text") is not None and "verdict" in row else None
     judgement = judgement or _by_table(parents, "judgements")
-    about = [c for c in children if c["row"].get("verdict") is not None]
+    about = [c for c in children if c["row"].get("verdict") is not None or c["row"].get("final_verdict") is not None
+             or step_verdicts(c["row"])]
     if judgement is None:
         judgement = next((c["row"] for c in about if c["row"].get("first_error_step") is not None), None)
 
     # steps
     source, steps = None, []
+    others = [(f"its {p['table']} row {p['id']}", p["row"]) for p in parents if p["row"] is not None]
     for label, r in (("this row", row), ("the judgement it names", _by_table(parents, "judgements")),
-                     ("its attempt", _by_table(parents, "attempts")), ("the judgement about it", judgement)):
+                     ("its attempt", _by_table(parents, "attempts")), *others,
+                     ("the judgement about it", judgement)):
         if r is not None and isinstance(r.get("steps"), list) and r["steps"]:
             source, steps = label, [_step_view(s) for s in r["steps"]]
             break
@@ -71,9 +85,11 @@ def shape(data: ViewerData, m: Manifest, table: str, row: dict[str, Any]) -> dic
             from stages.steps import step_rows
             source, steps = "its solution, split as a judge sees it", [_step_view(s) for s in
                                                                         step_rows(text_row["solution"])]
-    first = row.get("first_error_step")
+    first = row.get("first_error_step") if row.get("first_error_step") is not None else row.get("first_wrong_step")
     if first is None and judgement is not None:
         first = judgement.get("first_error_step")
+    if first is None:      # a row whose steps carry verdicts (STeP): the first one judged wrong
+        first = min((s["idx"] for s in step_verdicts(row) if str(s["verdict"]).lower() in BAD), default=None)
     error_type = row.get("error_type") or (judgement or {}).get("error_type")
     view["first_error"] = None
     if first is not None or error_type:
@@ -92,22 +108,26 @@ def shape(data: ViewerData, m: Manifest, table: str, row: dict[str, Any]) -> dic
     for c in about:
         r = c["row"]
         who = f"{c['table']} {c['id']}"
+        if step_verdicts(r):       # its own per-step labels say more than its first wrong step (below)
+            continue
         col = next((k for k in STEP_COLUMNS if r.get(k) is not None), None)
         if col is not None and r[col] in by_idx:
             by_idx[r[col]]["notes"].append({"who": who, "verdict": r.get("verdict"), "error_type": r.get("error_type"),
                                             "text": r.get("raw_text") or r.get("critique") or ""})
-            if col == "first_error_step":     # the steps before the one it names were judged fine
+            if col in ("first_error_step", "first_wrong_step"):   # the steps before it were judged fine
                 for k, s in by_idx.items():
                     if k is not None and k < r[col]:
                         s["notes"].append({"who": who, "verdict": "ok (before the first error)",
                                            "error_type": None, "text": ""})
-        elif r.get("verdict") is not None:
-            view.setdefault("verdicts", []).append({"who": who, "verdict": r["verdict"],
+        elif r.get("verdict") is not None or r.get("final_verdict") is not None:
+            view.setdefault("verdicts", []).append({"who": who, "verdict": r.get("verdict", r.get("final_verdict")),
                                                     "text": r.get("raw_text") or ""})
-        for s in r.get("steps") or []:      # a critique may give a verdict per step
-            if isinstance(s, dict) and s.get("verdict") is not None and s.get("idx") in by_idx:
-                by_idx[s["idx"]]["notes"].append({"who": who, "verdict": s["verdict"],
-                                                  "error_type": s.get("error_type"), "text": s.get("text") or ""})
+    # per-step verdicts (a critique's step labels): the row's own, and those of every row about it
+    for who, r in [("this row", row), *[(f"{c['table']} {c['id']}", c["row"]) for c in about]]:
+        for s in step_verdicts(r):
+            if s.get("idx") in by_idx:
+                by_idx[s["idx"]]["notes"].append({"who": who, "verdict": s["verdict"], "error_type": s.get("error_type"),
+                                                  "text": s.get("explanation") or s.get("reason") or ""})
     view["steps"], view["steps_source"] = steps, source
 
     # segments / messages with the loss mask, the signal and the splice point
@@ -142,7 +162,10 @@ def shape(data: ViewerData, m: Manifest, table: str, row: dict[str, Any]) -> dic
             part = ("opening" if i < opening else "shared prefix" if prefix is None or i < prefix else
                     "bad branch" if turn is not None and i < turn else "revision turn" if i == turn else
                     "good branch" if turn is not None else "")
+            parts = [{"text": x.get("text", ""), "loss": bool(x.get("loss")), "author": x.get("author")}
+                     for x in segs if x.get("message") == i] if segs and "message" in segs[0] else []
             out.append({"i": i, "role": mm.get("role"), "content": mm.get("content", ""), "loss": bool(mm.get("loss")),
+                        "segments": parts,
                         "revision_turn": turn == i, "splice_before": turn == i, "part": part,
                         "prefix_end": prefix is not None and i == prefix - 1, "marks": marks.get(i, []),
                         "error": any(x.startswith("first error") for x in marks.get(i, []))})

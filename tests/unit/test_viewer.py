@@ -254,3 +254,58 @@ def test_view_warns_when_bound_beyond_localhost(root, monkeypatch, capsys):
     assert "warning" not in out.err
     assert main(["--data", str(root), "view", "--host", "0.0.0.0"]) == 0
     assert "warning: serving on 0.0.0.0" in capsys.readouterr().err
+
+
+# ---- a method the viewer has never heard of ---------------------------------------------------------------------
+def test_an_unknown_methods_critique_labels_appear_beside_each_step(tmp_path):
+    """A version whose tables no code registers (as a new method's would look): paths with steps, critiques with
+    per-step labels naming the path. The viewer finds the id and parent columns, marks the first wrong step and puts
+    every label beside its step."""
+    import pyarrow as pa
+
+    from pipelines.card import write_card
+    from pipelines.files import Root
+    from schemas.manifest import FileEntry, Manifest, TableEntry
+    root = Root(str(tmp_path / "data"))
+    vdir = root.path("datasets", "crit", "v0001")
+    steps = [{"idx": i, "text": f"Step {i}: {t}"} for i, t in enumerate(["2 + 2 = 4", "4 * 3 = 13", "13 - 1 = 12"], 1)]
+    tables = {
+        "paths": [{"path_id": "pa-1", "problem_id": "p-1", "steps": steps, "first_error_step": 2, "text": "..."}],
+        "critiques": [{"critique_id": "c-1", "path_id": "pa-1", "first_wrong_step": 2, "final_verdict": False,
+                       "raw_text": "Step 2 is wrong: 4 * 3 = 12.",
+                       "step_labels": [{"idx": 1, "verdict": "correct", "explanation": "fine"},
+                                       {"idx": 2, "verdict": "wrong", "explanation": "4 * 3 is 12"},
+                                       {"idx": 3, "verdict": "wrong", "explanation": "follows the error"}]}],
+        # a STeP-like episode: verdicts on its own steps, a message whose thought keeps loss and action does not
+        "episodes": [{"episode_id": "e-1", "problem_id": "p-1",
+                      "steps": [{"idx": 1, "raw_text": "Action: look", "verdict": "ok"},
+                                {"idx": 2, "raw_text": "Action: eat key", "verdict": "error"}],
+                      "messages": [{"role": "user", "content": "Go.", "loss": False},
+                                   {"role": "assistant", "content": "Thought: hm\nAction: eat key", "loss": False}],
+                      "segments": [{"text": "Go.", "author": "env", "loss": False, "message": 0},
+                                   {"text": "Thought: hm\n", "author": "model", "loss": True, "message": 1},
+                                   {"text": "Action: eat key", "author": "model", "loss": False, "message": 1}]}]}
+    entries = {}
+    for name, rows in tables.items():
+        f = root.write_parquet(f"{vdir}/{name}/part-s00000.parquet", pa.Table.from_pylist(rows))
+        entries[name] = TableEntry(rows=len(rows), files=[FileEntry(path=f"{name}/part-s00000.parquet", rows=len(rows),
+                                                                    bytes=f["bytes"], sha256=f["sha256"])])
+    m = Manifest(dataset="crit", version=1, created_at="2026-01-01T00:00:00+00:00", run_id="r", method="critique_x",
+                 recipe={}, recipe_hash="h", code_version="c", tables=entries)
+    write_card(root, vdir, m)
+    root.write_json_atomic(f"{vdir}/manifest.json", m.model_dump(mode="json"))
+    client = TestClient(create_app(root.root), base_url="http://127.0.0.1", client=("127.0.0.1", 1))
+    html = client.get("/d/crit/1/t/paths/r/pa-1").text
+    assert re.search(r'<div class="step first-error" data-idx="2">', html)
+    for label in tables["critiques"][0]["step_labels"]:
+        block = html[html.index(f'data-idx="{label["idx"]}"'):]
+        block = block[:block.index('<div class="step', 10)] if '<div class="step' in block[10:] else block
+        assert f"critiques c-1: <b>{label['verdict']}</b>" in block and label["explanation"] in block
+    assert "/t/critiques/r/c-1" in html                      # lineage: the critique names the path
+    html = client.get("/d/crit/1/t/critiques/r/c-1").text    # the critique's own page: the path's steps, labelled
+    assert "its paths row pa-1" in html and "this row: <b>wrong</b>" in html
+    html = client.get("/d/crit/1/t/episodes/r/e-1").text
+    assert re.search(r'<div class="step first-error" data-idx="2">', html)
+    assert re.findall(r'class="seg part (loss-on|loss-off)"', html) == ["loss-off", "loss-on", "loss-off"]
+    card = open(f"{vdir}/README.md").read()
+    assert "config_name: critiques" in card and "| critiques | 1 |" in card
