@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -20,9 +21,10 @@ from pipelines.catalog import Catalog
 from pipelines.sql import SQLError, check_read_only, connect
 from schemas.errors import VersionNotFound
 from schemas.manifest import Manifest
-from schemas.registry import ERRORS, registered_tables
+from schemas.registry import registered_tables
 
 PAGE = 50
+RELIST_S = 2.0
 # filter name -> column; shown for a table when it has the column
 FILTERS = {"method": "method", "stage": "stage", "drop_reason": "drop_reason", "verdict": "verdict",
            "error_type": "error_type", "correct": "is_correct", "strategy": "strategy", "kind": "kind",
@@ -58,18 +60,23 @@ class ViewerData:
         self._lock = threading.Lock()
         self._con: Optional[duckdb.DuckDBPyConnection] = None
         self._seen: Optional[tuple] = None
+        self._listed_at = 0.0
 
     # --- the connection --------------------------------------------------------------------------------------
     def _listing(self) -> tuple:
         return tuple((d, tuple(self.catalog.versions(d))) for d in self.catalog.datasets())
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A cursor of the connection; the catalogue is listed again at most every RELIST_S seconds (a page runs
+        dozens of queries) and the connection rebuilt when a version appeared or went."""
         with self._lock:
-            seen = self._listing()
-            if self._con is None or seen != self._seen:
-                if self._con is not None:
-                    self._con.close()
-                self._con, self._seen = connect(self.catalog), seen
+            now = time.monotonic()
+            if self._con is None or now - self._listed_at > RELIST_S:
+                seen, self._listed_at = self._listing(), now
+                if self._con is None or seen != self._seen:
+                    if self._con is not None:
+                        self._con.close()
+                    self._con, self._seen = connect(self.catalog), seen
             return self._con.cursor()
 
     def run(self, sql: str, params: Optional[list] = None) -> tuple[list[str], list[tuple]]:
@@ -293,7 +300,3 @@ class ViewerData:
                 text = f.read().decode()
             return text, root.ls_names(f"{vdir}/{PLOTS}"), True
         return build_card(root, vdir, m, with_plots=False)[0], [], False
-
-
-def is_error_table(table: str) -> bool:
-    return table == ERRORS
