@@ -160,6 +160,9 @@ def summary_markdown(result: BuildResult, recipe: str) -> str:
              + (f" ({result.resumed_shards} shards resumed)." if result.resumed_shards else "."), "",
              "| table | rows |", "|---|---|"]
     lines += [f"| {t} | {e.rows} |" for t, e in m.tables.items()]
+    if m.drops:
+        lines += ["", "| table | dropped: reason | rows |", "|---|---|---|"]
+        lines += [f"| {t} | {r} | {n} |" for t, d in m.drops.items() for r, n in d.items()]
     lines += ["", "| stage | in | out | other counts | seconds |", "|---|---|---|---|---|"]
     for name, c in m.stages.items():
         extra = ", ".join(f"{k}={v}" for k, v in c.items()

@@ -112,6 +112,9 @@ def print_build_summary(result, log_file: str | None = None) -> None:
           + (f", {result.resumed_shards} shards resumed" if result.resumed_shards else "") + ")", file=o)
     print(f"data: {result.path}", file=o)
     print("tables:  " + "  ".join(f"{t}={e.rows}" for t, e in m.tables.items()), file=o)
+    if m.drops:
+        print("dropped: " + "  ".join(f"{t}: " + " ".join(f"{r}={n}" for r, n in d.items())
+                                      for t, d in m.drops.items()), file=o)
     if m.execution:
         print(f"runner:  {m.execution.get('runner')} ({m.execution.get('reason')})", file=o)
     for k, e in m.engines.items():

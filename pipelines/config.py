@@ -18,10 +18,12 @@ from typing import Any, ClassVar, Literal, Optional
 import yaml
 from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
 
+from pipelines.clean import CLEAN_STAGES, CleanConfig, clean_stage_config
 from schemas.errors import ConfigError
 from schemas.registry import Method, get_method, methods
 from stages.engines.config import EMBEDDED_MODEL, EngineConfig  # noqa: F401  (re-exported)
 from stages.envs.spec import EnvSpec
+from stages.filter import DedupConfig
 from stages.options import Options
 from stages.tasks import TaskSourceConfig
 
@@ -88,6 +90,9 @@ class RecipeConfig(Options):
                                                          "embedded model")
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig, description="how it runs")
     storage: StorageConfig = Field(default_factory=StorageConfig, description="where it is written")
+    clean: CleanConfig = Field(default_factory=CleanConfig, description="cleaning stages any method can add: "
+                                                                        "near-duplicate removal, decontamination "
+                                                                        "against evaluation sets (docs/cleaning.md)")
 
     @model_validator(mode="after")
     def _roles_have_engines(self) -> "RecipeConfig":
@@ -99,6 +104,17 @@ class RecipeConfig(Options):
         for role in roles:
             if role not in self.engines:
                 self.engines[role] = EngineConfig()
+        return self
+
+    @model_validator(mode="after")
+    def _kept_duplicates_stay(self) -> "RecipeConfig":
+        """`tasks.keep_duplicates` keeps repeated problems: a `dedup` stage (which drops the attempts of repeated
+        questions) is then off unless the recipe turns it on itself."""
+        if self.tasks.keep_duplicates:
+            for sec in self.stage_sections:
+                cfg = getattr(self, sec, None)
+                if isinstance(cfg, DedupConfig) and "enabled" not in cfg.model_fields_set:
+                    cfg.enabled = False
         return self
 
     @model_validator(mode="after")
@@ -118,6 +134,8 @@ class RecipeConfig(Options):
         return roles
 
     def stage_config(self, section: str) -> Options:
+        if section in CLEAN_STAGES and section not in self.stage_sections:
+            return clean_stage_config(self.clean, section)
         return getattr(self, section)
 
     def config_hash(self) -> str:

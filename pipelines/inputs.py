@@ -14,7 +14,7 @@ from pipelines.catalog import Catalog
 from pipelines.files import Root
 from schemas.errors import ConfigError, InputError
 from schemas.registry import get_table
-from stages.tasks import TaskSourceConfig, load_problems
+from stages.tasks import DUPLICATE_PROBLEM, TaskSourceConfig, flag_duplicate_problems, load_problems
 
 
 @dataclass
@@ -36,7 +36,24 @@ def input_tables(tasks: TaskSourceConfig) -> list[str]:
 
 
 def load_inputs(tasks: TaskSourceConfig, limit: int | None, root: Root, env=None) -> Inputs:
-    """`env`: the recipe's EnvSpec (for `tasks.kind: env`)."""
+    """`env`: the recipe's EnvSpec (for `tasks.kind: env`). Repeated problems are flagged (duplicate_problem)
+    unless `tasks.keep_duplicates`; the count goes into the manifest's `inputs`."""
+    inputs = _load(tasks, limit, root, env)
+    problems = inputs.tables["problems"]
+    flagged = 0 if tasks.keep_duplicates else flag_duplicate_problems(problems)
+    if flagged:
+        gone = {p["problem_id"] for p in problems if p.get("drop_reason") == DUPLICATE_PROBLEM}
+        for t, rows in inputs.tables.items():       # a version's rows of a repeated problem: not worked on either
+            if t != "problems" and "drop_reason" in get_table(t).columns:
+                for r in rows:
+                    if r.get("problem_id") in gone and not r.get("drop_reason"):
+                        r["drop_reason"] = DUPLICATE_PROBLEM
+    inputs.describe.update(problems=len(problems), duplicate_problems=flagged,
+                           keep_duplicates=tasks.keep_duplicates)
+    return inputs
+
+
+def _load(tasks: TaskSourceConfig, limit: int | None, root: Root, env=None) -> Inputs:
     if tasks.kind != "version":
         problems = load_problems(tasks, limit, env)
         desc = {"kind": tasks.kind, **({"path": tasks.path} if tasks.path else {}),

@@ -14,22 +14,29 @@ from typing import Any, Callable, Iterator
 
 from pipelines.catalog import Catalog
 from pipelines.chain import check_chain
+from pipelines.clean import clean_stages
 from pipelines.config import RecipeConfig, data_root
 from pipelines.files import Root
 from pipelines.inputs import input_tables, load_inputs, shard_inputs
 from pipelines.runner import choose_runner
 from pipelines.staging import Staging
 from schemas.errors import StorageError
-from schemas.registry import Method, get_method
+from schemas.registry import Method, StageSpec, get_method
 from stages.base import Stage, StageContext
 
 Log = Callable[[str], None]
 
 
+def recipe_stages(method: Method, config: RecipeConfig) -> list[StageSpec]:
+    """The stages a recipe runs: the method's, with the cleaning stages of its `clean:` section around them."""
+    before, after = clean_stages(config.clean, method.stage_names())
+    return [*before, *method.stages, *after]
+
+
 def make_stages(method: Method, config: RecipeConfig, run_id: str = "") -> list[Stage]:
     """Stage objects for this recipe (cheap: no engine or worker starts)."""
     ctx = StageContext(run_id=run_id, method=config.method, engines=dict(config.engines))
-    return [s.stage(config.stage_config(s.name), name=s.name, context=ctx) for s in method.stages]
+    return [s.stage(config.stage_config(s.name), name=s.name, context=ctx) for s in recipe_stages(method, config)]
 
 
 def check_recipe(config: RecipeConfig) -> list[Stage]:
@@ -40,7 +47,7 @@ def check_recipe(config: RecipeConfig) -> list[Stage]:
 
 
 def stage_names(config: RecipeConfig) -> list[str]:
-    return get_method(config.method).stage_names()
+    return [s.name for s in recipe_stages(get_method(config.method), config)]
 
 
 def streaming_segments(stages: list[Stage]) -> list[list[Stage]]:

@@ -99,10 +99,12 @@ def publish(staging: Staging, catalog: Catalog, shard_ids: list[int], stages: li
     shard_tables = [t for t in tables if get_table(t).scope != "build"]
     for table in tables:
         if table not in shard_tables:
-            step = staging.build_writer(table, list(all_stages or stages))
-            if step is not None:
+            # every global stage that wrote it (the decontamination of problems and of outputs both add findings)
+            writers = [st for st in (all_stages or stages)
+                       if staging.global_done(st) and table in staging.global_marker(st).get("tables", {})]
+            for step in writers:
                 f = staging.global_marker(step)["tables"][table]
-                rel = f"{table}/part-build.parquet"
+                rel = f"{table}/part-build.parquet" if len(writers) == 1 else f"{table}/part-build-{step}.parquet"
                 root.link_or_copy(staging.build_table_path(step, table), f"{vdir}/{rel}")
                 entries[table].rows += f["rows"]
                 entries[table].files.append(FileEntry(path=rel, rows=f["rows"], bytes=f["bytes"],
@@ -120,9 +122,29 @@ def publish(staging: Staging, catalog: Catalog, shard_ids: list[int], stages: li
             f = root.write_parquet(f"{vdir}/{table}/part-empty.parquet", table_from_rows([], table))
             e.files.append(FileEntry(path=f"{table}/part-empty.parquet", rows=0, bytes=f["bytes"],
                                      sha256=f["sha256"]))
-    m = Manifest(dataset=staging.dataset, version=version, tables=entries,
+    m = Manifest(dataset=staging.dataset, version=version, tables=entries, drops=drop_counts(root, vdir, entries),
                  created_at=dt.datetime.now(dt.timezone.utc).isoformat(), **manifest_fields)
     write_card(root, vdir, m)   # README.md + plots/, from the files just linked; before the manifest
     root.write_json_atomic(f"{vdir}/{MANIFEST}", m.model_dump(mode="json"))
     staging.drop()
     return m
+
+
+def drop_counts(root, vdir: str, entries: dict[str, TableEntry]) -> dict[str, dict[str, int]]:
+    """Per table with a drop_reason column: dropped rows by reason (each from its table's files; dropped rows stay
+    in their table). Tables without drops are left out."""
+    import pyarrow.compute as pc
+    out: dict[str, dict[str, int]] = {}
+    for table, e in entries.items():
+        if table == ERRORS or "drop_reason" not in get_table(table).columns:
+            continue
+        counts: dict[str, int] = {}
+        for f in e.files:
+            if not f.rows:
+                continue
+            col = root.read_parquet(f"{vdir}/{f.path}", columns=["drop_reason"]).column("drop_reason")
+            for item in pc.value_counts(col.drop_null()).to_pylist():
+                counts[item["values"]] = counts.get(item["values"], 0) + item["counts"]
+        if counts:
+            out[table] = dict(sorted(counts.items()))
+    return out

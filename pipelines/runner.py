@@ -109,13 +109,15 @@ def run_global_stage(stage: Stage, staging: Staging, shard_ids: list[int], stage
     from stages.base import StageStats
     if not staging.global_done(stage.name):
         data: dict[str, list[dict]] = {}
-        for t, cols in stage.reads.items():
-            rows: list[dict] = []
+
+        def shard_rows(t: str, cols: tuple[str, ...], sid: int) -> list[dict]:
+            tbl = staging.read_table(sid, t, stages_before, columns=list(cols) or None)
+            return [] if tbl is None else [dict(r, __shard=sid) for r in tbl.to_pylist()]
+        if getattr(stage, "scans_shards", False):    # one shard in memory at a time; the stage keeps its own state
             for sid in shard_ids:
-                tbl = staging.read_table(sid, t, stages_before, columns=list(cols) or None)
-                if tbl is not None:
-                    rows.extend(dict(r, __shard=sid) for r in tbl.to_pylist())
-            data[t] = rows
+                stage.scan({t: shard_rows(t, cols, sid) for t, cols in stage.reads.items()})
+        else:
+            data = {t: [r for sid in shard_ids for r in shard_rows(t, cols, sid)] for t, cols in stage.reads.items()}
         drops = stage.decide(data)
         summary_stats = StageStats(t_start=time.time())
         built = {t: table_from_rows(rows, t) for t, rows in stage.summarize(data, summary_stats).items()}

@@ -35,6 +35,10 @@ class Manifest(BaseModel):
                                                 "dtype chosen and why, device, starts and start seconds")
     prompt_templates: dict[str, str] = Field(default_factory=dict, description="template name -> version")
     tables: dict[str, TableEntry] = Field(default_factory=dict, description="per-table rows and files")
+    drops: dict[str, dict[str, int]] = Field(default_factory=dict,
+                                             description="per table: rows dropped, by reason (duplicate_problem, "
+                                                         "near_duplicate, contaminated:<set>, a filter's reasons); "
+                                                         "dropped rows stay in their table")
     stages: dict[str, dict[str, Any]] = Field(default_factory=dict,
                                               description="per-stage in/out/dropped_<reason>/errors/seconds, "
                                                           "tokens and tokens/s for LLM stages")

@@ -162,7 +162,7 @@ class Method:
 
 
 RESERVED_SECTIONS = frozenset({"dataset", "method", "description", "tasks", "env", "limit", "engines",
-                               "execution", "storage"})   # recipe sections every method has (pipelines/config.py RecipeConfig)
+                               "execution", "storage", "clean"})   # recipe sections every method has (pipelines/config.py RecipeConfig)
 
 _METHODS: dict[str, Method] = {}
 

@@ -61,6 +61,9 @@ class Problem(Lineage):
     gold_steps_json: Optional[str] = field(default=None, metadata={
         "doc": "built-in problems: the gold solution's steps as operations over question values and earlier "
                "results, JSON (what the programmatic error injector mutates; each step's `index` is 1-based)"})
+    drop_reason: Optional[str] = field(default=None, metadata={
+        "doc": "why no stage works on it; null = kept. duplicate_problem: its question repeats an earlier problem's "
+               "(task loading); contaminated:<set>, near_duplicate: the cleaning stages"})
 
 
 @dataclass

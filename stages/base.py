@@ -421,11 +421,17 @@ class GlobalStage(Stage):
     row with its `__shard`), and returns drop reasons by row id for `table`; the runner applies them shard by shard
     (so full rows are never all in memory at once). A global stage may also write build-scope tables (registered
     with scope="build", e.g. a distribution measured over every shard) by returning them from `summarize`; later
-    stages of every shard read them like any table. Counting and error rules are those of every stage."""
+    stages of every shard read them like any table. Counting and error rules are those of every stage.
+
+    A stage whose data would not fit in memory at once (the text of every row) sets `scans_shards`: the runner then
+    hands it one shard at a time to `scan` (the columns it reads, each row with its `__shard`) and calls `decide`
+    and `summarize` with no rows ({}) afterwards; the stage keeps what it needs across shards (signatures, not
+    texts). Shards are scanned in order, so the decisions are the same on a rerun."""
 
     is_global = True
     table: ClassVar[str] = ""            # the shard table it may drop rows of ("" when it only summarizes)
     build_tables: ClassVar[tuple[str, ...]] = ()
+    scans_shards: ClassVar[bool] = False
 
     def __init__(self, *a, **k):
         super().__init__(*a, **k)
@@ -436,6 +442,9 @@ class GlobalStage(Stage):
             self.reads.setdefault(self.table, ())
             cols = set(self.reads[self.table]) | {get_table(self.table).id_column, "drop_reason"}
             self.reads[self.table] = tuple(sorted(cols))
+
+    def scan(self, tables: dict[str, list[dict]]) -> None:
+        """`scans_shards` stages: one shard's rows (the columns it reads), before `decide`."""
 
     def decide(self, tables: dict[str, list[dict]]) -> dict[str, str]:
         """row id -> drop reason, for rows of `table` to drop."""

@@ -11,6 +11,10 @@ Files are GSM8K-style (`question`, `answer` ending in `#### N`) or MATH-style (`
 `\\boxed{}`, optional `answer`); fields are auto-detected or named in the config. Input is validated in full
 before anything runs: the first bad row raises `InputError` naming the file, the 1-based line (JSONL) or row
 (Parquet, datasets) and the field.
+
+Every kind's problems then go through `flag_duplicate_problems` (pipelines/inputs.py): a problem whose question
+repeats an earlier one's (normalized text; for env tasks, the same env and task config too) gets
+`drop_reason = duplicate_problem` on every copy but the first (in source order), unless `keep_duplicates`.
 """
 from __future__ import annotations
 
@@ -26,7 +30,10 @@ from stages.answers import reference_answer_from_solution
 from stages.arithmetic import BUILTIN_SOURCE, builtin_problems
 from stages.options import Options
 
-__all__ = ["builtin_problems", "load_problems", "problems_from_records", "BUILTIN_SOURCE", "TaskSourceConfig"]
+__all__ = ["builtin_problems", "load_problems", "problems_from_records", "BUILTIN_SOURCE", "TaskSourceConfig",
+           "flag_duplicate_problems", "problem_key", "DUPLICATE_PROBLEM"]
+
+DUPLICATE_PROBLEM = "duplicate_problem"
 
 
 class TaskSourceConfig(Options):
@@ -54,6 +61,11 @@ class TaskSourceConfig(Options):
                                                "come along)")
     where: Optional[str] = Field(None, description="version: a read-only SQL condition on that table's rows, "
                                                    "e.g. \"is_correct = false\"")
+    keep_duplicates: bool = Field(False, description="keep problems whose question repeats an earlier problem's "
+                                                     "(same text once whitespace and case are normalized; env "
+                                                     "tasks: and the same task config). Default: every copy but "
+                                                     "the first is flagged drop_reason=duplicate_problem, counted, "
+                                                     "and no stage works on it")
 
     @model_validator(mode="before")
     @classmethod
@@ -92,8 +104,9 @@ def _detect(first: dict, configured: Optional[str], candidates: tuple[str, ...])
 class _RowParser:
     """Turns one source record into a Problem row; raises InputError naming path/line/field."""
 
-    def __init__(self, config, source: str, path: str, first: dict, where: str):
+    def __init__(self, config, source: str, path: str, first: dict, where: str, questions_only: bool = False):
         self.config, self.source, self.path, self.where = config, source, path, where
+        self.questions_only = questions_only     # an evaluation set: the question (and id) is all that is read
         self.q_field = _detect(first, config.question_field, _QUESTION_FIELDS)
         self.a_field = _detect(first, config.answer_field, _ANSWER_FIELDS)
         self.s_field = _detect(first, config.solution_field, _SOLUTION_FIELDS)
@@ -101,7 +114,7 @@ class _RowParser:
             raise InputError(f"no question field: the first {where} has fields {sorted(first)}; expected one of "
                              f"{list(_QUESTION_FIELDS)} (or set tasks.question_field)", path=path, line=1,
                              field="question")
-        if self.a_field is None and self.s_field is None:
+        if self.a_field is None and self.s_field is None and not questions_only:
             raise InputError(f"no answer field: the first {where} has fields {sorted(first)}; expected "
                              f"'answer' (GSM8K '#### N' or a final answer) or 'solution' with a \\boxed{{}} "
                              f"(or set tasks.answer_field / tasks.solution_field)", path=path, line=1,
@@ -127,6 +140,8 @@ class _RowParser:
         question = self._get(rec, self.q_field, line, required=True)
         if not question.strip():
             raise InputError("question is empty", path=self.path, line=line, field=self.q_field)
+        if self.questions_only:
+            return self._row(rec, line, index, question, None, "")
         solution = None
         if self.s_field:
             solution = self._get(rec, self.s_field, line, required=self.a_field is None)
@@ -155,10 +170,15 @@ class _RowParser:
                 text = solution if solution is not None else (answer_raw or "")
                 raise InputError(f"no extractable final answer: expected a '#### N' line or a \\boxed{{...}} "
                                  f"(got ...{text[-80:]!r})", path=self.path, line=line, field=field)
+        return self._row(rec, line, index, question, solution, reference)
+
+    def _row(self, rec: dict, line: int, index: int, question: str, solution: Optional[str],
+             reference: Optional[str]) -> dict:
         ident: Any = index
         if self.config.id_field:
             ident = self._get(rec, self.config.id_field, line, required=True, kinds=(str, int))
         return {
+            **({"source_id": str(ident)} if self.questions_only else {}),   # an evaluation item's id as given
             "problem_id": make_id(self.source, self.config.split, ident, prefix="p-"),
             "source": self.source,
             "split": self.config.split,
@@ -173,8 +193,10 @@ class _RowParser:
 
 
 def problems_from_records(records: Iterable[tuple[int, Any]], config, *, source: str, path: str,
-                          where: str = "row", limit: Optional[int] = None) -> list[dict]:
-    """Validate and convert (1-based position, record) pairs. Fails on the first bad record."""
+                          where: str = "row", limit: Optional[int] = None, questions_only: bool = False
+                          ) -> list[dict]:
+    """Validate and convert (1-based position, record) pairs. Fails on the first bad record. `questions_only`: read
+    the question (and id) alone, no answer needed (an evaluation set)."""
     out: list[dict] = []
     if limit is not None and limit <= 0:
         return out
@@ -186,7 +208,7 @@ def problems_from_records(records: Iterable[tuple[int, Any]], config, *, source:
             if not isinstance(rec, dict):
                 raise InputError(f"expected a JSON object per {where}, got {_type_name(rec)}", path=path,
                                  line=pos)
-            parser = _RowParser(config, source, path, rec, where)
+            parser = _RowParser(config, source, path, rec, where, questions_only)
         out.append(parser.parse(rec, pos, pos))
     if not out:
         raise InputError(f"no problems: the input is empty (no {where}s with data)", path=path)
@@ -239,7 +261,7 @@ def _parquet_records(p: Path) -> Iterator[tuple[int, Any]]:
             yield n, rec
 
 
-def _load_hf(config, limit: Optional[int]) -> list[dict]:
+def _load_hf(config, limit: Optional[int], questions_only: bool = False) -> list[dict]:
     path = config.path
     if not path:
         raise InputError("tasks.kind=hf needs tasks.path (a local dataset path or a hub id)", field="tasks.path")
@@ -279,7 +301,8 @@ def _load_hf(config, limit: Optional[int]) -> list[dict]:
         raise InputError(f"could not load dataset as a {where}: {type(e).__name__}: {e}", path=path) from None
     source = p.name if p.exists() else path
     records = ((i + 1, rec) for i, rec in enumerate(ds))
-    return problems_from_records(records, config, source=source, path=path, where="row", limit=limit)
+    return problems_from_records(records, config, source=source, path=path, where="row", limit=limit,
+                                 questions_only=questions_only)
 
 
 def env_problems(spec, split: str, count: int, seed: int = 0) -> list[dict]:
@@ -296,9 +319,9 @@ def env_problems(spec, split: str, count: int, seed: int = 0) -> list[dict]:
     return out
 
 
-def load_problems(config, limit: Optional[int] = None, env=None) -> list[dict]:
+def load_problems(config, limit: Optional[int] = None, env=None, questions_only: bool = False) -> list[dict]:
     """Problems of a task source (`TaskSourceConfig`), at most `limit`; `env` (an EnvSpec) for kind env.
-    Raises InputError on bad input."""
+    `questions_only` (files and datasets): no answer needed, none read. Raises InputError on bad input."""
     kind = config.kind
     if kind == "env":
         if env is None:
@@ -311,11 +334,45 @@ def load_problems(config, limit: Optional[int] = None, env=None) -> list[dict]:
     if kind == "jsonl":
         p = _check_file(config.path, kind)
         return problems_from_records(_jsonl_records(p), config, source=p.name, path=str(config.path),
-                                     where="line", limit=limit)
+                                     where="line", limit=limit, questions_only=questions_only)
     if kind == "parquet":
         p = _check_file(config.path, kind)
         return problems_from_records(_parquet_records(p), config, source=p.name, path=str(config.path),
-                                     where="row", limit=limit)
+                                     where="row", limit=limit, questions_only=questions_only)
     if kind == "hf":
-        return _load_hf(config, limit)
+        return _load_hf(config, limit, questions_only)
     raise InputError(f"unknown task source kind '{kind}'", field="tasks.kind")
+
+
+def problem_key(problem: dict) -> str:
+    """What two problems are compared on: the question, whitespace collapsed and case folded; for an env task also
+    its env and task config (the same instruction in another world is another task)."""
+    from stages.filter import normalize_text
+    key = normalize_text(problem.get("question"))
+    record = problem.get("env_config_json")
+    if problem.get("env") and record:
+        try:
+            d = json.loads(record)
+            task = d.get("task") or {}
+            cfg = {k: v for k, v in d.items() if k != "task"}
+            key += "\x1f" + json.dumps([cfg, task.get("config")], sort_keys=True, default=str)
+        except (ValueError, AttributeError):
+            key += "\x1f" + record
+    return key
+
+
+def flag_duplicate_problems(problems: list[dict]) -> int:
+    """Set drop_reason = duplicate_problem on every live problem whose key (`problem_key`) an earlier live problem
+    has (list order is source order). Returns how many were flagged. Rows already dropped are left as they are."""
+    seen: set[str] = set()
+    flagged = 0
+    for p in problems:
+        if p.get("drop_reason"):
+            continue
+        key = problem_key(p)
+        if key in seen:
+            p["drop_reason"] = DUPLICATE_PROBLEM
+            flagged += 1
+        else:
+            seen.add(key)
+    return flagged

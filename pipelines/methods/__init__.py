@@ -14,5 +14,6 @@ BUILTIN = ("sample_verify", "self_correct", "lemma", "agent_rollout", "agent_r")
 
 def load_builtin() -> None:
     """Import every built-in method package (each registers its tables, exports and method)."""
+    importlib.import_module("schemas.clean_rows")    # the cleaning stages' tables, which any method may write
     for name in BUILTIN:
         importlib.import_module(f"{__name__}.{name}")

@@ -46,6 +46,7 @@ class SamplingParams:
     n: int = 1
     stop: list[str] = field(default_factory=list)
     constraint: Optional[Constraint] = None      # structured output; None: free text
+    min_tokens: int = 0     # no end-of-sequence or stop string before this many tokens (benches compare equal lengths)
 
 
 @dataclass

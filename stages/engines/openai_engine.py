@@ -162,6 +162,8 @@ class OpenAIEngine(Engine):
                                 "max_tokens": s.max_tokens, "n": s.n}
         if s.stop:
             body["stop"] = list(s.stop)
+        if s.min_tokens:
+            body["min_tokens"] = s.min_tokens     # vLLM's extra sampling field; OpenAI's own API has none
         if s.constraint is not None:
             body.update(constraint_fields(s.constraint, getattr(self.config, "structured_outputs", "vllm")))
         if req.messages is not None:

@@ -104,6 +104,8 @@ class TransformersEngine(Engine):
         enc = self._tok(texts, return_tensors="pt", padding=True, add_special_tokens=special)
         kwargs: dict[str, Any] = dict(max_new_tokens=s.max_tokens, num_return_sequences=s.n,
                                       pad_token_id=self._tok.pad_token_id)
+        if s.min_tokens:
+            kwargs.update(min_new_tokens=s.min_tokens)
         if s.temperature > 0:
             kwargs.update(do_sample=True, temperature=s.temperature, top_p=s.top_p)
         else:
@@ -141,7 +143,7 @@ class TransformersEngine(Engine):
                 results[k].error_message = f"prompt has {n_tok} tokens; max_model_len is {self.config.max_model_len}"
                 continue
             s = r.sampling
-            key = (s.temperature, s.top_p, s.max_tokens, s.n, tuple(s.stop), r.messages is None)
+            key = (s.temperature, s.top_p, s.max_tokens, s.min_tokens, s.n, tuple(s.stop), r.messages is None)
             groups.setdefault(key, []).append(k)
         bs = max(1, self.config.max_num_seqs)
         with self._lock:

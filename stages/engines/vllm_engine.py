@@ -228,6 +228,7 @@ class VLLMEngine(Engine):
             value = list(c.choice) if c.kind == "choice" else c.value
             structured = StructuredOutputsParams(**{c.kind: value})
         return SamplingParams(n=s.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
+                              min_tokens=s.min_tokens,
                               stop=list(s.stop) or None, output_kind=RequestOutputKind.FINAL_ONLY,
                               structured_outputs=structured)
 

@@ -76,6 +76,19 @@ def test_raw_prompt_and_greedy_is_deterministic(engine):
     assert len(a.completions[0].token_ids) == a.completions[0].completion_tokens > 0
 
 
+def test_min_tokens_holds_the_end_back(engine):
+    """What bench/constraints.py relies on to compare free and constrained text at equal lengths: with min_tokens
+    neither the end of sequence nor a stop string ends the text early (a space stops the free one at once)."""
+    eng, loop = engine
+    q = [{"role": "user", "content": "Tell me about the sea."}]
+    free, held = loop.run_until_complete(eng.generate([
+        GenerationRequest(messages=q, sampling=SamplingParams(max_tokens=40, stop=[" "]), request_id="free"),
+        GenerationRequest(messages=q, sampling=SamplingParams(max_tokens=40, min_tokens=40, stop=[" "]),
+                          request_id="held")]))
+    assert free.completions[0].completion_tokens < 40 and free.completions[0].finish_reason == "stop"
+    assert held.completions[0].completion_tokens == 40
+
+
 def test_generate_stage_on_vllm(engine, embedded_model):
     """The stage drives its own engine; run after the module engine exists so only one loads at a time."""
     eng, loop = engine

@@ -252,10 +252,12 @@ def test_global_stage_runs_between_per_shard_stages_in_both_modes(tmp_path, data
             {"question": "what is 1 plus  1? [gold=2]", "answer": "#### 2"}]     # repeats the first
     f = tmp_path / "dup.jsonl"
     f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    cfg = validate_recipe({"dataset": "dup", "tasks": {"kind": "jsonl", "path": str(f)},
+    # task loading would flag the repeat (tests/unit/test_clean.py); kept here, the global dedup stage drops its
+    # attempts, which only the whole build shows (one problem per shard)
+    cfg = validate_recipe({"dataset": "dup", "tasks": {"kind": "jsonl", "path": str(f), "keep_duplicates": True},
                            "engines": {"student": {"kind": "fake", "fake_script": "echo_answer"}},
                            "generate": {"n": 2}, "execution": {"runner": "local", "shard_size": 1},
-                           "storage": {"root": str(data_root)}})
+                           "dedup": {"enabled": True}, "storage": {"root": str(data_root)}})
     m = build(cfg, progress=False).manifest
     assert m.stages["dedup"] == {**m.stages["dedup"], "in": 6, "out": 4, "dropped_duplicate_problem": 2}
     att = catalog(data_root).read_table(m, "attempts").to_pylist()

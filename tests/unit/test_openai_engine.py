@@ -270,6 +270,13 @@ def test_openai_raw_prompt_uses_completions(server, monkeypatch):
     assert [c.text for c in r.completions] == [" completion 0", " completion 1", " completion 2"]
     assert [c.finish_reason for c in r.completions] == ["length"] * 3
     assert sum(c.completion_tokens for c in r.completions) == 21
+    assert "min_tokens" not in h["body"]
+
+
+def test_openai_min_tokens_is_sent_only_when_asked(server, monkeypatch):
+    e = openai_engine(server.url, monkeypatch)
+    run(_gen(e, [GenerationRequest(prompt="x", sampling=SamplingParams(max_tokens=7, min_tokens=7))]))
+    assert server.hits[-1]["body"]["min_tokens"] == 7 and server.hits[-1]["body"]["max_tokens"] == 7
 
 
 def test_openai_key_is_sent_but_never_logged_or_described(server, monkeypatch, caplog):

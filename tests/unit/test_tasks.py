@@ -79,7 +79,7 @@ def test_builtin_deterministic_distinct_and_complete():
     assert p["source"] == "builtin:arithmetic" and p["split"] == "train" and p["source_index"] == 5
     assert p["env"] is None and p["env_config_json"] is None and p["parent_ids"] == []
     for p in a:
-        assert set(columns(Problem)) - set(p) <= {"run_id", "method", "created_at"}
+        assert set(columns(Problem)) - set(p) <= {"run_id", "method", "created_at", "drop_reason"}
         validate_row(p, Problem)
     # every template is in use, with 1 to 5 steps
     qs = " ".join(p["question"] for p in a)
