@@ -37,6 +37,7 @@ test-unit: $(STAMP)
 bench: model
 	$(BIN)/python bench/generation.py
 	$(BIN)/python bench/sql.py
+	$(BIN)/python bench/viewer.py
 	$(BIN)/python bench/build_modes.py
 	$(BIN)/python bench/envs.py --rollouts
 

@@ -305,6 +305,34 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_diff(args) -> int:
+    from pipelines.diff import diff_versions, render
+    d = diff_versions(_catalog(args), args.a, args.b)
+    print(json.dumps(d, indent=2, default=str) if args.json else render(d), end="" if not args.json else "\n")
+    return 0
+
+
+def cmd_view(args) -> int:
+    from pipelines.viewer.app import create_app, is_loopback
+    catalog = _catalog(args)
+    path = "/"
+    if args.ref:
+        m = catalog.resolve(args.ref)
+        path = f"/d/{m.dataset}/{m.version}/"
+    local = is_loopback(args.host)
+    if not local:
+        print(f"warning: serving on {args.host}: anyone who can reach this machine on port {args.port} can read "
+              f"every dataset under {catalog.root.root_url} (read-only). Use the default 127.0.0.1 unless you mean "
+              f"it.", file=sys.stderr)
+    app = create_app(catalog.root.root_url if not catalog.root.local else catalog.root.root, local_only=local)
+    import uvicorn
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"errata viewer: http://{host}:{args.port}{path}  (data {catalog.root.root_url}; Ctrl-C stops)",
+          flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def cmd_recipes(args) -> int:
     from pipelines.config import builtin_recipes, read_yaml_mapping
     from schemas.registry import methods
@@ -419,6 +447,20 @@ def make_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-progress", action="store_true", help="no progress bars or progress lines")
     ev.add_argument("-v", "--verbose", action="store_true", help="library logs live")
     ev.set_defaults(fn=cmd_eval)
+    d = sub.add_parser("diff", help="compare two versions: counts and yields per stage, distributions, rows added, "
+                                    "removed and changed by id")
+    d.add_argument("a", metavar="A", help="DATASET@N (or DATASET: the latest)")
+    d.add_argument("b", metavar="B", help="DATASET@M")
+    d.add_argument("--json", action="store_true", help="the whole comparison as JSON")
+    d.set_defaults(fn=cmd_diff)
+
+    w = sub.add_parser("view", help="a local web page: datasets, versions, dataset cards, rows with filters, one "
+                                    "example as the model saw it, diffs")
+    w.add_argument("ref", nargs="?", metavar="DATASET[@VERSION]", help="open at this version")
+    w.add_argument("--port", type=int, default=8765, help="port (default 8765)")
+    w.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only; "
+                                                       "another address serves the network, with a warning)")
+    w.set_defaults(fn=cmd_view)
 
     r = sub.add_parser("recipes", help="list methods and built-in recipes")
     r.set_defaults(fn=cmd_recipes)

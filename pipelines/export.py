@@ -1,7 +1,7 @@
 """Exports in TRL's column conventions, registered by name with the tables they read.
 
 An export is a pure per-row converter over a version's tables, written as Parquet (and JSONL on request) that
-`datasets` and TRL load unchanged, plus a dataset card. `errata export REF --format sft|dpo` picks the export the
+`datasets` and TRL load unchanged, plus a dataset card (with the source version's card copied in). `errata export REF --format sft|dpo` picks the export the
 version's method names for that format (sample_verify: sft -> sft_attempts, dpo -> dpo_attempts); any registered
 export can be named directly. Exporting a version that lacks a table the export reads is a clear error.
 
@@ -63,6 +63,30 @@ def _nothing_message(spec: ExportSpec, m: Manifest, tables: dict[str, list[dict]
     return f"nothing to export: {m.ref} gives no {spec.name} rows ({sizes}; {spec.description})"
 
 
+def copy_source_card(catalog: Catalog, m: Manifest, out_dir: str) -> str:
+    """Copy the version's dataset card (README.md and plots/) into `<out_dir>/source_card/`; return the text to
+    append to the export's own card (the source card's body, its plot links pointing into source_card/)."""
+    from pipelines.card import CARD, PLOTS
+    root = catalog.root
+    vdir = catalog.version_dir(m.dataset, m.version)
+    if not root.exists(f"{vdir}/{CARD}"):
+        return f"\n## Source dataset card\n\n{m.ref} was published before dataset cards existed.\n"
+    dest = os.path.join(out_dir, "source_card")
+    os.makedirs(os.path.join(dest, PLOTS), exist_ok=True)
+    with root.fs.open(f"{vdir}/{CARD}", "rb") as f:
+        text = f.read().decode()
+    with open(os.path.join(dest, CARD), "w") as f:
+        f.write(text)
+    for name in root.ls_names(f"{vdir}/{PLOTS}"):
+        with root.fs.open(f"{vdir}/{PLOTS}/{name}", "rb") as src, open(os.path.join(dest, PLOTS, name), "wb") as f:
+            f.write(src.read())
+    if text.startswith("---\n") and "\n---\n" in text[4:]:
+        text = text[text.index("\n---\n", 4) + 5:]
+    body = text.replace(f"]({PLOTS}/", f"](source_card/{PLOTS}/")
+    return (f"\n## Source dataset card ({m.ref})\n\nCopied from the version (also in `source_card/`); its "
+            f"headings follow.\n\n{body}")
+
+
 def export(root: Root | str, ref: str, fmt: str, out_dir: str, jsonl: bool = False,
            options: dict[str, Any] | None = None) -> ExportResult:
     catalog = Catalog(root if isinstance(root, Root) else Root(root))
@@ -100,6 +124,7 @@ def export(root: Root | str, ref: str, fmt: str, out_dir: str, jsonl: bool = Fal
         card += f"\n## Export metadata\n\n```json\n{json.dumps(meta, indent=2, sort_keys=True)}\n```\n"
         with open(os.path.join(out_dir, "export_metadata.json"), "w") as f:
             json.dump({"export": spec.name, "format": fmt, "source": m.ref, **meta}, f, indent=2, sort_keys=True)
+    card += copy_source_card(catalog, m, out_dir)
     with open(os.path.join(out_dir, "README.md"), "w") as f:
         f.write(card)
     return ExportResult(fmt, spec.name, m.ref, len(rows), files)

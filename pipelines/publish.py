@@ -6,7 +6,8 @@ version from staging.
 
 For every table, each shard's latest file (the last stage that wrote it, else the shard's input) is hard-linked into
 `<table>/part-sNNNNN.parquet` (errors: every stage's file, `errors/part-sNNNNN-<stage>.parquet`); a table with no
-file at all gets one empty file so its schema is there for SQL. The manifest is written last. The claimed version
+file at all gets one empty file so its schema is there for SQL. The dataset card (README.md and plots/,
+pipelines/card.py) is written next, from those files; the manifest is written last. The claimed version
 number is recorded in build.json and reused by a rerun after a crash; staging is deleted only after the manifest
 exists, so a crash at any point loses nothing already written.
 """
@@ -16,6 +17,7 @@ import datetime as dt
 import time
 from typing import Any, Optional
 
+from pipelines.card import write_card
 from pipelines.catalog import MANIFEST, Catalog
 from pipelines.execute import merged_stats
 from pipelines.plan import BuildPlan
@@ -122,6 +124,7 @@ def publish(staging: Staging, catalog: Catalog, shard_ids: list[int], stages: li
                                      sha256=f["sha256"]))
     m = Manifest(dataset=staging.dataset, version=version, tables=entries, drops=drop_counts(root, vdir, entries),
                  created_at=dt.datetime.now(dt.timezone.utc).isoformat(), **manifest_fields)
+    write_card(root, vdir, m)   # README.md + plots/, from the files just linked; before the manifest
     root.write_json_atomic(f"{vdir}/{MANIFEST}", m.model_dump(mode="json"))
     staging.drop()
     return m

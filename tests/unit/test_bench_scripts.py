@@ -16,6 +16,16 @@ def test_sql_bench_runs_and_writes_its_report(tmp_path):
     assert report["machine"]["cpu_count"] >= 1
 
 
+def test_viewer_bench_runs_and_writes_its_report(tmp_path):
+    out = tmp_path / "viewer.json"
+    p = subprocess.run([sys.executable, str(REPO / "bench" / "viewer.py"), "--rows", "2000", "--shards", "2",
+                        "--repeats", "1", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["attempt_rows"] == 2000 and report["page_size"] == 50 and report["keyset_check"] is True
+    assert report["time_to_first_page_s"] > 0 and "http_table_page_id_order" in report["pages"]
+
+
 def test_dedup_bench_runs_and_finds_what_it_planted(tmp_path):
     out = tmp_path / "dedup.json"
     p = subprocess.run([sys.executable, str(REPO / "bench" / "dedup.py"), "--sizes", "3000", "--backends", "rensa",
