@@ -270,8 +270,8 @@ def test_an_unknown_methods_critique_labels_appear_beside_each_step(tmp_path):
     vdir = root.path("datasets", "crit", "v0001")
     steps = [{"idx": i, "text": f"Step {i}: {t}"} for i, t in enumerate(["2 + 2 = 4", "4 * 3 = 13", "13 - 1 = 12"], 1)]
     tables = {
-        "paths": [{"path_id": "pa-1", "problem_id": "p-1", "steps": steps, "first_error_step": 2, "text": "..."}],
-        "critiques": [{"critique_id": "c-1", "path_id": "pa-1", "first_wrong_step": 2, "final_verdict": False,
+        "proof_paths": [{"path_id": "pa-1", "problem_id": "p-1", "steps": steps, "first_error_step": 2, "text": "..."}],
+        "proof_critiques": [{"critique_id": "c-1", "path_id": "pa-1", "first_wrong_step": 2, "final_verdict": False,
                        "raw_text": "Step 2 is wrong: 4 * 3 = 12.",
                        "step_labels": [{"idx": 1, "verdict": "correct", "explanation": "fine"},
                                        {"idx": 2, "verdict": "wrong", "explanation": "4 * 3 is 12"},
@@ -295,17 +295,17 @@ def test_an_unknown_methods_critique_labels_appear_beside_each_step(tmp_path):
     write_card(root, vdir, m)
     root.write_json_atomic(f"{vdir}/manifest.json", m.model_dump(mode="json"))
     client = TestClient(create_app(root.root), base_url="http://127.0.0.1", client=("127.0.0.1", 1))
-    html = client.get("/d/crit/1/t/paths/r/pa-1").text
+    html = client.get("/d/crit/1/t/proof_paths/r/pa-1").text
     assert re.search(r'<div class="step first-error" data-idx="2">', html)
-    for label in tables["critiques"][0]["step_labels"]:
+    for label in tables["proof_critiques"][0]["step_labels"]:
         block = html[html.index(f'data-idx="{label["idx"]}"'):]
         block = block[:block.index('<div class="step', 10)] if '<div class="step' in block[10:] else block
         assert f"critiques c-1: <b>{label['verdict']}</b>" in block and label["explanation"] in block
-    assert "/t/critiques/r/c-1" in html                      # lineage: the critique names the path
-    html = client.get("/d/crit/1/t/critiques/r/c-1").text    # the critique's own page: the path's steps, labelled
-    assert "its paths row pa-1" in html and "this row: <b>wrong</b>" in html
+    assert "/t/proof_critiques/r/c-1" in html                      # lineage: the critique names the path
+    html = client.get("/d/crit/1/t/proof_critiques/r/c-1").text    # the critique's own page: the path's steps, labelled
+    assert "its proof_paths row pa-1" in html and "this row: <b>wrong</b>" in html
     html = client.get("/d/crit/1/t/episodes/r/e-1").text
     assert re.search(r'<div class="step first-error" data-idx="2">', html)
     assert re.findall(r'class="seg part (loss-on|loss-off)"', html) == ["loss-off", "loss-on", "loss-off"]
     card = open(f"{vdir}/README.md").read()
-    assert "config_name: critiques" in card and "| critiques | 1 |" in card
+    assert "config_name: proof_critiques" in card and "| proof_critiques | 1 |" in card
