@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 
-BUILTIN = ("sample_verify", "self_correct", "lemma", "agent_rollout", "agent_r")
+BUILTIN = ("sample_verify", "self_correct", "lemma", "agent_rollout", "agent_r", "step")
 
 
 def load_builtin() -> None:
