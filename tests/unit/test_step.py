@@ -56,7 +56,7 @@ def teacher_script(judge=lambda action: "ok" if action == "inc" else "error", fi
         if kind == "judge":
             if raw_judge is not None:
                 return raw_judge
-            return f"Verdict: {judge(_last_action(prompt))}\nReason: the count must go up."
+            return f"Reason: the count must go up.\nVerdict: {judge(_last_action(prompt))}"
         return f"Reflection: I sent an action the env does not know.\nThought: Count up.\nAction: {fix}"
     return teacher
 
@@ -76,6 +76,7 @@ def test_verdict_parser_reads_ok_error_and_never_guesses():
     assert parse_verdict("Verdict: error\nReason: the env refused it") == ("error", "the env refused it", True)
     assert parse_verdict("**Verdict:** OK\nReason: fine") == ("ok", "fine", True)
     assert parse_verdict("Verdict: correct") == ("ok", "", True)
+    assert parse_verdict("Reason: it was refused.\nVerdict: error") == ("error", "it was refused.", True)
     assert parse_verdict("I think the step is wrong.") == ("unparsed", "", False)
     assert parse_verdict("Verdict: maybe\nReason: hmm") == ("unparsed", "", False)
     c = parse_correction("Reflection: wrong item.\nThought: get it\nAction: get 1 oak log")
@@ -86,7 +87,7 @@ def test_verdict_parser_reads_ok_error_and_never_guesses():
 
 def test_constraints_accept_what_the_parsers_read():
     v = VerdictFormat().constraint(max_tokens=48).regex
-    assert re.fullmatch(v, "Verdict: error\nReason: it was refused.") and not re.fullmatch(v, "Verdict: maybe\nReason: x")
+    assert re.fullmatch(v, "Reason: it was refused.\nVerdict: error") and not re.fullmatch(v, "Reason: x\nVerdict: maybe")
     c = CorrectionFormat().constraint(action_pattern="(inc|dec)", max_tokens=96).regex
     assert re.fullmatch(c, "Reflection: oops.\nThought: up.\nAction: inc")
     assert not re.fullmatch(c, "Reflection: oops.\nThought: up.\nAction: jump")
@@ -240,7 +241,7 @@ def script_agent(req, i):
 def script_teacher(req, i):
     prompt = req.messages[-1]["content"]
     if "The agent's latest step:" in prompt:
-        return f"Verdict: {'ok' if _last_action(prompt) == 'inc' else 'error'}\nReason: only inc counts."
+        return f"Reason: only inc counts.\nVerdict: {'ok' if _last_action(prompt) == 'inc' else 'error'}"
     if "Reflection:" in prompt:
         return "Reflection: look is not an action here.\nThought: Count up.\nAction: inc"
     return "Thought: Count up.\nAction: inc"                       # the teacher's own (golden) episode

@@ -1,8 +1,8 @@
 """STeP's teacher: its two output formats (a step verdict; a reflection with a corrected step), their parsers and its
 prompts (prompts/step_judge.txt, prompts/step_correct.txt).
 
-    VerdictFormat().constraint(max_tokens=64)      # "Verdict: ok|error\\nReason: <one line>"
-    parse_verdict("Verdict: error\\nReason: the env refused it")   # ("error", "the env refused it", True)
+    VerdictFormat().constraint(max_tokens=64)      # "Reason: <one line>\\nVerdict: ok|error"
+    parse_verdict("Reason: the env refused it\\nVerdict: error")   # ("error", "the env refused it", True)
     CorrectionFormat().constraint(action_pattern=env.action_pattern(), max_tokens=128)
     parse_correction(text)                         # Correction(reflection, thought, action, parse_ok)
 
@@ -33,13 +33,13 @@ _SYNONYMS = {"ok": "ok", "okay": "ok", "correct": "ok", "good": "ok", "error": "
 
 def parse_verdict(text: str) -> tuple[str, str, bool]:
     """(verdict, reason, parse_ok): the first "Verdict:" label's word (ok / error, or a plain synonym such as
-    correct / wrong); the reason is the "Reason:" line's text. Anything else: ("unparsed", "", False)."""
+    correct / wrong); the reason is the first "Reason:" line's text (before or after the verdict). Anything else: ("unparsed", "", False)."""
     raw = text if isinstance(text, str) else ""
     m = _VERDICT.search(raw)
     verdict = _SYNONYMS.get(m.group("word").lower()) if m else None
     if verdict is None:
         return "unparsed", "", False
-    r = _REASON.search(raw, m.end())
+    r = _REASON.search(raw)
     return verdict, (r.group("rest").strip() if r else ""), True
 
 
@@ -64,12 +64,13 @@ def parse_correction(text: str) -> Correction:
 
 
 class VerdictFormat(OutputFormat):
-    """`Verdict: ok|error` then `Reason: <one line>`."""
+    """`Reason: <one line>` then `Verdict: ok|error`: the reason first, so the verdict follows from what the teacher
+    wrote about the observation (a small teacher that writes the verdict first mostly writes ok)."""
     name, kind = "step_verdict", "regex"
 
     def constraint(self, max_tokens: int = 64) -> Constraint:
         reason = max(10, text_budget(max_tokens, reserve=12))
-        return Constraint(regex=f"{VERDICT_LABEL}: {one_of(VERDICTS)}\n{REASON_LABEL}: {LINE}{{1,{reason}}}")
+        return Constraint(regex=f"{REASON_LABEL}: {LINE}{{1,{reason}}}\n{VERDICT_LABEL}: {one_of(VERDICTS)}")
 
     def parse(self, text: str) -> tuple[str, str, bool]:
         return parse_verdict(text)
