@@ -332,3 +332,16 @@ def test_step_tokenized_export_labels_no_erroneous_token(data_root, tmp_path, mo
                 assert off.strip() == "" and on.startswith("Reflection:")
                 seen["teacher"] += 1
     assert seen == {"error": 4, "teacher": 4}
+
+
+def test_golden_rows_from_the_teachers_own_episodes_are_marked(data_root, monkeypatch):
+    monkeypatch.setenv("ERRATA_MODELS", str(MODELS_DIR))
+    m = build(step_recipe(data_root, synthesize={"golden": "teacher"}, select={"golden_ratio": 1.0}),
+              progress=False).manifest
+    rows = Catalog(str(data_root)).read_table(m, "step_trajectories").to_pylist()
+    golden = [r for r in rows if r["is_golden"]]
+    assert len(golden) == 4 and all(r["golden_source"] == "teacher" and r["trajectory_kind"] == "golden" and
+                                    r["agent_model"] == "fake:step_teacher" and r["success"] for r in golden)
+    assert all(s["author"] == "golden" and s["verdict"] == "none" and s["loss"] for r in golden for s in r["steps"])
+    assert all(r["masked_fraction"] == 0 and r["drop_reason"] is None for r in golden)
+    assert m.stages["synthesize"]["counts"]["judged"] == 8                 # golden episodes are not judged
