@@ -25,6 +25,7 @@ from stages.base import StageContext
 from stages.engines.fake_engine import register_script
 from stages.envs import make_env
 from stages.envs.base import EnvTask
+from stages.envs.spec import read_task_record
 from stages.engines.model_prep import embedded_model_dir
 from tests.agent_envs import CounterEnv
 from tests.conftest import MODELS_DIR
@@ -345,3 +346,29 @@ def test_golden_rows_from_the_teachers_own_episodes_are_marked(data_root, monkey
     assert all(s["author"] == "golden" and s["verdict"] == "none" and s["loss"] for r in golden for s in r["steps"])
     assert all(r["masked_fraction"] == 0 and r["drop_reason"] is None for r in golden)
     assert m.stages["synthesize"]["counts"]["judged"] == 8                 # golden episodes are not judged
+
+
+needs_twx = pytest.mark.skipif(__import__("shutil").which("java") is None, reason="TextWorldExpress needs java")
+
+
+@needs_twx
+def test_step_on_twx_corrections_are_real_replies_and_replay(data_root, monkeypatch):
+    """TextWorldExpress cannot snapshot: each intervention is measured after the error; replay from reset gives
+    every observation again."""
+    monkeypatch.setenv("ERRATA_MODELS", str(MODELS_DIR))
+    env = {"kind": "twx", "class": None, "config": {"game": "coin", "game_params": "numLocations=2"}}
+    m = build(step_recipe(data_root, env=env, tasks={"count": 1},
+                          synthesize={"max_steps": 3, "env_pool": 1, "constrain": "off"}), progress=False).manifest
+    rows = Catalog(str(data_root)).read_table(m, "step_trajectories").to_pylist()
+    (agent,) = [r for r in rows if not r["is_golden"]]
+    fixes = [s for s in agent["steps"] if s["author"] == "teacher"]
+    assert fixes and all(s["compare"] == "after_error" for s in fixes)     # 'look' judged error, 'inc' refused
+    twx = make_env("twx", env["config"])
+    twx.setup()
+    try:
+        (prob,) = Catalog(str(data_root)).read_table(m, "problems").to_pylist()
+        _, task = read_task_record(prob["env_config_json"])
+        assert task.task_id == agent["task_id"]
+        assert replay_observations(twx, task, agent["steps"]) == [s["observation"] for s in agent["steps"]]
+    finally:
+        twx.close()
