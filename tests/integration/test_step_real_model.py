@@ -86,8 +86,8 @@ def test_step_on_craft_with_the_embedded_model_as_agent_and_teacher(tmp_path):
     for fmt, extra in (("sft", []), ("sft-tokenized", ["--tokenizer", "embedded"]), ("dpo", [])):
         out = tmp_path / fmt
         errata("export", "step", "--format", fmt, "--out", str(out), *extra, env=cli_env(root))
-        meta = json.loads((out / "export_metadata.json").read_text())
-        assert meta["source"] == "step@1"
+        assert "Source: `step@1`" in (out / "README.md").read_text() and (out / "train-00000-of-00001.parquet").exists()
+    assert json.loads((tmp_path / "sft-tokenized" / "export_metadata.json").read_text())["tokenizer"] == "embedded"
     tok_rows = pq.read_table(tmp_path / "sft-tokenized" / "train-00000-of-00001.parquet").to_pylist()
     assert len(tok_rows) == sel["counts"]["kept"] and all(any(x != IGNORE for x in r["labels"]) for r in tok_rows)
     dpo = pq.read_table(tmp_path / "dpo" / "train-00000-of-00001.parquet").to_pylist()
