@@ -35,6 +35,8 @@ def test_step_on_craft_with_the_embedded_model_as_agent_and_teacher(tmp_path):
     root = tmp_path / "data"
     p = errata("build", "step", *SMALL, env=cli_env(root))
     assert "published step@1" in p.stdout and "interventions vs the agent's step" in p.stdout
+    print("\n".join(line for line in p.stdout.splitlines()
+                    if line.startswith(("yield", "verdicts", "interventions", "masked", "parse rate", "stages", "  "))))
     man = published_manifest(root, "step", 1)
     rows = published_rows(root, "step_trajectories", "step", 1)
     problems = published_rows(root, "problems", "step", 1)
@@ -82,13 +84,17 @@ def test_step_on_craft_with_the_embedded_model_as_agent_and_teacher(tmp_path):
             assert on == ""
         assert r["masked_fraction"] == pytest.approx(r["masked_tokens"] / max(1, r["assistant_tokens"]), abs=1e-6)
     assert seen["error"] == c.get("verdict_error", 0)
-    # the exports
-    for fmt, extra in (("sft", []), ("sft-tokenized", ["--tokenizer", "embedded"]), ("dpo", [])):
+    # the exports (a dpo export of no rows is refused: the agent may have kept no corrected trajectory)
+    n_dpo = sum(r["interventions"] for r in rows if r["drop_reason"] is None and not r["is_golden"])
+    for fmt, extra in (("sft", []), ("sft-tokenized", ["--tokenizer", "embedded"])):
         out = tmp_path / fmt
         errata("export", "step", "--format", fmt, "--out", str(out), *extra, env=cli_env(root))
         assert "Source: `step@1`" in (out / "README.md").read_text() and (out / "train-00000-of-00001.parquet").exists()
     assert json.loads((tmp_path / "sft-tokenized" / "export_metadata.json").read_text())["tokenizer"] == "embedded"
     tok_rows = pq.read_table(tmp_path / "sft-tokenized" / "train-00000-of-00001.parquet").to_pylist()
     assert len(tok_rows) == sel["counts"]["kept"] and all(any(x != IGNORE for x in r["labels"]) for r in tok_rows)
-    dpo = pq.read_table(tmp_path / "dpo" / "train-00000-of-00001.parquet").to_pylist()
-    assert len(dpo) == sum(r["interventions"] for r in rows if r["drop_reason"] is None and not r["is_golden"])
+    p = errata("export", "step", "--format", "dpo", "--out", str(tmp_path / "dpo"), env=cli_env(root), check=n_dpo > 0)
+    if n_dpo:
+        assert len(pq.read_table(tmp_path / "dpo" / "train-00000-of-00001.parquet")) == n_dpo
+    else:
+        assert p.returncode == 2 and "nothing to export" in p.stderr
