@@ -372,3 +372,16 @@ def test_step_on_twx_corrections_are_real_replies_and_replay(data_root, monkeypa
         assert replay_observations(twx, task, agent["steps"]) == [s["observation"] for s in agent["steps"]]
     finally:
         twx.close()
+
+
+def test_on_the_ray_runner_both_roles_get_their_engines(data_root, monkeypatch):
+    """A stage with two roles (Stage.roles) on Ray: the build starts both engines and the stage's actor reaches
+    both (built-in fake scripts: Ray's workers do not see this module's)."""
+    monkeypatch.setenv("ERRATA_MODELS", str(MODELS_DIR))
+    cfg = step_recipe(data_root, execution={"runner": "ray", "shard_size": 2},
+                      engines={"agent": {"kind": "fake", "fake_script": "echo_answer"},
+                               "teacher": {"kind": "fake", "fake_script": "mixed"}})
+    m = build(cfg, progress=False).manifest
+    c = m.stages["synthesize"]["counts"]
+    assert c["episodes"] == 4 and c["judged"] == c["agent_turns"] == 8 and m.stages["synthesize"]["errors"] == 0
+    assert sorted(r for e in m.engines.values() for r in e["roles"]) == ["agent", "teacher"] and len(m.engines) == 2
