@@ -53,6 +53,7 @@ def check_chain(stages: list[Stage], inputs: list[str], roles: list[str] | None 
             cols = st.filled_columns(table)
             filled.setdefault(table, set()).update(spec.columns if cols is None else cols)
             fillers.setdefault(table, []).append(st.name)
-        if st.role is not None and roles is not None and st.role not in roles:
-            raise ConfigError(f"{where} uses engine role '{st.role}', which has no engine "
-                              f"(engines: {', '.join(roles)})")
+        for role in st.roles:
+            if roles is not None and role not in roles:
+                raise ConfigError(f"{where} uses engine role '{role}', which has no engine "
+                                  f"(engines: {', '.join(roles)})")

@@ -125,12 +125,13 @@ class RecipeConfig(Options):
         return self
 
     def used_roles(self) -> list[str]:
-        """The method's roles plus any role a stage section names."""
+        """The method's roles plus any role a stage section names (`role`, `teacher_role`)."""
         roles = list(self.roles)
         for sec in self.stage_sections:
-            r = getattr(getattr(self, sec, None), "role", None)
-            if r and r not in roles:
-                roles.append(r)
+            for attr in ("role", "teacher_role"):      # a stage that calls two models names both (STeP)
+                r = getattr(getattr(self, sec, None), attr, None)
+                if r and r not in roles:
+                    roles.append(r)
         return roles
 
     def stage_config(self, section: str) -> Options:

@@ -185,7 +185,7 @@ class _SegmentUDF:
         self.hand_on = hand_on      # False for the run's last segment: only the stats go back to the driver
         for st in stages:
             st.setup(engines)
-        for role in dict.fromkeys(st.role for st in stages if st.role is not None):
+        for role in dict.fromkeys(r for st in stages for r in st.roles):
             if hasattr(engines, "wait_ready"):
                 # the engine starts beside this worker; the stage's clock (and tokens/s) starts once it runs
                 engines.wait_ready(role)

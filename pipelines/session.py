@@ -75,7 +75,7 @@ class BuildSession:
 
     def ensure_engines(self, stages: list[Stage]) -> None:
         """Start the engines these stages use (unless running) and wait for them."""
-        roles = sorted({s.role for s in stages if s.role})
+        roles = sorted({r for s in stages for r in s.roles})
         if roles:
             self._announce(self.engines.start(roles))
 
@@ -84,7 +84,7 @@ class BuildSession:
         thread (and logs each start); its result() raises what the start raised. On Ray the stages' workers get
         ready while the engines load: a worker that starts beside a running engine competes with it for the CPU
         and can take long enough to leave the engine's batch half empty. In process: ensure_engines, None."""
-        roles = sorted({s.role for s in stages if s.role})
+        roles = sorted({r for s in stages for r in s.roles})
         if self.local or not roles:
             self.ensure_engines(stages)
             return None
@@ -106,7 +106,7 @@ class BuildSession:
 
     def release_engines(self, still_needed: list[Stage]) -> None:
         """Stop engines no stage still to run uses (frees their memory)."""
-        keep = {self.engines.role_keys[s.role] for s in still_needed if s.role}
+        keep = {self.engines.role_keys[r] for s in still_needed for r in s.roles}
         drop = sorted(set(self.engines.running()) - keep)
         if drop:
             self.engines.stop(drop)
@@ -123,7 +123,7 @@ def engine_sharing(stages: list[Stage], cfg: RecipeConfig, stage_by_stage: bool)
     build starts a step's engines before the step and stops those no later stage uses after it; a step is one
     stage (stage by stage) or a segment of stages that stream together."""
     steps = [[s] for s in stages] if stage_by_stage else streaming_segments(stages)
-    return engines_sharing([[s.role for s in step if s.role] for step in steps], dict(cfg.engines))
+    return engines_sharing([[r for s in step for r in s.roles] for step in steps], dict(cfg.engines))
 
 
 def _ray_cpus(cfg: RecipeConfig) -> int:
@@ -177,7 +177,7 @@ def early_start(config: RecipeConfig) -> Iterator[None]:
                                                              f"early-{uuid.uuid4().hex[:12]}",
                                                              engine_sharing(stages, config, stage_by_stage=True)))
                 _EARLY[key] = started
-                started.engines.begin([first.role])
+                started.engines.begin(list(first.roles))
     except Exception as e:      # the build checks the same things and reports them in its own way
         log.debug("early start skipped: %s", e)
     try:

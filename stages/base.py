@@ -262,6 +262,12 @@ class Stage:
         """The engine role this stage uses (LLM stages name it in their config), else None."""
         return getattr(self.config, "role", None)
 
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """Every engine role this stage uses: its `role`, and more for a stage that calls several models (STeP's
+        synthesis asks an agent and a teacher). The build starts and keeps the engines of all of them."""
+        return (self.role,) if self.role else ()
+
     def setup(self, engines: Any = None) -> None:
         """Build clients. `engines.client(role)` gives the shared engine of a role. Called once per process."""
 

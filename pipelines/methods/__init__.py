@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 
-BUILTIN = ("sample_verify", "self_correct", "lemma", "agent_rollout", "agent_r", "critique")
+BUILTIN = ("sample_verify", "self_correct", "lemma", "agent_rollout", "agent_r", "critique", "step")
 
 
 def load_builtin() -> None:

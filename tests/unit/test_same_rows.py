@@ -27,6 +27,7 @@ RECIPES = {
     "agent_demo": ({"policy": "planner"}, ["tasks.count=4"]),
     "agent_r": ({"policy": "agent_r"}, ["tasks.count=3"]),
     "critique": ({"actor": "critique", "critic": "critique"}, ["tasks.count=4"]),
+    "step": ({"agent": "planner", "teacher": "step_teacher"}, ["tasks.count=3"]),
 }
 
 # a table of the snapshot that is now stored as several tables: old name -> its parts
@@ -37,6 +38,7 @@ def _register_agent_scripts() -> None:
     import tests.unit.test_agent_r  # noqa: F401  (registers the 'agent_r' script)
     import tests.unit.test_rollout  # noqa: F401  (registers the 'planner' script)
     import tests.unit.critique_fakes  # noqa: F401  (registers the 'critique' script)
+    import tests.unit.test_step  # noqa: F401  (registers the 'step_teacher' script)
 
 
 def build_rows(recipe: str, root: str) -> dict[str, dict]:
