@@ -346,7 +346,8 @@ def load_problems(config, limit: Optional[int] = None, env=None, questions_only:
 
 def problem_key(problem: dict) -> str:
     """What two problems are compared on: the question, whitespace collapsed and case folded; for an env task also
-    its env and task config (the same instruction in another world is another task)."""
+    its env, task config and seed, what `reset` starts the episode from (the same instruction in another world, or
+    another seed of the same game, is another task)."""
     from stages.filter import normalize_text
     key = normalize_text(problem.get("question"))
     record = problem.get("env_config_json")
@@ -355,7 +356,7 @@ def problem_key(problem: dict) -> str:
             d = json.loads(record)
             task = d.get("task") or {}
             cfg = {k: v for k, v in d.items() if k != "task"}
-            key += "\x1f" + json.dumps([cfg, task.get("config")], sort_keys=True, default=str)
+            key += "\x1f" + json.dumps([cfg, task.get("config"), task.get("seed")], sort_keys=True, default=str)
         except (ValueError, AttributeError):
             key += "\x1f" + record
     return key

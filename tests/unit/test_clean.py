@@ -82,17 +82,18 @@ def test_duplicates_are_flagged_for_every_file_and_dataset_kind(tmp_path, data_r
     assert builtin.describe["duplicate_problems"] == 0 and len(builtin.tables["problems"]) == 200
 
 
-def test_env_tasks_are_repeats_only_with_the_same_task_config():
+def test_env_tasks_are_repeats_only_with_the_same_task_config_and_seed():
     from stages.tasks import flag_duplicate_problems
 
-    def task(instruction, config):
-        rec = json.dumps({"kind": "craft", "config": {}, "task": {"task_id": "x", "seed": 1, "config": config,
+    def task(instruction, config, seed=1):
+        rec = json.dumps({"kind": "craft", "config": {}, "task": {"task_id": "x", "seed": seed, "config": config,
                                                                    "instruction": instruction}})
         return {"question": instruction, "env": "craft", "env_config_json": rec}
     rows = [task("craft a stick", {"world": 1}), task("craft a stick", {"world": 2}), task("Craft a  stick",
-                                                                                          {"world": 1})]
+                                                                                          {"world": 1}),
+            task("craft a stick", {"world": 1}, seed=2)]      # another seed of the same game: another episode
     assert flag_duplicate_problems(rows) == 1
-    assert [r.get("drop_reason") for r in rows] == [None, None, "duplicate_problem"]
+    assert [r.get("drop_reason") for r in rows] == [None, None, "duplicate_problem", None]
 
 
 def test_version_input_flags_repeats_and_their_rows(tmp_path, fake_recipe, data_root):
