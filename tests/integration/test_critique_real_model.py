@@ -74,6 +74,7 @@ def test_build_critique_on_the_embedded_model(tmp_path):
     print("real-model critique yield:", json.dumps(y), "| critic:", m.summary["critic on labelled paths"])
 
 
+@pytest.mark.skipif(not PROCESSBENCH.exists(), reason="shared data not present (../shared/data/processbench_gsm8k.jsonl)")
 def test_eval_critique_on_20_processbench_rows(tmp_path):
     rows = [json.loads(x) for x in PROCESSBENCH.read_text().splitlines()]
     pick = [r for r in rows if r["label"] == -1][:10] + [r for r in rows if r["label"] >= 0][:10]
