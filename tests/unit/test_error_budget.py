@@ -11,7 +11,7 @@ from pipelines.build import build
 from pipelines.catalog import Catalog
 from pipelines.config import validate_recipe
 from schemas.errors import ErrorBudgetExceeded
-from stages.engines.fake_engine import FakeFailure, register_script, request_text, script_echo_answer
+from stages.engines.fake_engine import SCRIPTS, FakeFailure, register_script, request_text, script_echo_answer
 
 DOWN = {"on": True}      # while on, every question marked [down] fails (an engine that answers nothing for them)
 
@@ -22,7 +22,10 @@ def flaky(req, i):
     return script_echo_answer(req, i)
 
 
-register_script("flaky_down", flaky)
+# test_flows imports this file as tests.unit.test_error_budget, a second copy beside the one pytest collected (no
+# __init__.py here): the first copy's script stays registered, so the DOWN its tests switch is the one the engine reads
+if "flaky_down" not in SCRIPTS:
+    register_script("flaky_down", flaky)
 
 
 def recipe(data_root, tmp_path, down: int = 3, total: int = 4, **execution):
