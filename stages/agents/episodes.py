@@ -25,6 +25,7 @@ from typing import Any, Awaitable, Callable, Optional, Sequence
 from schemas.errors import RowError
 from stages.agents.react import format_turn, initial_messages, message, parse_react, trim_context
 from stages.envs.base import INVALID_ACTION, Env, EnvFailure, EnvTask
+from stages.envs.spec import read_task_record
 
 Policy = Callable[[list[dict]], Awaitable[str]]
 
@@ -243,3 +244,23 @@ def gold_trajectory(env: Env, task: EnvTask, max_steps: Optional[int] = None) ->
     if not traj["success"]:
         traj["error"] = "gold_failed: the gold plan did not solve the task"
     return traj
+
+
+def expand_env_tasks(rows: list[dict], run_all: Callable[[list[tuple[dict, dict, EnvTask]]], Awaitable[list]]
+                     ) -> list:
+    """An agent stage's `expand` over env-task problems: each row's task record is read (a row without one fails as
+    `not_an_env_task`), `run_all(jobs)` runs the (problem, spec, task) jobs and returns (problem, results) pairs;
+    the results come back per input row, in order."""
+    from stages.base import Failed
+    jobs: list[tuple[dict, dict, EnvTask]] = []
+    out: dict[str, Any] = {}
+    for p in rows:
+        try:
+            spec, task = read_task_record(p.get("env_config_json") or "")
+        except (ValueError, TypeError, KeyError) as e:
+            out[p["problem_id"]] = Failed("not_an_env_task", f"env_config_json: {e}")
+            continue
+        jobs.append((p, spec, task))
+    for p, res in asyncio.run(run_all(jobs)):
+        out.setdefault(p["problem_id"], []).extend(res)
+    return [out.get(p["problem_id"], []) for p in rows]

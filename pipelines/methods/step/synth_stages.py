@@ -22,14 +22,13 @@ from pydantic import Field
 
 from schemas.errors import ConfigError, RowError
 from schemas.rows import make_id
-from stages.agents.episodes import EnvPool, gold_trajectory, run_episode
+from stages.agents.episodes import EnvPool, expand_env_tasks, gold_trajectory, run_episode
 from stages.agents.react import ReactTurnFormat
 from stages.agents.tokens import load_tokenizer
 from stages.base import ExpandStage, Failed, GlobalStage, ShardInfo, StageStats, columns_except
 from stages.engines.base import GenerationRequest
 from stages.envs import EnvTask, make_env
 from stages.envs.base import Env
-from stages.envs.spec import read_task_record
 from stages.formats import resolve_constrain
 from stages.llm import BudgetLLMMixin, ConstrainedOptions
 from stages.options import Options
@@ -166,17 +165,7 @@ class SynthesizeStage(BudgetLLMMixin, ExpandStage):
 
     # --- the shard ------------------------------------------------------------------------------------------------
     def expand(self, rows, tables, stats: StageStats, shard: ShardInfo):
-        jobs, out = [], {}
-        for p in rows:
-            try:
-                spec, task = read_task_record(p.get("env_config_json") or "")
-            except (ValueError, TypeError, KeyError) as e:
-                out[p["problem_id"]] = Failed("not_an_env_task", f"env_config_json: {e}")
-                continue
-            jobs.append((p, spec, task))
-        for p, res in asyncio.run(self._run_all(jobs, stats, shard)):
-            out.setdefault(p["problem_id"], []).extend(res)
-        return [out.get(p["problem_id"], []) for p in rows]
+        return expand_env_tasks(rows, lambda jobs: self._run_all(jobs, stats, shard))
 
     async def _run_all(self, jobs, stats: StageStats, shard: ShardInfo):
         c = self.config
