@@ -118,6 +118,14 @@ def cli_env(root) -> dict:
     return dict(os.environ, ERRATA_DATA=str(root), ERRATA_MODELS=str(MODELS_DIR), PYTHONPATH=path)
 
 
+def version_tables(root, dataset: str):
+    """The latest version of `dataset` under `root`: its manifest and every table's rows."""
+    from pipelines.catalog import Catalog
+    cat = Catalog(str(root))
+    m = cat.resolve(dataset)
+    return m, {t: cat.read_table(m, t).to_pylist() for t in m.tables}
+
+
 def published_manifest(root, dataset: str, version: int = 1) -> dict:
     return json.loads((root / "datasets" / dataset / f"v{version:04d}" / "manifest.json").read_text())
 

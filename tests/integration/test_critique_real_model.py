@@ -2,15 +2,12 @@
 engine), and the critique exports trained on by TRL unchanged. The 135M critic is near chance, so these check the
 machinery, the closed-loop invariants on real output and the scoring, not the yield."""
 import json
-import os
-from pathlib import Path
 
 import pytest
 
-from pipelines.catalog import Catalog
 from pipelines.methods.critique.evaluation import processbench_scores
 from pipelines.methods.critique.summary import critique_yield, first_error_scores
-from tests.conftest import MODELS_DIR, REPO, errata
+from tests.conftest import MODELS_DIR, REPO, cli_env, errata, version_tables
 from tests.unit.test_critique import check_invariants
 
 pytestmark = pytest.mark.integration
@@ -20,14 +17,6 @@ SMALL = ["--set", "tasks.count=3", "--set", "tasks.max_steps=3", "--set", "gener
          "--set", "critique.max_tokens=192", "--set", "refine.max_tokens=128", "--no-progress", "--no-prefect"]
 
 
-def _env(root):
-    return dict(os.environ, ERRATA_DATA=str(root), ERRATA_MODELS=str(MODELS_DIR), PYTHONPATH=str(REPO))
-
-
-def _tables(root, dataset):
-    cat = Catalog(str(root))
-    m = cat.resolve(dataset)
-    return m, {t: cat.read_table(m, t).to_pylist() for t in m.tables}
 
 
 def _labelled_items(critiques, paths):
@@ -38,9 +27,9 @@ def _labelled_items(critiques, paths):
 
 def test_build_critique_on_the_embedded_model(tmp_path):
     root = tmp_path / "data"
-    p = errata("build", "critique", *SMALL, env=_env(root))
+    p = errata("build", "critique", *SMALL, env=cli_env(root))
     assert "published critique@1" in p.stdout and "yield: paths" in p.stdout
-    m, t = _tables(root, "critique")
+    m, t = version_tables(root, "critique")
     assert {p["source"] for p in t["paths"]} == {"actor", "injected", "reference"}
     kept, kept_refs = check_invariants(t)
     crit = t["critiques"]
@@ -82,9 +71,9 @@ def test_eval_critique_on_20_processbench_rows(tmp_path):
     data.write_text("".join(json.dumps(r) + "\n" for r in pick))
     root = tmp_path / "data"
     p = errata("eval", "critique", "--data", str(data), "--set", "critique.max_tokens=256", "--no-progress",
-               env=_env(root))
+               env=cli_env(root))
     assert "published critique_eval@1" in p.stdout
-    m, t = _tables(root, "critique_eval")
+    m, t = version_tables(root, "critique_eval")
     assert len(t["paths"]) == 20 and len(t["critiques"]) == 20
     by_text = {r["problem"]: r for r in pick}
     q = {p["problem_id"]: p["question"] for p in t["problems"]}

@@ -2,16 +2,14 @@
 fails often, so these check the machinery and the invariants on real output, not the yield; the `source: rules`
 build must produce exportable revisions (the rules revisions need no model to be right)."""
 import json
-import os
 
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.catalog import Catalog
 from pipelines.methods.lemma.revision_checks import mentions_forbidden
 from pipelines.methods.lemma.summary import judge_accuracy
 from pipelines.methods.lemma.taxonomy import TRANSITION_PHRASES, check_transition_after
-from tests.conftest import MODELS_DIR, REPO, errata
+from tests.conftest import cli_env, errata, version_tables
 
 pytestmark = pytest.mark.integration
 
@@ -21,15 +19,6 @@ SMALL = ["--set", "tasks.count=3", "--set", "tasks.max_steps=2", "--set", "gener
          "--set", "revise.max_tokens=160", "--set", "execution.shard_size=3", "--no-progress", "--no-prefect"]
 
 
-def _env(root):
-    # PYTHONPATH: the CLI runs this checkout's code even when the venv's editable install points elsewhere
-    return dict(os.environ, ERRATA_DATA=str(root), ERRATA_MODELS=str(MODELS_DIR), PYTHONPATH=str(REPO))
-
-
-def _tables(root, dataset):
-    cat = Catalog(str(root))
-    m = cat.resolve(dataset)
-    return m, {t: cat.read_table(m, t).to_pylist() for t in m.tables}
 
 
 def _check_invariants(m, t):
@@ -60,8 +49,8 @@ def _check_invariants(m, t):
 
 def test_build_lemma_end_to_end(tmp_path):
     root = tmp_path / "data"
-    errata("build", "lemma", *SMALL, env=_env(root))
-    m, t = _tables(root, "lemma")
+    errata("build", "lemma", *SMALL, env=cli_env(root))
+    m, t = version_tables(root, "lemma")
     assert m.method == "lemma" and len(t["problems"]) == 3 and len(t["attempts"]) == 6
     _check_invariants(m, t)
     wrong = sum(a["is_correct"] is False and a["drop_reason"] is None for a in t["attempts"])
@@ -74,10 +63,10 @@ def test_build_lemma_end_to_end(tmp_path):
 
 def test_build_lemma_rules_source_exports(tmp_path):
     root = tmp_path / "data"
-    env = _env(root)
+    env = cli_env(root)
     errata("build", "lemma", *SMALL, "--set", "injections.source=rules", "--set", "revise.strategies=[fix_continue]",
            env=env)
-    m, t = _tables(root, "lemma")
+    m, t = version_tables(root, "lemma")
     _check_invariants(m, t)
     kept = [r for r in t["revisions"] if r["drop_reason"] is None]
     assert any(r["model"] == "rules:arithmetic" for r in kept)
